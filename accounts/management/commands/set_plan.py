@@ -1,0 +1,24 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.selectors import organization_get
+from accounts.services import organization_set_plan
+from aibaas.errors import ApplicationError
+from billing.selectors import plan_get
+
+
+class Command(BaseCommand):
+    help = "Move an organization to another plan."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--org", required=True, help="Organization slug.")
+        parser.add_argument("--plan", required=True, help="Plan slug.")
+
+    def handle(self, *args, **opts):
+        try:
+            organization = organization_get(slug=opts["org"])
+            plan = plan_get(slug=opts["plan"])
+        except ApplicationError as error:
+            raise CommandError(error.message) from None
+        previous = organization.plan.slug
+        organization_set_plan(organization=organization, plan=plan)
+        self.stdout.write(f"{organization.slug}: plan {previous} -> {plan.slug}")

@@ -1,0 +1,118 @@
+import secrets
+
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+
+from accounts.models import Membership, Organization, Role, User
+from billing.defaults import DEFAULT_PLAN_SLUG
+from billing.models import Plan
+from billing.selectors import plan_get
+
+EMAIL_TAKEN = "An account with this email address already exists."
+SLUG_TAKEN = "An organization with this slug already exists."
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:50].strip("-") or "org"
+    if not Organization.objects.filter(slug=base).exists():
+        return base
+    for n in range(2, 20):
+        candidate = f"{base}-{n}"
+        if not Organization.objects.filter(slug=candidate).exists():
+            return candidate
+    return f"{base}-{secrets.token_hex(3)}"
+
+
+@transaction.atomic
+def organization_create(
+    *, name: str, owner: User, plan: Plan | None = None, slug: str | None = None
+) -> Organization:
+    """Create an organization with `owner` as its owner member. Default plan: free."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "An organization needs a name."})
+    plan = plan or plan_get(slug=DEFAULT_PLAN_SLUG)
+    if slug is not None:
+        slug = slugify(slug)
+        if not slug:
+            raise ValidationError({"slug": "The slug must contain letters or digits."})
+        if Organization.objects.filter(slug=slug).exists():
+            raise ValidationError({"slug": SLUG_TAKEN})
+    # Two signups with the same organization name may race for the slug: retry on conflict.
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                organization = Organization.objects.create(
+                    name=name, slug=slug or _unique_slug(name), plan=plan
+                )
+            break
+        except IntegrityError:
+            if slug:
+                raise ValidationError({"slug": SLUG_TAKEN}) from None
+    else:  # pragma: no cover - five collisions in a row
+        raise ValidationError({"name": "Could not allocate a unique slug; try another name."})
+    Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
+    return organization
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str | None, full_name: str = "") -> User:
+    """Create a user. `password=None` makes an account that must set one by password reset."""
+    email = (email or "").strip().lower()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise ValidationError({"email": "Enter a valid email address."}) from None
+    if User.objects.filter(email__iexact=email).exists():
+        raise ValidationError({"email": EMAIL_TAKEN})
+    user = User(email=email, full_name=full_name.strip())
+    if password is not None:
+        validate_password(password, user)
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:
+        raise ValidationError({"email": EMAIL_TAKEN}) from None
+    return user
+
+
+@transaction.atomic
+def user_signup(
+    *, email: str, password: str, organization_name: str, full_name: str = ""
+) -> Membership:
+    """Sign up: the user, an organization on the free plan and an owner membership, or nothing."""
+    user = user_create(email=email, password=password, full_name=full_name)
+    organization = organization_create(
+        name=organization_name or f"{user.get_short_name()}'s organization", owner=user
+    )
+    return Membership.objects.select_related("organization", "user").get(
+        user=user, organization=organization
+    )
+
+
+@transaction.atomic
+def organization_set_plan(*, organization: Organization, plan: Plan) -> Organization:
+    organization.plan = plan
+    organization.save(update_fields=["plan"])
+    return organization
+
+
+@transaction.atomic
+def membership_add(
+    *, organization: Organization, user: User, role: str = Role.MEMBER
+) -> Membership:
+    if role not in Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}; one of {', '.join(Role.values)}."})
+    membership, created = Membership.objects.get_or_create(
+        organization=organization, user=user, defaults={"role": role}
+    )
+    if not created and membership.role != role:
+        membership.role = role
+        membership.save(update_fields=["role"])
+    return membership

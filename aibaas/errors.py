@@ -1,0 +1,46 @@
+"""The one project error type. Services raise it; the API layer renders it as OpenAI-shaped JSON
+and dashboard views show its message as a form error."""
+
+
+class ApplicationError(Exception):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        error_type: str | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.param = param
+        self.error_type = error_type or _default_type(status)
+        self.extra = extra or {}
+
+    def as_dict(self) -> dict:
+        body = {
+            "type": self.error_type,
+            "code": self.code,
+            "message": self.message,
+            "param": self.param,
+        }
+        body.update(self.extra)
+        return {"error": body}
+
+
+def _default_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "api_error"
+    return "invalid_request_error"

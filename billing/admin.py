@@ -1,0 +1,64 @@
+from django.contrib import admin
+from django.db.models import Count
+
+from billing.models import Plan
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "slug",
+        "monthly_price",
+        "requests_per_minute",
+        "requests_per_day",
+        "tokens_per_minute",
+        "tokens_per_day",
+        "monthly_request_quota",
+        "monthly_token_quota",
+        "max_keys",
+        "organization_count",
+        "is_public",
+    ]
+    list_editable = ["is_public"]
+    list_filter = ["is_public"]
+    search_fields = ["name", "slug"]
+    readonly_fields = ["created_at", "updated_at"]
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "monthly_price", "is_public", "sort_order")}),
+        (
+            "Rate limits (empty = unlimited)",
+            {
+                "fields": (
+                    "requests_per_minute",
+                    "requests_per_day",
+                    "tokens_per_minute",
+                    "tokens_per_day",
+                )
+            },
+        ),
+        (
+            "Monthly quotas and keys (empty = unlimited)",
+            {
+                "fields": (
+                    "monthly_request_quota",
+                    "monthly_token_quota",
+                    "max_keys",
+                )
+            },
+        ),
+        ("Dates", {"fields": ("created_at", "updated_at")}),
+    )
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(org_total=Count("organizations"))
+
+    @admin.display(description="orgs", ordering="org_total")
+    def organization_count(self, obj: Plan) -> int:
+        return obj.org_total
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Organizations point at plans with PROTECT; a plan in use cannot go.
+        return super().has_delete_permission(request, obj) and (
+            obj is None or not obj.organizations.exists()
+        )

@@ -1,0 +1,60 @@
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+_LIMIT_HELP = "Leave empty for unlimited."
+
+
+def _limit_field(verbose_name: str) -> models.PositiveBigIntegerField:
+    return models.PositiveBigIntegerField(
+        verbose_name, null=True, blank=True, help_text=_LIMIT_HELP
+    )
+
+
+class Plan(models.Model):
+    """A pricing tier. Limits left empty (null) are unlimited."""
+
+    slug = models.SlugField(max_length=50, unique=True, help_text="Stable identifier, e.g. 'pro'.")
+    name = models.CharField(max_length=100)
+    monthly_price = models.DecimalField(
+        max_digits=10,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="Price per month in USD. Leave empty for a custom (negotiated) price.",
+    )
+    requests_per_minute = _limit_field("requests per minute")
+    requests_per_day = _limit_field("requests per day")
+    tokens_per_minute = _limit_field("tokens per minute")
+    tokens_per_day = _limit_field("tokens per day")
+    monthly_request_quota = _limit_field("monthly request quota")
+    monthly_token_quota = _limit_field("monthly token quota")
+    max_keys = _limit_field("max live API keys")
+    is_public = models.BooleanField(
+        default=True, help_text="Shown to customers as a plan they can choose."
+    )
+    sort_order = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    LIMIT_FIELDS = (
+        "requests_per_minute",
+        "requests_per_day",
+        "tokens_per_minute",
+        "tokens_per_day",
+        "monthly_request_quota",
+        "monthly_token_quota",
+        "max_keys",
+    )
+
+    class Meta:
+        ordering = ["sort_order", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def limits(self) -> dict[str, int | None]:
+        return {field: getattr(self, field) for field in self.LIMIT_FIELDS}

@@ -1,0 +1,62 @@
+import os
+
+import pytest
+from django.core.cache import cache
+from django.db.models.signals import post_migrate
+
+from billing.defaults import seed_plans
+from tests.factories import PASSWORD, MembershipFactory
+
+
+def _reseed_plans(sender, using="default", **kwargs):
+    # Transactional tests flush every table and then emit post_migrate; the seeded plans are
+    # part of the schema's starting state (a data migration), so put them back.
+    if sender.name == "billing":
+        from django.apps import apps
+
+        seed_plans(apps.get_model("billing", "Plan"))
+
+
+post_migrate.connect(_reseed_plans, dispatch_uid="tests-reseed-plans")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`postgres` and `redis` tests skip with a reason when their service is not configured."""
+    database_url = os.environ.get("DATABASE_URL", "")
+    for item in items:
+        if "postgres" in item.keywords and not database_url.startswith(("postgres", "pgsql")):
+            item.add_marker(pytest.mark.skip(reason="needs DATABASE_URL=postgres://..."))
+        if "redis" in item.keywords and not os.environ.get("REDIS_URL"):
+            item.add_marker(pytest.mark.skip(reason="needs REDIS_URL=redis://..."))
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache():
+    """Every test starts with an empty cache (only this run's key prefix when on Redis)."""
+    _clear_cache()
+    yield
+    _clear_cache()
+
+
+def _clear_cache():
+    if hasattr(cache, "delete_pattern"):
+        cache.delete_pattern("*")
+    else:
+        cache.clear()
+
+
+@pytest.fixture
+def password() -> str:
+    return PASSWORD
+
+
+@pytest.fixture
+def owner(db):
+    """A membership: a user who owns an organization on the free plan."""
+    return MembershipFactory()
+
+
+@pytest.fixture
+def owner_client(client, owner):
+    client.force_login(owner.user)
+    return client
