@@ -1,5 +1,10 @@
+import unicodedata
+
 from django import forms
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
+
+from accounts.models import User
 
 
 class SignupForm(forms.Form):
@@ -22,3 +27,23 @@ class SignupForm(forms.Form):
 
 class OrganizationForm(forms.Form):
     name = forms.CharField(label="Organization name", max_length=100)
+
+
+def _same_address(a: str, b: str) -> bool:
+    return (
+        unicodedata.normalize("NFKC", a).casefold() == unicodedata.normalize("NFKC", b).casefold()
+    )
+
+
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's reset form, but it also mails active users who have no usable password yet.
+
+    Django skips them because elsewhere that means "logs in through an external provider". Here
+    it means "never chose one": `create_org` without --password creates such an owner and
+    promises they set their password through this very form.
+    """
+
+    def get_users(self, email: str):
+        users = User._default_manager.filter(email__iexact=email, is_active=True)
+        # As Django does: no match through a database's looser Unicode case folding.
+        return (user for user in users if _same_address(email, user.email))

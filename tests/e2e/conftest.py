@@ -1,0 +1,171 @@
+"""Real-browser fixtures: one headless Chromium per test session, driven by Selenium.
+
+Nothing is downloaded: Debian's Chromium and ChromeDriver are used from /usr/bin, and Selenium
+Manager is never consulted (both paths are given explicitly). When either binary is missing the
+browser tests skip with the reason.
+
+The pages come from pytest-django's `live_server` (a real HTTP server in a thread, on the test
+database; it needs `transactional_db`, and tests/conftest.py re-seeds the plans after each flush).
+"""
+
+import os
+import shutil
+import tempfile
+from urllib.parse import urlsplit
+
+import pytest
+from django.db import connections
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("E2E_CHROMEDRIVER", "/usr/bin/chromedriver")
+DESKTOP = (1280, 900)
+PHONE = (390, 844)
+WAIT_SECONDS = 10
+
+CHROMIUM_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--lang=en-US",
+)
+
+
+def _missing_browser() -> str | None:
+    for label, path in (("Chromium", CHROMIUM), ("ChromeDriver", CHROMEDRIVER)):
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            return f"browser tests need {label} at {path} (Debian: chromium, chromium-driver)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium (Selenium WebDriver) for the whole session; quit at the end."""
+    reason = _missing_browser()
+    if reason:
+        pytest.skip(reason)
+    profile = tempfile.mkdtemp(prefix="aibaas-e2e-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    width, height = DESKTOP
+    for arg in (*CHROMIUM_ARGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    driver = None
+    try:
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        if driver is not None:
+            driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _live_server_db_connections_per_request():
+    """Close the live server's database connections after every request.
+
+    The browser keeps HTTP connections alive; the live server serves each one in its own thread,
+    and that thread closes its database connection only when the socket closes. With a
+    persistent CONN_MAX_AGE (the PostgreSQL settings) those connections would outlive the tests
+    and block dropping the test database at the end of the session.
+    """
+    saved = {alias: connections.settings[alias].get("CONN_MAX_AGE") for alias in connections}
+    for alias in saved:
+        connections.settings[alias]["CONN_MAX_AGE"] = 0
+    yield
+    for alias, value in saved.items():
+        connections.settings[alias]["CONN_MAX_AGE"] = value
+
+
+@pytest.fixture
+def web(browser, live_server, _live_server_db_connections_per_request):
+    """The session browser, reset for one test: no cookies, desktop viewport, live server up."""
+    browser.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    set_viewport(browser, *DESKTOP)
+    browser.get("about:blank")
+    return Web(browser, live_server.url)
+
+
+def set_viewport(driver, width: int, height: int, *, mobile: bool = False) -> None:
+    """Make the page viewport exactly width x height CSS pixels (what media queries see).
+
+    `mobile=True` emulates a phone: the page's <meta name="viewport"> is honoured, so a page
+    wider than the screen makes the layout viewport grow (innerWidth > width) instead of hiding.
+    """
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+    )
+
+
+class Web:
+    """Small helpers over the driver, so tests read as user steps."""
+
+    def __init__(self, driver, base_url: str):
+        self.driver = driver
+        self.base_url = base_url.rstrip("/")
+
+    def open(self, path: str) -> None:
+        self.driver.get(self.base_url + path)
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.driver.current_url).path
+
+    def wait(self, condition, message: str = ""):
+        return WebDriverWait(self.driver, WAIT_SECONDS).until(condition, message)
+
+    def wait_for_path(self, path: str) -> None:
+        self.wait(
+            lambda d: urlsplit(d.current_url).path == path,
+            f"expected to land on {path}",
+        )
+        self.wait(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def find(self, css: str):
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def find_all(self, css: str):
+        return self.driver.find_elements(By.CSS_SELECTOR, css)
+
+    def button(self, text: str):
+        return self.driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']")
+
+    def fill(self, fields: dict[str, str]) -> None:
+        """Type into inputs by their id, replacing what is there."""
+        for element_id, value in fields.items():
+            element = self.find(f"#{element_id}")
+            element.clear()
+            element.send_keys(value)
+
+    def submit(self, text: str) -> None:
+        """Click the submit button labelled `text` and wait for the old page to go away."""
+        html = self.find("html")
+        self.button(text).click()
+        self.wait(ec.staleness_of(html), f"clicking {text!r} did not load a new page")
+        self.wait(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def table_rows(self, testid: str) -> list[list[str]]:
+        rows = self.find_all(f'[data-testid="{testid}"] tbody tr')
+        return [[td.text.strip() for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def log_in(self, email: str, password: str) -> None:
+        self.open("/accounts/login/")
+        self.fill({"id_username": email, "id_password": password})
+        self.submit("Log in")
+        self.wait_for_path("/dashboard/")
