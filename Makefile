@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt migrate bootstrap serve venv bench clean
+.PHONY: run test lint fmt venv bench clean
 
 venv: $(STAMP)
 
@@ -38,3 +38,8 @@ fmt: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles
+
+# The project's benchmarks (budgets in DESIGN.md and the issues). Uses DATABASE_URL/REDIS_URL
+# when set, else a throwaway SQLite file and the in-process cache.
+bench: venv
+	$(BIN)/python -m aibaas.bench

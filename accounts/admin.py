@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import Count
 
-from accounts.models import Membership, Organization, User
+from accounts.models import AuditEvent, Membership, Organization, User
 
 
 class MembershipInline(admin.TabularInline):
@@ -43,7 +43,13 @@ class UserAdmin(BaseUserAdmin):
     )
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(organization_count=Count("memberships"))
+        # distinct: searching or filtering through memberships joins them a second time, which
+        # would multiply a plain count.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(organization_count=Count("memberships", distinct=True))
+        )
 
     @admin.display(description="orgs", ordering="organization_count")
     def organizations(self, obj: User) -> int:
@@ -62,7 +68,10 @@ class OrganizationAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(member_total=Count("memberships"))
+        # distinct: see UserAdmin.get_queryset.
+        return (
+            super().get_queryset(request).annotate(member_total=Count("memberships", distinct=True))
+        )
 
     @admin.display(description="members", ordering="member_total")
     def member_count(self, obj: Organization) -> int:
@@ -77,3 +86,33 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__email", "organization__name", "organization__slug"]
     autocomplete_fields = ["user", "organization"]
     readonly_fields = ["created_at"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Append-only: operators can read and search the log, never add, edit or delete."""
+
+    list_display = ["created_at", "action", "actor_label", "organization", "target_id", "ip"]
+    list_filter = ["action", "created_at"]
+    list_select_related = ["organization"]
+    search_fields = [
+        "action",
+        "actor_label",
+        "actor_key_id",
+        "target_id",
+        "organization__slug",
+        "ip",
+    ]
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

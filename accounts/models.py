@@ -1,5 +1,6 @@
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 
@@ -24,6 +25,10 @@ class UserManager(BaseUserManager["User"]):
         extra["is_superuser"] = True
         return self._create_user(email, password, **extra)
 
+    def get_by_natural_key(self, email: str) -> "User":
+        # Addresses are stored lower-cased, but people type "Ada@Example.com" at the login form.
+        return self.get(email=self.normalize_email(email).lower())
+
 
 class User(AbstractBaseUser, PermissionsMixin):
     """A person. Logs in with email; belongs to organizations through memberships."""
@@ -42,9 +47,18 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     class Meta:
         ordering = ["email"]
+        constraints = [
+            models.UniqueConstraint(Lower("email"), name="uniq_user_email_ci"),
+        ]
 
     def __str__(self) -> str:
         return self.email
+
+    def clean(self) -> None:
+        # Every way in (signup, commands, admin forms) stores the address lower-cased, so the
+        # case-insensitive login lookup finds at most one account.
+        super().clean()
+        self.email = self.__class__.objects.normalize_email(self.email).lower()
 
     def get_full_name(self) -> str:
         return self.full_name or self.email
@@ -101,3 +115,47 @@ class Membership(models.Model):
     def can_write(self) -> bool:
         """Viewers only read; every other role may change what it owns."""
         return self.role != Role.VIEWER
+
+
+class AuditAction(models.TextChoices):
+    LOGIN_SUCCEEDED = "login.succeeded", "Login succeeded"
+    LOGIN_FAILED = "login.failed", "Login failed"
+    KEY_CREATED = "key.created", "Key created"
+    KEY_UPDATED = "key.updated", "Key updated"
+    KEY_ROTATED = "key.rotated", "Key rotated"
+    KEY_REVOKED = "key.revoked", "Key revoked"
+
+
+class AuditEvent(models.Model):
+    """One thing that happened, by whom, from where. Append-only: nothing updates or deletes it.
+
+    `action` is a free dotted name (the AuditAction choices are the ones the project emits) so
+    later features can add actions without a migration.
+    """
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
+    )
+    actor_user = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_events"
+    )
+    actor_key_id = models.CharField(
+        max_length=12, blank=True, help_text="Public id of the API key that acted, if any."
+    )
+    actor_label = models.CharField(
+        max_length=254, blank=True, help_text="Who acted, as shown (email, key id, 'system')."
+    )
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=32, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organization", "-created_at"], name="audit_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} by {self.actor_label}"

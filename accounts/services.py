@@ -98,8 +98,11 @@ def user_signup(
 
 @transaction.atomic
 def organization_set_plan(*, organization: Organization, plan: Plan) -> Organization:
+    from keys.services import api_keys_invalidate  # keys depends on accounts, not back
+
     organization.plan = plan
     organization.save(update_fields=["plan"])
+    api_keys_invalidate(organization=organization)
     return organization
 
 

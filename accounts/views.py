@@ -4,17 +4,26 @@ from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
+from django_ratelimit.core import get_usage
 from django_ratelimit.decorators import ratelimit
 
-from accounts.forms import OrganizationForm, SignupForm
+from accounts.audit import audit_list
+from accounts.forms import OrganizationForm, PasswordResetForm, SignupForm
+from accounts.models import AuditAction
 from accounts.selectors import membership_list, organization_members
 from accounts.services import organization_create, user_signup
 from accounts.tenancy import organization_required, set_current_organization
+
+# The limit groups are the views' URL names, so the 429 page can tell which limit was hit.
+LOGIN_RATELIMIT_GROUP = "accounts:login"
+SIGNUP_RATELIMIT_GROUP = "accounts:signup"
+DEFAULT_RETRY_AFTER_SECONDS = 60
 
 
 def _login_rate(group, request) -> str:
@@ -25,10 +34,31 @@ def _signup_rate(group, request) -> str:
     return settings.RATELIMIT_SIGNUP
 
 
+_RATE_BY_GROUP = {LOGIN_RATELIMIT_GROUP: _login_rate, SIGNUP_RATELIMIT_GROUP: _signup_rate}
+
+
+def _retry_after(request: HttpRequest) -> int:
+    """Seconds until the client's current window of the limit it hit ends.
+
+    The rates are configurable ("5/h" is valid), so a fixed minute would send clients back while
+    they are still blocked.
+    """
+    match = request.resolver_match
+    rate = _RATE_BY_GROUP.get(match.view_name if match else "")
+    if rate is None:
+        return DEFAULT_RETRY_AFTER_SECONDS
+    usage = get_usage(request, group=match.view_name, key="ip", rate=rate, method="POST")
+    if not usage or usage["time_left"] < 0:  # cache unreachable: no window to report
+        return DEFAULT_RETRY_AFTER_SECONDS
+    # The window's last second still counts against the limit: the next one is free.
+    return usage["time_left"] + 1
+
+
 def ratelimited(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """Shown by django-ratelimit's middleware when an IP exceeds the login/signup limits."""
-    response = render(request, "429.html", status=429)
-    response["Retry-After"] = "60"
+    retry_after = _retry_after(request)
+    response = render(request, "429.html", {"retry_after": retry_after}, status=429)
+    response["Retry-After"] = str(retry_after)
     return response
 
 
@@ -41,7 +71,7 @@ def form_add_service_errors(form, error: ValidationError) -> None:
         form.add_error(None, error.messages)
 
 
-@ratelimit(key="ip", rate=_signup_rate, method="POST", block=True)
+@ratelimit(group=SIGNUP_RATELIMIT_GROUP, key="ip", rate=_signup_rate, method="POST", block=True)
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("dashboard:overview")
@@ -59,7 +89,10 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/signup.html", {"form": form})
 
 
-@method_decorator(ratelimit(key="ip", rate=_login_rate, method="POST", block=True), name="post")
+@method_decorator(
+    ratelimit(group=LOGIN_RATELIMIT_GROUP, key="ip", rate=_login_rate, method="POST", block=True),
+    name="post",
+)
 class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
@@ -72,6 +105,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 
 class PasswordResetView(auth_views.PasswordResetView):
     template_name = "accounts/password_reset.html"
+    form_class = PasswordResetForm
     email_template_name = "accounts/email/password_reset.txt"
     subject_template_name = "accounts/email/password_reset_subject.txt"
     success_url = reverse_lazy("accounts:password_reset_done")
@@ -138,3 +172,19 @@ def organization_new(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"{organization.name} created.")
             return redirect("dashboard:overview")
     return render(request, "dashboard/organization_new.html", {"form": form})
+
+
+@organization_required
+def audit(request: HttpRequest) -> HttpResponse:
+    """The organization's audit log: owners and admins only (it shows IPs and emails)."""
+    if not request.membership.is_admin:
+        messages.error(request, "Only owners and admins can read the audit log.")
+        return redirect("dashboard:overview")
+    action = request.GET.get("action", "").strip()[:64] or None
+    events = audit_list(organization=request.organization, action=action)
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "dashboard/audit.html",
+        {"page": page, "action": action or "", "action_choices": AuditAction.choices},
+    )

@@ -3,12 +3,18 @@
 from django.urls import path
 
 from accounts import views
+from keys import views as key_views
 
 app_name = "dashboard"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("team/", views.team, name="team"),
+    path("audit/", views.audit, name="audit"),
+    path("keys/", key_views.key_list, name="keys"),
+    path("keys/new/", key_views.key_create, name="key_create"),
+    path("keys/<str:ident>/revoke/", key_views.key_revoke, name="key_revoke"),
+    path("keys/<str:ident>/rotate/", key_views.key_rotate, name="key_rotate"),
     path("switch/", views.organization_switch, name="organization_switch"),
     path("organizations/new/", views.organization_new, name="organization_create"),
 ]

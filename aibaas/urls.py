@@ -1,8 +1,21 @@
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from aibaas import health
+from keys.apis import KeyInfoApi
+
+api_patterns = [
+    path("", include("accounts.api_urls")),
+    path("", include("keys.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]
+
+v1_patterns = [
+    path("key", KeyInfoApi.as_view(), name="v1-key"),
+]
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="dashboard:overview", permanent=False)),
@@ -10,5 +23,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("accounts/", include("accounts.urls")),
     path("dashboard/", include("aibaas.dashboard_urls")),
+    path("api/", include(api_patterns)),
+    path("v1/", include(v1_patterns)),
     path("admin/", admin.site.urls),
 ]

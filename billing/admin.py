@@ -50,6 +50,13 @@ class PlanAdmin(admin.ModelAdmin):
         ("Dates", {"fields": ("created_at", "updated_at")}),
     )
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change:
+            from keys.services import api_keys_invalidate
+
+            api_keys_invalidate(plan=obj)
+
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(org_total=Count("organizations"))
 

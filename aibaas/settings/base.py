@@ -17,6 +17,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_ratelimit",
     "accounts",
     "keys",
@@ -100,14 +102,6 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
-    ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-}
 
 # Login and signup are rate limited per client IP (django-ratelimit). "N/m", "N/h", ...
 RATELIMIT_LOGIN = env.str("RATELIMIT_LOGIN", default="10/m")
@@ -128,4 +122,66 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
     },
+}
+
+# --- API keys (keys/hashing.py). argon2id parameters: OWASP's minimum (19 MiB, t=2, p=1).
+# The secret in a key has 256 bits, so argon2 guards the database copy, not a guessable
+# password; the memory bound and concurrency limit keep it from becoming a DoS lever.
+API_KEY_ARGON2 = {
+    "time_cost": env.int("API_KEY_ARGON2_TIME_COST", default=2),
+    "memory_cost": env.int("API_KEY_ARGON2_MEMORY_KIB", default=19 * 1024),
+    "parallelism": 1,
+}
+API_KEY_ARGON2_MAX_CONCURRENCY = env.int("API_KEY_ARGON2_MAX_CONCURRENCY", default=2)
+API_KEY_ARGON2_WAIT_SECONDS = env.float("API_KEY_ARGON2_WAIT_SECONDS", default=5.0)
+# Server-side secret for the cached HMAC verifiers (default: derived from SECRET_KEY).
+API_KEY_PEPPER = env.str("API_KEY_PEPPER", default="")
+# Cache lifetimes: the verifier (saves argon2) and the authorization context (saves SQL).
+API_KEY_VERIFIER_TTL = env.int("API_KEY_VERIFIER_TTL", default=30 * 24 * 3600)
+API_KEY_CONTEXT_TTL = env.int("API_KEY_CONTEXT_TTL", default=60)
+# The per-process layer on top of the cache; bounds how stale another instance can be.
+API_KEY_LOCAL_TTL = env.float("API_KEY_LOCAL_TTL", default=0.5)
+# Wrong secrets for one key id that may run argon2 per minute before they are refused cheaply.
+API_KEY_MAX_FAILED_VERIFICATIONS = env.int("API_KEY_MAX_FAILED_VERIFICATIONS", default=10)
+# last_used_at / last_used_ip are written at most this often per key.
+API_KEY_TOUCH_INTERVAL = env.int("API_KEY_TOUCH_INTERVAL", default=60)
+API_KEY_DEFAULT_ROTATION_GRACE = env.int("API_KEY_DEFAULT_ROTATION_GRACE", default=24 * 3600)
+
+# --- DRF: restrictive defaults; each view names its own permission classes.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "keys.authentication.ManagementApiKeyAuthentication",
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "aibaas.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+from datetime import timedelta  # noqa: E402
+
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=15)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(hours=env.int("JWT_REFRESH_HOURS", default=24)),
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "USER_ID_FIELD": "id",
+    "UPDATE_LAST_LOGIN": False,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "aibaas API",
+    "DESCRIPTION": "Management API (/api) and OpenAI-compatible machine API (/v1) of aibaas.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI's files come from the drf-spectacular-sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }

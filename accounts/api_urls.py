@@ -1,0 +1,9 @@
+from django.urls import path
+
+from accounts import apis
+
+urlpatterns = [
+    path("auth/token", apis.TokenObtainApi.as_view(), name="api-token"),
+    path("auth/token/refresh", apis.TokenRefreshApi.as_view(), name="api-token-refresh"),
+    path("audit", apis.AuditListApi.as_view(), name="api-audit"),
+]

@@ -1,0 +1,73 @@
+"""Management API of accounts: JWT for humans, and the organization's audit log."""
+
+from django.conf import settings
+from django.utils.decorators import method_decorator
+from django_ratelimit.decorators import ratelimit
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.views import APIView
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from accounts.api_access import OrganizationAccess, resolve_access
+from accounts.audit import audit_list
+from accounts.models import Role
+from aibaas.errors import ApplicationError
+
+
+def _login_rate(group, request) -> str:
+    return settings.RATELIMIT_LOGIN
+
+
+@method_decorator(ratelimit(key="ip", rate=_login_rate, method="POST", block=True), name="post")
+class TokenObtainApi(TokenObtainPairView):
+    """POST email + password → short-lived access token and a refresh token."""
+
+    authentication_classes: list = []
+
+
+class TokenRefreshApi(TokenRefreshView):
+    authentication_classes: list = []
+
+
+class AuditEventOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    action = serializers.CharField()
+    actor = serializers.CharField(source="actor_label")
+    actor_key_id = serializers.CharField()
+    target_type = serializers.CharField()
+    target_id = serializers.CharField()
+    ip = serializers.CharField(allow_null=True)
+    user_agent = serializers.CharField()
+    metadata = serializers.JSONField()
+
+
+class AuditListApi(APIView):
+    """The organization's audit log, newest first. Owners, admins and admin-scoped keys."""
+
+    permission_classes = [OrganizationAccess]
+    key_scopes = ("admin",)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("action", str, description="Prefix, e.g. 'key.' or 'key.revoked'."),
+            OpenApiParameter("actor", str, description="Part of the actor's email or key id."),
+        ],
+        responses=AuditEventOutputSerializer(many=True),
+        operation_id="audit_list",
+    )
+    def get(self, request):
+        access = resolve_access(request)
+        if access.actor.role not in (Role.OWNER, Role.ADMIN):
+            raise ApplicationError(
+                "insufficient_role", "Only owners and admins can read the audit log.", status=403
+            )
+        events = audit_list(
+            organization=access.organization,
+            action=request.query_params.get("action"),
+            actor=request.query_params.get("actor"),
+        )
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(events, request, view=self)
+        return paginator.get_paginated_response(AuditEventOutputSerializer(page, many=True).data)

@@ -1,0 +1,57 @@
+"""The audit log: one service to append, selectors to read. Nothing updates or deletes events."""
+
+import re
+from typing import Any
+
+from django.db.models import QuerySet
+
+from accounts.actors import Actor
+from accounts.models import AuditEvent, Organization
+
+# Defence in depth: whatever a caller passes, a string that looks like an API key never
+# reaches the audit table.
+_KEY_LIKE = re.compile(r"sk_(?:live|test)_[0-9A-Za-z_]{8,}")
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return _KEY_LIKE.sub("[redacted key]", value)
+    if isinstance(value, dict):
+        return {str(k): _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v) for v in value]
+    return value
+
+
+def audit_record(
+    *,
+    action: str,
+    actor: Actor,
+    organization: Organization | None = None,
+    target_type: str = "",
+    target_id: str = "",
+    metadata: dict | None = None,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        organization=organization,
+        actor_user=actor.user,
+        actor_key_id=actor.key_id,
+        actor_label=actor.label[:254],
+        action=action,
+        target_type=target_type,
+        target_id=str(target_id)[:64],
+        ip=actor.ip,
+        user_agent=actor.user_agent,
+        metadata=_redact(metadata or {}),
+    )
+
+
+def audit_list(
+    *, organization: Organization, action: str | None = None, actor: str | None = None
+) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.filter(organization=organization).select_related("actor_user")
+    if action:
+        events = events.filter(action__startswith=action)
+    if actor:
+        events = events.filter(actor_label__icontains=actor)
+    return events

@@ -1,0 +1,48 @@
+"""Django's auth signals feed the audit log; the recording itself is the audit service."""
+
+from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.dispatch import receiver
+
+from accounts.actors import Actor
+from accounts.audit import audit_record
+from accounts.models import AuditAction, User
+from accounts.selectors import membership_list
+from aibaas.http import client_ip, user_agent
+
+
+@receiver(user_logged_in, dispatch_uid="audit-login-succeeded")
+def audit_login_succeeded(sender, request, user, **kwargs):
+    if request is None:
+        return
+    actor = Actor.for_user(request, user, None)
+    memberships = list(membership_list(user=user)) or [None]
+    for membership in memberships:  # every organization of the user sees its members' logins
+        audit_record(
+            action=AuditAction.LOGIN_SUCCEEDED,
+            actor=actor,
+            organization=membership.organization if membership else None,
+            target_type="user",
+            target_id=str(user.pk),
+        )
+
+
+@receiver(user_login_failed, dispatch_uid="audit-login-failed")
+def audit_login_failed(sender, credentials, request=None, **kwargs):
+    # `credentials` is already stripped of the password by Django.
+    attempted = str(credentials.get("username") or credentials.get("email") or "")[:254]
+    user = User.objects.filter(email__iexact=attempted).first() if attempted else None
+    actor = Actor(
+        ip=client_ip(request) if request is not None else None,
+        user_agent=user_agent(request) if request is not None else "",
+        system="anonymous",
+    )
+    organizations = [m.organization for m in membership_list(user=user)] if user else [None]
+    for organization in organizations:
+        audit_record(
+            action=AuditAction.LOGIN_FAILED,
+            actor=actor,
+            organization=organization,
+            target_type="user",
+            target_id=str(user.pk) if user else "",
+            metadata={"email": attempted},
+        )

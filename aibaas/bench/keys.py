@@ -1,0 +1,195 @@
+"""Key verification: cold (argon2) vs warm (cache hit) per check, SQL on the warm path, and
+peak memory when 100 wrong secrets for cold keys arrive at once.
+
+Budget (issue 3): warm p50 <= 50 us, p99 <= 200 us, zero SQL queries on a warm check.
+"""
+
+import contextlib
+import threading
+import time
+from collections import Counter
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from aibaas.bench.stats import summary, table
+
+WARM_CHECKS = 50_000
+COLD_CHECKS = 20
+CONCURRENT_WRONG = 100
+
+
+def _vm_hwm_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _vm_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_hwm() -> bool:
+    try:  # writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _us(ns: float) -> str:
+    return f"{ns / 1000:.1f}"
+
+
+def run() -> None:
+    from accounts.actors import Actor
+    from accounts.models import Organization
+    from billing.models import Plan
+    from billing.services import plan_seed_defaults
+    from keys import format as key_format
+    from keys import verification
+    from keys.services import api_key_create
+    from keys.verification import KeyRejected, authenticate_key
+
+    plan_seed_defaults()
+    org, _ = Organization.objects.get_or_create(
+        slug="bench-keys",
+        defaults={"name": "Bench keys", "plan": Plan.objects.get(slug="enterprise")},
+    )
+    actor = Actor.for_system("bench")
+    raw = api_key_create(organization=org, name="bench", actor=actor).raw_key
+    parsed = key_format.parse(raw)
+
+    # Cold: nothing cached anywhere: one SQL query + one argon2id run.
+    cold = []
+    for _ in range(COLD_CHECKS):
+        verification.forget(parsed.key_id)
+        start = time.perf_counter_ns()
+        authenticate_key(raw)
+        cold.append(time.perf_counter_ns() - start)
+
+    # Warm: the normal case. Per-process layer, refreshed from the cache every API_KEY_LOCAL_TTL.
+    authenticate_key(raw)
+    warm = []
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(WARM_CHECKS):
+            start = time.perf_counter_ns()
+            authenticate_key(raw)
+            warm.append(time.perf_counter_ns() - start)
+    warm_sql = len(queries)
+
+    # Shared-cache layer only (what a check costs right after the local entry expired).
+    shared = []
+    for _ in range(2_000):
+        verification.clear_local()
+        start = time.perf_counter_ns()
+        authenticate_key(raw)
+        shared.append(time.perf_counter_ns() - start)
+
+    # Wrong secret for a key whose verifier is cached: one HMAC, no argon2.
+    wrong = key_format.generate(key_id=parsed.key_id).raw
+    wrong_times = []
+    for _ in range(5_000):
+        start = time.perf_counter_ns()
+        with contextlib.suppress(KeyRejected):
+            authenticate_key(wrong)
+        wrong_times.append(time.perf_counter_ns() - start)
+
+    # Malformed key: refused by the checksum before any I/O.
+    malformed = raw[:-1] + ("A" if raw[-1] != "A" else "B")
+    bad_times = []
+    for _ in range(20_000):
+        start = time.perf_counter_ns()
+        with contextlib.suppress(KeyRejected):
+            authenticate_key(malformed)
+        bad_times.append(time.perf_counter_ns() - start)
+
+    rows = []
+    for name, values in [
+        ("cold (SQL + argon2id)", cold),
+        ("warm (per-process layer)", warm),
+        ("warm (shared cache layer)", shared),
+        ("wrong secret, verifier cached", wrong_times),
+        ("malformed key (checksum)", bad_times),
+    ]:
+        s = summary(values)
+        rows.append([name, s["n"], _us(s["p50"]), _us(s["p95"]), _us(s["p99"]), _us(s["mean"])])
+    table(
+        "Key verification, per check (microseconds)",
+        ["path", "n", "p50", "p95", "p99", "mean"],
+        rows,
+    )
+    print(f"SQL queries during {WARM_CHECKS} warm checks: {warm_sql}")
+    warm_s = summary(warm)
+    verdict = warm_s["p50"] <= 50_000 and warm_s["p99"] <= 200_000 and warm_sql == 0
+    print(f"budget warm p50 <= 50 us, p99 <= 200 us, 0 SQL: {'PASS' if verdict else 'FAIL'}")
+
+    # 100 concurrent wrong secrets for 100 different cold keys (verifiers not cached).
+    keys = [
+        api_key_create(organization=org, name=f"cold-{i}", actor=actor, check_quota=False)
+        for i in range(CONCURRENT_WRONG)
+    ]
+    wrong_cold = [key_format.generate(key_id=k.api_key.key_id).raw for k in keys]
+    for k in keys:  # contexts cached (as after any earlier use), verifiers gone
+        authenticate_key(k.raw_key)
+    cache.delete_many([verification.verifier_cache_key(k.api_key.key_id) for k in keys])
+    verification.clear_local()
+    params = settings.API_KEY_ARGON2
+    rss_before = _vm_rss_kib()
+    exact = _reset_hwm()
+    hwm_before = _vm_hwm_kib()
+    barrier = threading.Barrier(CONCURRENT_WRONG)
+    outcomes: list[str] = []
+
+    def attack(candidate: str) -> None:
+        barrier.wait()
+        try:
+            authenticate_key(candidate)
+            outcomes.append("accepted")
+        except KeyRejected as rejected:
+            outcomes.append(rejected.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attack, args=(c,)) for c in wrong_cold]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    peak = _vm_hwm_kib() - (hwm_before if exact else rss_before)
+    unbounded = CONCURRENT_WRONG * params["memory_cost"]
+    table(
+        f"{CONCURRENT_WRONG} concurrent wrong secrets for cold keys",
+        [
+            "argon2 params",
+            "max concurrent",
+            "wall time",
+            "peak RSS growth",
+            "unbounded would be",
+            "outcomes",
+        ],
+        [
+            [
+                f"t={params['time_cost']} m={params['memory_cost'] // 1024} MiB "
+                f"p={params['parallelism']}",
+                settings.API_KEY_ARGON2_MAX_CONCURRENCY,
+                f"{elapsed:.2f} s",
+                f"{peak / 1024:.1f} MiB{'' if exact else ' (approx.)'}",
+                f"{unbounded / 1024:.0f} MiB",
+                ", ".join(f"{code} x{n}" for code, n in Counter(outcomes).most_common()),
+            ]
+        ],
+    )
+    for k in keys:
+        verification.forget(k.api_key.key_id)

@@ -1,0 +1,143 @@
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from accounts.actors import Actor
+from keys.models import ApiKey, ApiKeyStatus
+from keys.services import api_key_clean_changes, api_key_revoke
+
+
+def _service_field(form_field: str) -> str:
+    return "models" if form_field == "allowed_models" else form_field
+
+
+class ApiKeyAdminForm(forms.ModelForm):
+    """Validates an edit with the key service's own rules, so a bad value is a form error."""
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "scopes", "allowed_models", "expires_at", *ApiKey.LIMIT_FIELDS]
+
+    def clean(self):
+        cleaned = super().clean()
+        changes = {
+            _service_field(field): cleaned[field] for field in self.changed_data if field in cleaned
+        }
+        try:
+            api_key_clean_changes(**changes)
+        except ValidationError as error:
+            form_fields = {_service_field(field): field for field in self.fields}
+            for field, errors in error.message_dict.items():
+                self.add_error(form_fields.get(field), errors)
+        return cleaned
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return ApiKeyStatus.choices
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == ApiKeyStatus.REVOKED:
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == ApiKeyStatus.EXPIRED:
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if self.value() == ApiKeyStatus.ACTIVE:
+            return queryset.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are issued by the dashboard, the API or `create_key` (the raw key is shown once
+    there), so the admin cannot add keys, and never shows the hash."""
+
+    list_display = [
+        "name",
+        "hint",
+        "organization",
+        "status",
+        "scope_list",
+        "test_mode",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+    ]
+    list_filter = [StatusFilter, "test_mode", "organization__plan", "organization"]
+    list_select_related = ["organization"]
+    search_fields = [
+        "name",
+        "key_id",
+        "organization__slug",
+        "organization__name",
+        "created_by__email",
+    ]
+    date_hierarchy = "created_at"
+    actions = ["revoke_selected"]
+    form = ApiKeyAdminForm
+    exclude = ["key_hash"]
+    readonly_fields = [
+        "organization",
+        "key_id",
+        "hint",
+        "test_mode",
+        "created_by",
+        "created_at",
+        "revoked_at",
+        "revoked_reason",
+        "rotated_from",
+        "last_used_at",
+        "last_used_ip",
+        "status",
+    ]
+    fieldsets = (
+        (None, {"fields": ("organization", "name", "key_id", "hint", "status", "test_mode")}),
+        ("Authorization", {"fields": ("scopes", "allowed_models", "expires_at")}),
+        ("Limit overrides (empty = plan default)", {"fields": ApiKey.LIMIT_FIELDS}),
+        (
+            "History",
+            {
+                "fields": (
+                    "created_by",
+                    "created_at",
+                    "rotated_from",
+                    "revoked_at",
+                    "revoked_reason",
+                    "last_used_at",
+                    "last_used_ip",
+                )
+            },
+        ),
+    )
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj: ApiKey) -> str:
+        return ", ".join(obj.scopes)
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_selected(self, request, queryset):
+        actor = Actor(user=request.user, role="admin", system="admin")
+        count = 0
+        for key in queryset.filter(revoked_at__isnull=True):
+            api_key_revoke(api_key=key, actor=actor, reason=f"revoked in admin by {request.user}")
+            count += 1
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+    def save_model(self, request, obj, form, change):
+        # Edits go through the service so they are validated, audited and invalidate caches.
+        from keys.services import api_key_update
+
+        changes = {_service_field(field): form.cleaned_data[field] for field in form.changed_data}
+        original = ApiKey.objects.get(pk=obj.pk)
+        api_key_update(
+            api_key=original,
+            actor=Actor(user=request.user, role="admin", system="admin"),
+            **changes,
+        )

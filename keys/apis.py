@@ -1,0 +1,231 @@
+"""Management API for keys (/api/keys...) and the machine endpoint GET /v1/key."""
+
+from datetime import timedelta
+
+from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.api_access import OrganizationAccess, resolve_access
+from keys.authentication import ApiKeyAuthentication
+from keys.models import ApiKey, Scope
+from keys.permissions import HasApiKey
+from keys.selectors import api_key_get, api_key_list
+from keys.services import api_key_create, api_key_revoke, api_key_rotate, api_key_update
+
+KEY_SCOPES = ("keys:write", "admin")
+LIMIT_FIELDS = ApiKey.LIMIT_FIELDS
+
+
+class KeyOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    key_id = serializers.CharField()
+    name = serializers.CharField()
+    hint = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    models = serializers.ListField(
+        child=serializers.CharField(), source="allowed_models", allow_null=True
+    )
+    requests_per_minute = serializers.IntegerField(allow_null=True)
+    requests_per_day = serializers.IntegerField(allow_null=True)
+    tokens_per_minute = serializers.IntegerField(allow_null=True)
+    tokens_per_day = serializers.IntegerField(allow_null=True)
+    test_mode = serializers.BooleanField()
+    status = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    created_by = serializers.EmailField(source="created_by.email", allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    revoked_reason = serializers.CharField()
+    rotated_from = serializers.CharField(
+        source="rotated_from.key_id", allow_null=True, default=None
+    )
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    last_used_ip = serializers.CharField(allow_null=True)
+
+
+class IssuedKeyOutputSerializer(KeyOutputSerializer):
+    key = serializers.CharField(help_text="The raw key. Shown this once; it is not stored.")
+
+
+def _issued(issued) -> dict:
+    data = KeyOutputSerializer(issued.api_key).data
+    data["key"] = issued.raw_key
+    return data
+
+
+class _LimitsMixin(serializers.Serializer):
+    requests_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    requests_per_day = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    tokens_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    tokens_per_day = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+
+
+class _OrgApi(APIView):
+    permission_classes = [OrganizationAccess]
+    key_scopes = KEY_SCOPES
+
+
+class KeyListCreateApi(_OrgApi):
+    @extend_schema_serializer(component_name="KeyCreateInput")
+    class InputSerializer(_LimitsMixin):
+        name = serializers.CharField(max_length=100)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=Scope.values), required=False, max_length=10
+        )
+        models = serializers.ListField(
+            child=serializers.CharField(max_length=200),
+            required=False,
+            allow_null=True,
+            max_length=100,
+        )
+        expires_at = serializers.DateTimeField(required=False, allow_null=True)
+        test_mode = serializers.BooleanField(required=False, default=False)
+
+    @extend_schema(responses=KeyOutputSerializer(many=True), operation_id="keys_list")
+    def get(self, request):
+        access = resolve_access(request)
+        keys = api_key_list(
+            organization=access.organization, status=request.query_params.get("status")
+        )
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(keys, request, view=self)
+        return paginator.get_paginated_response(KeyOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: IssuedKeyOutputSerializer},
+        operation_id="keys_create",
+    )
+    def post(self, request):
+        access = resolve_access(request)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        issued = api_key_create(
+            organization=access.organization, actor=access.actor, **serializer.validated_data
+        )
+        return Response(_issued(issued), status=status.HTTP_201_CREATED)
+
+
+class KeyDetailApi(_OrgApi):
+    @extend_schema_serializer(component_name="KeyUpdateInput")
+    class InputSerializer(_LimitsMixin):
+        name = serializers.CharField(max_length=100, required=False)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=Scope.values), required=False, max_length=10
+        )
+        models = serializers.ListField(
+            child=serializers.CharField(max_length=200),
+            required=False,
+            allow_null=True,
+            max_length=100,
+        )
+        expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    @extend_schema(responses=KeyOutputSerializer, operation_id="keys_read")
+    def get(self, request, ident: str):
+        access = resolve_access(request)
+        key = api_key_get(organization=access.organization, ident=ident)
+        return Response(KeyOutputSerializer(key).data)
+
+    @extend_schema(
+        request=InputSerializer, responses=KeyOutputSerializer, operation_id="keys_update"
+    )
+    def patch(self, request, ident: str):
+        access = resolve_access(request)
+        key = api_key_get(organization=access.organization, ident=ident)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key = api_key_update(api_key=key, actor=access.actor, **serializer.validated_data)
+        return Response(KeyOutputSerializer(key).data)
+
+
+class KeyRevokeApi(_OrgApi):
+    @extend_schema_serializer(component_name="KeyRevokeInput")
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+    @extend_schema(
+        request=InputSerializer, responses=KeyOutputSerializer, operation_id="keys_revoke"
+    )
+    def post(self, request, ident: str):
+        access = resolve_access(request)
+        key = api_key_get(organization=access.organization, ident=ident)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key = api_key_revoke(api_key=key, actor=access.actor, **serializer.validated_data)
+        return Response(KeyOutputSerializer(key).data)
+
+
+class KeyRotateApi(_OrgApi):
+    @extend_schema_serializer(component_name="KeyRotateInput")
+    class InputSerializer(serializers.Serializer):
+        grace_seconds = serializers.IntegerField(
+            min_value=0,
+            max_value=30 * 24 * 3600,
+            required=False,
+            help_text="How long the old key keeps working (default 86400; 0 ends it now).",
+        )
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: IssuedKeyOutputSerializer},
+        operation_id="keys_rotate",
+    )
+    def post(self, request, ident: str):
+        access = resolve_access(request)
+        key = api_key_get(organization=access.organization, ident=ident)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        grace = serializer.validated_data.get("grace_seconds")
+        issued = api_key_rotate(
+            api_key=key,
+            actor=access.actor,
+            grace=None if grace is None else timedelta(seconds=grace),
+        )
+        return Response(_issued(issued), status=status.HTTP_201_CREATED)
+
+
+class KeyInfoApi(APIView):
+    """GET /v1/key: the calling key, its scopes, models and limits."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [HasApiKey]
+
+    @extend_schema(
+        responses=inline_serializer(
+            "KeyInfo",
+            {
+                "object": serializers.CharField(),
+                "id": serializers.CharField(),
+                "name": serializers.CharField(),
+                "organization": serializers.CharField(),
+                "plan": serializers.CharField(),
+                "scopes": serializers.ListField(child=serializers.CharField()),
+                "models": serializers.ListField(child=serializers.CharField(), allow_null=True),
+                "expires_at": serializers.DateTimeField(allow_null=True),
+                "test_mode": serializers.BooleanField(),
+                "limits": serializers.DictField(child=serializers.IntegerField(allow_null=True)),
+            },
+        ),
+        operation_id="v1_key",
+    )
+    def get(self, request):
+        context = request.auth
+        expires = context.expires_at_datetime
+        return Response(
+            {
+                "object": "api_key",
+                "id": context.key_id,
+                "name": context.name,
+                "organization": context.organization_slug,
+                "plan": context.plan_slug,
+                "scopes": sorted(context.scopes),
+                "models": list(context.models) if context.models is not None else None,
+                "expires_at": expires.isoformat().replace("+00:00", "Z") if expires else None,
+                "test_mode": context.test_mode,
+                "limits": context.limits,
+            }
+        )

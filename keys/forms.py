@@ -1,0 +1,57 @@
+from django import forms
+
+from keys.models import DEFAULT_SCOPES, Scope
+
+EXPIRY_CHOICES = [
+    ("", "Never"),
+    ("7d", "In 7 days"),
+    ("30d", "In 30 days"),
+    ("90d", "In 90 days"),
+    ("365d", "In 1 year"),
+]
+
+GRACE_CHOICES = [
+    ("0", "Immediately"),
+    ("1h", "After 1 hour"),
+    ("24h", "After 24 hours (default)"),
+    ("7d", "After 7 days"),
+]
+
+
+class KeyCreateForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What the key is for, e.g. 'prod backend'.")
+    scopes = forms.MultipleChoiceField(
+        choices=Scope.choices,
+        initial=DEFAULT_SCOPES,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Give a key only what it needs.",
+    )
+    models = forms.CharField(
+        required=False,
+        max_length=2000,
+        help_text="Comma-separated model names this key may use. Empty: every model.",
+    )
+    expires_in = forms.ChoiceField(choices=EXPIRY_CHOICES, required=False, label="Expires")
+    test_mode = forms.BooleanField(
+        required=False, label="Test key (sk_test_…): demo models only, never billed"
+    )
+    requests_per_minute = forms.IntegerField(required=False, min_value=1, label="Requests / minute")
+    requests_per_day = forms.IntegerField(required=False, min_value=1, label="Requests / day")
+    tokens_per_minute = forms.IntegerField(required=False, min_value=1, label="Tokens / minute")
+    tokens_per_day = forms.IntegerField(required=False, min_value=1, label="Tokens / day")
+
+    def clean_models(self) -> list[str] | None:
+        value = self.cleaned_data["models"]
+        return [m.strip() for m in value.split(",") if m.strip()] or None
+
+
+class KeyRevokeForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500, required=False, help_text="Recorded in the audit log, e.g. 'leaked'."
+    )
+
+
+class KeyRotateForm(forms.Form):
+    grace = forms.ChoiceField(
+        choices=GRACE_CHOICES, initial="24h", label="The old key stops working"
+    )

@@ -1,0 +1,69 @@
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from accounts.actors import Actor
+from accounts.selectors import organization_get
+from aibaas.durations import parse_duration
+from aibaas.errors import ApplicationError
+from keys.management.commands._common import key_json
+from keys.services import api_key_create
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class Command(BaseCommand):
+    help = "Issue an API key for an organization. Prints the raw key once: store it now."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--org", required=True, help="Organization slug.")
+        parser.add_argument("--name", required=True)
+        parser.add_argument("--scopes", help="Comma-separated (default: inference).")
+        parser.add_argument("--models", help="Comma-separated model allow-list (default: all).")
+        parser.add_argument("--rpm", type=int, help="Requests per minute (default: plan).")
+        parser.add_argument("--rpd", type=int, help="Requests per day (default: plan).")
+        parser.add_argument("--tpm", type=int, help="Tokens per minute (default: plan).")
+        parser.add_argument("--tpd", type=int, help="Tokens per day (default: plan).")
+        parser.add_argument("--expires-in", help="e.g. 30d, 12h (default: never).")
+        parser.add_argument("--test", action="store_true", help="A sk_test_ key: demo models only.")
+        parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+
+    def handle(self, *args, **opts):
+        try:
+            expires_at = None
+            if opts["expires_in"]:
+                expires_at = timezone.now() + parse_duration(opts["expires_in"])
+            organization = organization_get(slug=opts["org"])
+            issued = api_key_create(
+                organization=organization,
+                name=opts["name"],
+                actor=Actor.for_system("manage.py create_key"),
+                scopes=_csv(opts["scopes"]),
+                models=_csv(opts["models"]),
+                requests_per_minute=opts["rpm"],
+                requests_per_day=opts["rpd"],
+                tokens_per_minute=opts["tpm"],
+                tokens_per_day=opts["tpd"],
+                expires_at=expires_at,
+                test_mode=opts["test"],
+            )
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        except ValidationError as error:
+            raise CommandError("; ".join(error.messages)) from None
+        except ApplicationError as error:
+            raise CommandError(error.message) from None
+        key = issued.api_key
+        if opts["json"]:
+            self.stdout.write(key_json(key, issued.raw_key))
+            return
+        self.stdout.write(
+            f"Created key {key.key_id} ({key.name}) for {organization.slug}: "
+            f"scopes {', '.join(key.scopes)}"
+        )
+        self.stdout.write("This is the only time the key is shown; store it now:")
+        self.stdout.write(issued.raw_key)

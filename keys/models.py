@@ -1,0 +1,100 @@
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Scope(models.TextChoices):
+    INFERENCE = "inference", "inference: call /v1 models"
+    USAGE_READ = "usage:read", "usage:read: read the organization's usage"
+    KEYS_WRITE = "keys:write", "keys:write: manage the organization's keys"
+    ADMIN = "admin", "admin: everything the organization may do"
+
+
+DEFAULT_SCOPES = [Scope.INFERENCE.value]
+
+
+class ApiKeyStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    EXPIRED = "expired", "Expired"
+    REVOKED = "revoked", "Revoked"
+
+
+class ApiKey(models.Model):
+    """A machine credential of one organization. Only an argon2id hash of the key is stored."""
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="api_keys"
+    )
+    name = models.CharField(max_length=100, help_text="What the key is for, e.g. 'prod backend'.")
+    key_id = models.CharField(
+        max_length=12, unique=True, editable=False, help_text="Public id inside the key."
+    )
+    key_hash = models.CharField(max_length=200, editable=False)
+    hint = models.CharField(max_length=24, editable=False, help_text="Non-secret reminder.")
+    scopes = models.JSONField(default=list, help_text="Granted scopes.")
+    allowed_models = models.JSONField(
+        null=True, blank=True, help_text="Model allow-list; empty means every model of the plan."
+    )
+    requests_per_minute = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Override of the plan's limit; empty = plan default."
+    )
+    requests_per_day = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Override of the plan's limit; empty = plan default."
+    )
+    tokens_per_minute = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Override of the plan's limit; empty = plan default."
+    )
+    tokens_per_day = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Override of the plan's limit; empty = plan default."
+    )
+    test_mode = models.BooleanField(default=False, help_text="sk_test_ key: demo models only.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="api_keys",
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=500, blank=True)
+    rotated_from = models.OneToOneField(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="rotated_to",
+        help_text="The key this one replaced.",
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True)
+
+    LIMIT_FIELDS = (
+        "requests_per_minute",
+        "requests_per_day",
+        "tokens_per_minute",
+        "tokens_per_day",
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organization", "revoked_at"], name="apikey_org_live")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.hint})"
+
+    def status_at(self, now) -> str:
+        if self.revoked_at is not None:
+            return ApiKeyStatus.REVOKED
+        if self.expires_at is not None and self.expires_at <= now:
+            return ApiKeyStatus.EXPIRED
+        return ApiKeyStatus.ACTIVE
+
+    @property
+    def status(self) -> str:
+        return self.status_at(timezone.now())
+
+    @property
+    def is_live(self) -> bool:
+        return self.status == ApiKeyStatus.ACTIVE

@@ -1,0 +1,294 @@
+"""Key verification: raw key -> KeyContext, with no argon2 and no SQL on the hot path.
+
+Layers, fastest first:
+1. the format and checksum (keys/format.py): malformed keys stop here, before any I/O;
+2. a per-process dict, API_KEY_LOCAL_TTL long (0.5 s): a warm check is one HMAC;
+3. the shared cache (Redis when configured), one round trip for both entries of a key:
+   `ak:{<key id>}:c` the authorization context (TTL API_KEY_CONTEXT_TTL, rebuilt from one SQL
+   query when missing) and `ak:{<key id>}:v` the HMAC verifier (TTL API_KEY_VERIFIER_TTL);
+4. the database row and one argon2id run, only when the verifier is missing, one at a time
+   per key id in a process, and at most API_KEY_MAX_FAILED_VERIFICATIONS wrong secrets per
+   key id and minute.
+
+Changes (revoke, rotate, edit, plan change) delete the context entry and this process's local
+entry at once; other processes notice within API_KEY_LOCAL_TTL.
+The braces in the cache keys are Redis Cluster hash tags: a key's entries share a slot.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.core.cache import cache
+
+from keys import format as key_format
+from keys.hashing import (
+    VerificationBusy,
+    argon2_slot,
+    check_key_hash,
+    verifier,
+    verifier_matches,
+)
+
+INVALID_API_KEY = "invalid_api_key"
+KEY_REVOKED = "key_revoked"
+KEY_EXPIRED = "key_expired"
+VERIFICATION_BUSY = "verification_busy"
+
+MISSING_KEY_MESSAGE = (
+    "You didn't provide an API key. Send it in the Authorization header "
+    "(Authorization: Bearer sk_live_...) or in the X-API-Key header."
+)
+INVALID_KEY_MESSAGE = (
+    "Incorrect API key provided. Keys look like sk_live_... or sk_test_...; "
+    "manage yours at /dashboard/keys/."
+)
+REVOKED_KEY_MESSAGE = "This API key has been revoked. Create a new one at /dashboard/keys/."
+EXPIRED_KEY_MESSAGE = "This API key has expired. Create or rotate a key at /dashboard/keys/."
+BUSY_MESSAGE = "Key verification is busy; retry in a moment."
+
+MISSING_TTL = 60
+FAILURE_WINDOW = 60
+
+
+class KeyRejected(Exception):
+    def __init__(self, code: str, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class KeyContext:
+    """What authorization needs about a key, without touching the database."""
+
+    pk: int
+    key_id: str
+    name: str
+    organization_id: int
+    organization_slug: str
+    plan_slug: str
+    scopes: frozenset[str]
+    models: tuple[str, ...] | None
+    test_mode: bool
+    limits: dict
+    expires_at: float | None
+    revoked_at: float | None
+    created_by_id: int | None
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    @property
+    def expires_at_datetime(self) -> datetime | None:
+        return None if self.expires_at is None else datetime.fromtimestamp(self.expires_at, UTC)
+
+
+def context_cache_key(key_id: str) -> str:
+    return f"ak:{{{key_id}}}:c"
+
+
+def verifier_cache_key(key_id: str) -> str:
+    return f"ak:{{{key_id}}}:v"
+
+
+def failures_cache_key(key_id: str) -> str:
+    return f"ak:{{{key_id}}}:f"
+
+
+# key id -> (deadline on the monotonic clock, context, verifier)
+_local: dict[str, tuple[float, KeyContext, bytes]] = {}
+_LOCAL_MAX = 50_000
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(key_id: str) -> threading.Lock:
+    with _locks_guard:
+        lock = _locks.get(key_id)
+        if lock is None:
+            if len(_locks) > _LOCAL_MAX:
+                _locks.clear()
+            lock = _locks[key_id] = threading.Lock()
+        return lock
+
+
+def _timestamp(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _context_row(key_id: str) -> tuple[dict, str | None]:
+    """(cacheable context dict, argon2 hash) from one SQL query; {"missing": True} if none."""
+    from keys.models import ApiKey
+
+    key = (
+        ApiKey.objects.select_related("organization__plan")
+        .filter(key_id=key_id)
+        .only(
+            "id",
+            "key_id",
+            "name",
+            "key_hash",
+            "scopes",
+            "allowed_models",
+            "test_mode",
+            "expires_at",
+            "revoked_at",
+            "created_by_id",
+            *ApiKey.LIMIT_FIELDS,
+            "organization__id",
+            "organization__slug",
+            "organization__plan",
+        )
+        .first()
+    )
+    if key is None:
+        return {"missing": True}, None
+    plan = key.organization.plan
+    # A key's override replaces the plan's limit; None on both is unlimited.
+    limits = {
+        field: getattr(plan, field) if getattr(key, field) is None else getattr(key, field)
+        for field in key.LIMIT_FIELDS
+    }
+    limits["monthly_request_quota"] = plan.monthly_request_quota
+    limits["monthly_token_quota"] = plan.monthly_token_quota
+    data = {
+        "pk": key.pk,
+        "key_id": key.key_id,
+        "name": key.name,
+        "organization_id": key.organization_id,
+        "organization_slug": key.organization.slug,
+        "plan_slug": plan.slug,
+        "scopes": sorted(key.scopes),
+        "models": list(key.allowed_models) if key.allowed_models else None,
+        "test_mode": key.test_mode,
+        "limits": limits,
+        "expires_at": _timestamp(key.expires_at),
+        "revoked_at": _timestamp(key.revoked_at),
+        "created_by_id": key.created_by_id,
+    }
+    return data, key.key_hash
+
+
+def _to_context(data: dict) -> KeyContext:
+    return KeyContext(
+        pk=data["pk"],
+        key_id=data["key_id"],
+        name=data["name"],
+        organization_id=data["organization_id"],
+        organization_slug=data["organization_slug"],
+        plan_slug=data["plan_slug"],
+        scopes=frozenset(data["scopes"]),
+        models=tuple(data["models"]) if data["models"] else None,
+        test_mode=data["test_mode"],
+        limits=data["limits"],
+        expires_at=data["expires_at"],
+        revoked_at=data["revoked_at"],
+        created_by_id=data["created_by_id"],
+    )
+
+
+def _invalid() -> KeyRejected:
+    return KeyRejected(INVALID_API_KEY, INVALID_KEY_MESSAGE)
+
+
+def _verify_cold(parsed: key_format.ParsedKey, key_hash: str | None) -> bytes:
+    """Run argon2 for a key whose verifier is not cached; cache the verifier when it matches."""
+    key_id = parsed.key_id
+    vkey = verifier_cache_key(key_id)
+    with _lock_for(key_id):
+        cached = cache.get(vkey)  # another thread may have verified meanwhile
+        if cached is not None:
+            return cached
+        fkey = failures_cache_key(key_id)
+        if (cache.get(fkey) or 0) >= settings.API_KEY_MAX_FAILED_VERIFICATIONS:
+            raise _invalid()
+        try:
+            with argon2_slot():
+                if key_hash is None:
+                    _, key_hash = _context_row(key_id)
+                ok = key_hash is not None and check_key_hash(parsed.raw, key_hash)
+        except VerificationBusy:
+            raise KeyRejected(VERIFICATION_BUSY, BUSY_MESSAGE, status=503) from None
+        if not ok:
+            cache.add(fkey, 0, FAILURE_WINDOW)
+            try:
+                cache.incr(fkey)
+            except ValueError:  # expired between add and incr
+                cache.set(fkey, 1, FAILURE_WINDOW)
+            raise _invalid()
+        digest = verifier(parsed.raw)
+        cache.set(vkey, digest, settings.API_KEY_VERIFIER_TTL)
+        return digest
+
+
+def _load(parsed: key_format.ParsedKey) -> tuple[KeyContext, bytes]:
+    key_id = parsed.key_id
+    ckey, vkey = context_cache_key(key_id), verifier_cache_key(key_id)
+    found = cache.get_many([ckey, vkey])
+    data, digest = found.get(ckey), found.get(vkey)
+    key_hash = None
+    if data is None:
+        data, key_hash = _context_row(key_id)
+        cache.set(ckey, data, MISSING_TTL if data.get("missing") else settings.API_KEY_CONTEXT_TTL)
+    if data.get("missing"):
+        raise _invalid()
+    if digest is None:
+        digest = _verify_cold(parsed, key_hash)
+    context = _to_context(data)
+    if len(_local) > _LOCAL_MAX:
+        _local.clear()
+    _local[key_id] = (time.monotonic() + settings.API_KEY_LOCAL_TTL, context, digest)
+    return context, digest
+
+
+def authenticate_key(raw: str) -> KeyContext:
+    """The context of a valid, live key, or KeyRejected. See the module docstring."""
+    parsed = key_format.parse(raw)
+    if parsed is None:
+        raise _invalid()
+    entry = _local.get(parsed.key_id)
+    if entry is not None and entry[0] > time.monotonic():
+        context, digest = entry[1], entry[2]
+    else:
+        context, digest = _load(parsed)
+    if not verifier_matches(raw, digest):
+        raise _invalid()
+    if context.revoked_at is not None:
+        raise KeyRejected(KEY_REVOKED, REVOKED_KEY_MESSAGE)
+    if context.expires_at is not None and context.expires_at <= time.time():
+        raise KeyRejected(KEY_EXPIRED, EXPIRED_KEY_MESSAGE)
+    return context
+
+
+def prime(raw: str) -> None:
+    """Cache the verifier of a key just issued, so its first use costs no argon2 either."""
+    parsed = key_format.parse(raw)
+    if parsed is not None:
+        cache.set(verifier_cache_key(parsed.key_id), verifier(raw), settings.API_KEY_VERIFIER_TTL)
+        cache.delete(context_cache_key(parsed.key_id))  # drop a cached "missing"
+
+
+def invalidate(*key_ids: str) -> None:
+    """Forget the cached contexts of these keys (after any change to them or their plan)."""
+    if not key_ids:
+        return
+    cache.delete_many([context_cache_key(k) for k in key_ids])
+    for key_id in key_ids:
+        _local.pop(key_id, None)
+
+
+def forget(*key_ids: str) -> None:
+    """Forget everything cached about these keys (they were deleted)."""
+    invalidate(*key_ids)
+    cache.delete_many([verifier_cache_key(k) for k in key_ids])
+
+
+def clear_local() -> None:
+    _local.clear()

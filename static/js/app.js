@@ -1,0 +1,27 @@
+// aibaas dashboard: tiny progressive enhancements, no dependencies.
+(function () {
+  "use strict";
+  function copyText(input) {
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(input.value);
+    }
+    input.select();
+    return new Promise(function (resolve, reject) {
+      try { document.execCommand("copy") ? resolve() : reject(new Error("copy refused")); }
+      catch (err) { reject(err); }
+    });
+  }
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy-target]");
+    if (!button) { return; }
+    var input = document.getElementById(button.getAttribute("data-copy-target"));
+    var status = document.querySelector("[data-copy-status]");
+    copyText(input).then(function () {
+      button.textContent = "Copied";
+      if (status) { status.textContent = "Copied to the clipboard."; }
+    }, function () {
+      input.select();
+      if (status) { status.textContent = "Press Ctrl+C (⌘C) to copy the selected key."; }
+    });
+  });
+})();
