@@ -21,18 +21,11 @@ COLD_CHECKS = 20
 CONCURRENT_WRONG = 100
 
 
-def _vm_hwm_kib() -> int:
+def _proc_status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in KiB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-def _vm_rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     return 0
 
@@ -144,9 +137,9 @@ def run() -> None:
     cache.delete_many([verification.verifier_cache_key(k.api_key.key_id) for k in keys])
     verification.clear_local()
     params = settings.API_KEY_ARGON2
-    rss_before = _vm_rss_kib()
+    rss_before = _proc_status_kib("VmRSS")
     exact = _reset_hwm()
-    hwm_before = _vm_hwm_kib()
+    hwm_before = _proc_status_kib("VmHWM")
     barrier = threading.Barrier(CONCURRENT_WRONG)
     outcomes: list[str] = []
 
@@ -167,7 +160,7 @@ def run() -> None:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    peak = _vm_hwm_kib() - (hwm_before if exact else rss_before)
+    peak = _proc_status_kib("VmHWM") - (hwm_before if exact else rss_before)
     unbounded = CONCURRENT_WRONG * params["memory_cost"]
     table(
         f"{CONCURRENT_WRONG} concurrent wrong secrets for cold keys",

@@ -1,10 +1,9 @@
-from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from accounts.models import User
 from accounts.services import organization_create, user_create
-from aibaas.errors import ApplicationError
+from aibaas.commands import service_errors
 from billing.selectors import plan_get
 
 
@@ -23,20 +22,15 @@ class Command(BaseCommand):
         parser.add_argument("--slug", help="Slug to use instead of one derived from the name.")
 
     def handle(self, *args, **opts):
-        try:
-            with transaction.atomic():
-                plan = plan_get(slug=opts["plan"])
-                owner = User.objects.filter(email__iexact=opts["owner_email"].strip()).first()
-                if owner is None:
-                    owner = user_create(email=opts["owner_email"], password=opts["password"])
-                    self.stdout.write(f"Created user {owner.email}")
-                organization = organization_create(
-                    name=opts["name"], owner=owner, plan=plan, slug=opts["slug"]
-                )
-        except ValidationError as error:
-            raise CommandError("; ".join(error.messages)) from None
-        except ApplicationError as error:
-            raise CommandError(error.message) from None
+        with service_errors(), transaction.atomic():
+            plan = plan_get(slug=opts["plan"])
+            owner = User.objects.filter(email__iexact=opts["owner_email"].strip()).first()
+            if owner is None:
+                owner = user_create(email=opts["owner_email"], password=opts["password"])
+                self.stdout.write(f"Created user {owner.email}")
+            organization = organization_create(
+                name=opts["name"], owner=owner, plan=plan, slug=opts["slug"]
+            )
         self.stdout.write(
             f"Created organization {organization.name!r} on plan {plan.slug}, owner {owner.email}"
         )

@@ -1,8 +1,8 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from accounts.selectors import organization_get
 from accounts.services import organization_set_plan
-from aibaas.errors import ApplicationError
+from aibaas.commands import service_errors
 from billing.selectors import plan_get
 
 
@@ -14,11 +14,9 @@ class Command(BaseCommand):
         parser.add_argument("--plan", required=True, help="Plan slug.")
 
     def handle(self, *args, **opts):
-        try:
+        with service_errors():
             organization = organization_get(slug=opts["org"])
             plan = plan_get(slug=opts["plan"])
-        except ApplicationError as error:
-            raise CommandError(error.message) from None
         previous = organization.plan.slug
         organization_set_plan(organization=organization, plan=plan)
         self.stdout.write(f"{organization.slug}: plan {previous} -> {plan.slug}")

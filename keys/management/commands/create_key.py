@@ -1,12 +1,10 @@
-from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from accounts.actors import Actor
 from accounts.selectors import organization_get
-from aibaas.durations import parse_duration
-from aibaas.errors import ApplicationError
-from keys.management.commands._common import key_json
+from aibaas.commands import duration, service_errors
+from keys.management.commands._common import write_issued
 from keys.services import api_key_create
 
 
@@ -28,15 +26,14 @@ class Command(BaseCommand):
         parser.add_argument("--rpd", type=int, help="Requests per day (default: plan).")
         parser.add_argument("--tpm", type=int, help="Tokens per minute (default: plan).")
         parser.add_argument("--tpd", type=int, help="Tokens per day (default: plan).")
-        parser.add_argument("--expires-in", help="e.g. 30d, 12h (default: never).")
+        parser.add_argument("--expires-in", type=duration, help="e.g. 30d, 12h (default: never).")
         parser.add_argument("--test", action="store_true", help="A sk_test_ key: demo models only.")
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
 
     def handle(self, *args, **opts):
-        try:
-            expires_at = None
-            if opts["expires_in"]:
-                expires_at = timezone.now() + parse_duration(opts["expires_in"])
+        expires_in = opts["expires_in"]
+        expires_at = None if expires_in is None else timezone.now() + expires_in
+        with service_errors():
             organization = organization_get(slug=opts["org"])
             issued = api_key_create(
                 organization=organization,
@@ -51,19 +48,9 @@ class Command(BaseCommand):
                 expires_at=expires_at,
                 test_mode=opts["test"],
             )
-        except ValueError as error:
-            raise CommandError(str(error)) from None
-        except ValidationError as error:
-            raise CommandError("; ".join(error.messages)) from None
-        except ApplicationError as error:
-            raise CommandError(error.message) from None
         key = issued.api_key
-        if opts["json"]:
-            self.stdout.write(key_json(key, issued.raw_key))
-            return
-        self.stdout.write(
+        headline = (
             f"Created key {key.key_id} ({key.name}) for {organization.slug}: "
             f"scopes {', '.join(key.scopes)}"
         )
-        self.stdout.write("This is the only time the key is shown; store it now:")
-        self.stdout.write(issued.raw_key)
+        write_issued(self, issued, headline, as_json=opts["json"])

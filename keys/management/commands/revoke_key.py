@@ -1,7 +1,7 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from accounts.actors import Actor
-from aibaas.errors import ApplicationError
+from aibaas.commands import service_errors
 from keys.selectors import api_key_get_any
 from keys.services import api_key_revoke
 
@@ -14,10 +14,8 @@ class Command(BaseCommand):
         parser.add_argument("--reason", default="", help="Recorded in the key and the audit log.")
 
     def handle(self, *args, **opts):
-        try:
+        with service_errors():
             key = api_key_get_any(key_id=opts["key_id"])
-        except ApplicationError as error:
-            raise CommandError(error.message) from None
         already = key.revoked_at is not None
         key = api_key_revoke(
             api_key=key, actor=Actor.for_system("manage.py revoke_key"), reason=opts["reason"]
