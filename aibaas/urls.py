@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from aibaas import health
 from keys.apis import KeyInfoApi
+from metering.apis import UsageApi
 
 api_patterns = [
     path("", include("accounts.api_urls")),
@@ -15,6 +16,7 @@ api_patterns = [
 
 v1_patterns = [
     path("key", KeyInfoApi.as_view(), name="v1-key"),
+    path("usage", UsageApi.as_view(), name="v1-usage"),
 ]
 
 urlpatterns = [

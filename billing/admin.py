@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.db.models import Count
 
-from billing.models import Plan
+from billing.models import ModelPrice, Plan
 
 
 @admin.register(Plan)
@@ -69,3 +69,38 @@ class PlanAdmin(admin.ModelAdmin):
         return super().has_delete_permission(request, obj) and (
             obj is None or not obj.organizations.exists()
         )
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = [
+        "model",
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "updated_at",
+    ]
+    list_select_related = ["model"]
+    search_fields = ["model__name"]
+    list_filter = ["model__kind", "model__provider"]
+    autocomplete_fields = ["model"]
+    readonly_fields = ["created_at", "updated_at"]
+
+    # Prices are cached per process (billing/pricing.py): every admin write forgets them.
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        _prices_changed()
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        _prices_changed()
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        _prices_changed()
+
+
+def _prices_changed() -> None:
+    from aibaas.gateway.services import model_registry_invalidate
+
+    model_registry_invalidate()

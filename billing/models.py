@@ -58,3 +58,48 @@ class Plan(models.Model):
     @property
     def limits(self) -> dict[str, int | None]:
         return {field: getattr(self, field) for field in self.LIMIT_FIELDS}
+
+
+_PRICE_HELP = "USD per million {what} tokens, e.g. 0.50."
+
+
+def _price_field(what: str) -> models.DecimalField:
+    return models.DecimalField(
+        max_digits=18,
+        decimal_places=8,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text=_PRICE_HELP.format(what=what),
+    )
+
+
+class ModelPrice(models.Model):
+    """The current price of one model. Cost is computed by billing/pricing.py (cost_for)."""
+
+    model = models.OneToOneField(
+        "gateway.AIModel",
+        on_delete=models.CASCADE,
+        related_name="price",
+        help_text="The public model this price applies to.",
+    )
+    input_per_million = _price_field("input (prompt)")
+    output_per_million = _price_field("output (completion)")
+    cached_input_per_million = models.DecimalField(
+        max_digits=18,
+        decimal_places=8,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="USD per million input tokens of a request served from the response cache. "
+        "Empty: the normal input price. Output tokens always cost the output price.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model__name"]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.model}: ${Decimal(self.input_per_million).normalize():f}/M in, "
+            f"${Decimal(self.output_per_million).normalize():f}/M out"
+        )

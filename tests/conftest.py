@@ -31,6 +31,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_process_snapshots():
+    """The model registry and price snapshots live in the process: a snapshot of one test's
+    rows must not leak into the next test."""
+    from aibaas.gateway import registry
+    from billing import pricing
+
+    registry.clear()
+    pricing.clear()
+    yield
+    registry.clear()
+    pricing.clear()
+
+
+@pytest.fixture(autouse=True)
 def _clean_cache():
     """Every test starts with an empty cache (only this run's key prefix when on Redis)."""
     _clear_cache()

@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "keys",
     "metering",
     "billing",
+    "aibaas.gateway",
 ]
 
 MIDDLEWARE = [
@@ -185,3 +186,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# --- Gateway: how long a process keeps its copy of the model registry and prices, and the
+# per-token delay of the built-in demo models.
+REGISTRY_TTL = env.float("REGISTRY_TTL", default=5.0)
+PRICING_TTL = env.float("PRICING_TTL", default=5.0)
+DEMO_TOKEN_DELAY_SECONDS = env.float("DEMO_TOKEN_DELAY_SECONDS", default=0.0)
+
+# --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py).
+USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")
+USAGE_STREAM_MAXLEN = env.int("USAGE_STREAM_MAXLEN", default=1_000_000)

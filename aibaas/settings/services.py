@@ -61,6 +61,20 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Periodic tasks (`celery -A aibaas beat`, or a worker with -B), only when there is a broker.
+# The usage drain moves /v1 usage events from the Redis stream into PostgreSQL (metering/events.py);
+# an entry expires unrun after 10 s so a stopped worker does not come back to a pile of drains.
+CELERY_BEAT_SCHEDULE = (
+    {
+        "metering-drain-usage-events": {
+            "task": "metering.tasks.drain_usage_events",
+            "schedule": 2.0,
+            "options": {"expires": 10},
+        },
+    }
+    if CELERY_BROKER_URL
+    else {}
+)
 
 # --- Email: console backend unless EMAIL_URL is set (smtp://user:pass@host:587/?tls=True).
 _email = env.email_url("EMAIL_URL", default="consolemail://")

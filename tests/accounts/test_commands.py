@@ -221,3 +221,21 @@ def test_commands_that_need_arguments_say_so():
         run("create_org", "--owner-email", "x@example.com")
     with pytest.raises(CommandError, match="--plan"):
         run("set_plan", "--org", "acme")
+
+
+def test_bootstrap_prints_a_working_demo_key_only_when_it_creates_it(client):
+    from keys.format import KEY_PATTERN
+    from keys.models import ApiKey
+
+    first = run("bootstrap")
+    keys = KEY_PATTERN.findall(first)
+    printed = re.search(r"sk_live_\S+", first).group(0)
+    assert len(keys) == 1
+    assert ApiKey.objects.filter(organization__slug="demo").count() == 1
+    response = client.get("/v1/key", HTTP_AUTHORIZATION=f"Bearer {printed}")
+    assert response.status_code == 200
+    assert response.json()["organization"] == "demo"
+
+    second = run("bootstrap")
+    assert "sk_live_" not in second
+    assert ApiKey.objects.filter(organization__slug="demo").count() == 1

@@ -1,10 +1,13 @@
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from accounts.actors import Actor
 from accounts.models import Organization, User
 from accounts.services import membership_add, organization_create, user_create
+from aibaas.gateway.services import DEMO_MODELS, model_seed_demo
 from billing.defaults import DEFAULT_PLANS
 from billing.services import plan_seed_defaults
+from keys.services import api_key_create
 
 DEMO_ORG_SLUG = "demo"
 DEMO_EMAIL = "demo@example.com"
@@ -13,18 +16,28 @@ DEMO_PASSWORD = "demo-password-change-me"
 
 class Command(BaseCommand):
     help = (
-        "Seed what a fresh installation needs: the default plans and a demo organization "
-        f"'{DEMO_ORG_SLUG}' owned by {DEMO_EMAIL}. Idempotent: re-running changes nothing."
+        "Seed what a fresh installation needs: the default plans, the demo models and their "
+        "prices, and a demo organization "
+        f"'{DEMO_ORG_SLUG}' owned by {DEMO_EMAIL} with a demo API key (printed only when it is "
+        "created). Idempotent: re-running changes nothing."
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--no-demo", action="store_true", help="Seed plans only.")
+        parser.add_argument(
+            "--no-demo",
+            action="store_true",
+            help="Seed plans, models and prices only: no demo organization.",
+        )
 
     @transaction.atomic
     def handle(self, *args, **opts):
         created = plan_seed_defaults()
         self.stdout.write(
             f"Plans: {created} created, {len(DEFAULT_PLANS) - created} already present"
+        )
+        created = model_seed_demo()
+        self.stdout.write(
+            f"Demo models: {created} created, {len(DEMO_MODELS) - created} already present"
         )
         if opts["no_demo"]:
             return
@@ -48,3 +61,14 @@ class Command(BaseCommand):
             self.stdout.write(f"  password: {DEMO_PASSWORD}")
         else:
             self.stdout.write(f"  password: {DEMO_PASSWORD} (unless it was changed since)")
+        if not organization.api_keys.exists():
+            # Only when it creates one: the raw key exists nowhere else, so this is its one showing.
+            issued = api_key_create(
+                organization=organization,
+                name="demo key",
+                actor=Actor.for_system("manage.py bootstrap"),
+                scopes=["inference", "usage:read"],
+            )
+            self.stdout.write("")
+            self.stdout.write("Demo API key (shown once; use it as api_key= in any OpenAI SDK):")
+            self.stdout.write(f"  {issued.raw_key}")

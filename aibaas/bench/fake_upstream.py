@@ -1,0 +1,224 @@
+"""A fast fake OpenAI-compatible upstream (raw ASGI), for `make bench` and the gateway tests.
+
+Behaviour per request, chosen by the upstream model name the gateway sends:
+- "fake"            answers at once (chat and embeddings), with usage;
+- "fake-no-usage"   answers without a usage object (the gateway must estimate);
+- "fake-500"        answers 500 (the gateway retries / falls back);
+- "fake-400"        answers 400 with an OpenAI-shaped error (passed on to the client);
+- "fake-echo-auth"  answers with the Authorization header it received as the content;
+- "fake-hang"       never answers (the gateway's read timeout must fire);
+- "fake-slow"       streams: first token after FIRST_TOKEN_DELAY s, then tokens over STREAM_SECONDS.
+Streaming honours `stream_options.include_usage`. Run it: `python -m aibaas.bench.fake_upstream
+--port 9100` (uvicorn), or in-process with `serve_in_thread()`.
+"""
+
+import asyncio
+import json
+import threading
+import time
+
+FIRST_TOKEN_DELAY = 1.0
+STREAM_SECONDS = 2.0
+STREAM_TOKENS = 20
+
+_REPLY = "The quick brown fox jumps over the lazy dog."
+
+
+def _chat_body(model: str, with_usage: bool) -> bytes:
+    body = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": _REPLY},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    if with_usage:
+        body["usage"] = {"prompt_tokens": 12, "completion_tokens": 10, "total_tokens": 22}
+    return json.dumps(body).encode()
+
+
+def _embedding_body(model: str, inputs: list) -> bytes:
+    data = [
+        {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]}
+        for i in range(len(inputs))
+    ]
+    usage = {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)}
+    return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()
+
+
+def _chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    raw = await _read_body(receive)
+    try:
+        request = json.loads(raw or b"{}")
+    except ValueError:
+        request = {}
+    model = request.get("model", "fake")
+    headers = [(b"content-type", b"application/json")]
+
+    if model == "fake-hang":
+        await asyncio.sleep(3600)
+        return
+    if model == "fake-400":
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        body = b'{"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}'
+        await send({"type": "http.response.body", "body": body})
+        return
+    if model == "fake-echo-auth":
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+        reply = json.loads(_chat_body(model, True))
+        reply["choices"][0]["message"]["content"] = auth
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps(reply).encode()})
+        return
+    if model == "fake-500":
+        await send({"type": "http.response.start", "status": 500, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"error": {"message": "boom"}}'})
+        return
+    if scope["path"].endswith("/embeddings"):
+        inputs = request.get("input", "")
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": _embedding_body(model, inputs)})
+        return
+    if not request.get("stream"):
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": _chat_body(model, model != "fake-no-usage")}
+        )
+        return
+
+    include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+    slow = model == "fake-slow"
+    tokens = _REPLY.split(" ") if not slow else [f"tok{i} " for i in range(STREAM_TOKENS)]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+    )
+    if slow:
+        await asyncio.sleep(FIRST_TOKEN_DELAY)
+    await send(
+        {
+            "type": "http.response.body",
+            "body": _chunk(model, {"role": "assistant", "content": ""}),
+            "more_body": True,
+        }
+    )
+    for i, token in enumerate(tokens):
+        text = token if slow else (token if i == len(tokens) - 1 else token + " ")
+        await send(
+            {
+                "type": "http.response.body",
+                "body": _chunk(model, {"content": text}),
+                "more_body": True,
+            }
+        )
+        if slow:
+            await asyncio.sleep(STREAM_SECONDS / STREAM_TOKENS)
+    await send({"type": "http.response.body", "body": _chunk(model, {}, "stop"), "more_body": True})
+    if include_usage and model != "fake-no-usage":
+        usage = {
+            "prompt_tokens": 12,
+            "completion_tokens": len(tokens),
+            "total_tokens": 12 + len(tokens),
+        }
+        payload = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + json.dumps(payload).encode() + b"\n\n",
+                "more_body": True,
+            }
+        )
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+class ThreadedServer:
+    """uvicorn serving `app` in a background thread on 127.0.0.1:<port>."""
+
+    def __init__(self, port: int) -> None:
+        import uvicorn
+
+        self.port = port
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "ThreadedServer":
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve_in_thread(port: int) -> ThreadedServer:
+    return ThreadedServer(port).start()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class GatewayConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "aibaas.gateway"
+    label = "gateway"
+    verbose_name = "Gateway (models and upstreams)"

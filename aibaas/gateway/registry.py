@@ -1,0 +1,236 @@
+"""The model registry as the /v1 hot path sees it: a per-process snapshot, no SQL per request.
+
+All usable models (enabled; openai_compatible ones with at least one enabled upstream) are read
+in one query into an immutable dict of `ModelSpec`s and kept for REGISTRY_TTL seconds (5 s).
+Saves through the services and the admin invalidate this process's snapshot at once (and again
+on commit); other processes see a change within REGISTRY_TTL.
+
+`ProcessSnapshot` is the mechanism, shared with billing/pricing.py:
+- a warm read is a dict lookup: no lock, no I/O, no await;
+- a stale read refreshes once: concurrent callers (threads or coroutines, on any event loop)
+  wait for the same load instead of each querying the database;
+- async callers never block their event loop: the load runs in `sync_to_async` (thread
+  sensitive, so it uses the request's database connection like any other ORM call), in a task
+  of its own so a cancelled caller (a client hanging up) cannot strand the others;
+- if a refresh fails while an older snapshot exists, the old one is served (logged) and the
+  refresh is retried after REFRESH_RETRY_SECONDS, so a database blip does not fail /v1 calls.
+"""
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from aibaas.gateway.providers.base import ModelSpec
+from aibaas.settings.env import env
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_REGISTRY_TTL = 5.0
+REFRESH_RETRY_SECONDS = 1.0
+SYNC_WAIT_SECONDS = 5.0  # a sync reader waits this long for another caller's refresh
+
+
+def setting_float(name: str, default: float) -> float:
+    """A float setting: Django settings first, then the environment, then `default`."""
+    value = getattr(settings, name, None)
+    if value is None:
+        value = env.float(name, default=default)
+    return float(value)
+
+
+class ProcessSnapshot(Generic[T]):
+    """A value loaded from the database and reused by this process for `ttl()` seconds."""
+
+    def __init__(self, name: str, load: Callable[[], T], ttl: Callable[[], float]) -> None:
+        self.name = name
+        self._load = load
+        self._ttl = ttl
+        self._value: T | None = None
+        self._loaded = False
+        self._deadline = 0.0  # time.monotonic() after which the value is stale
+        self._generation = 0  # bumped by invalidate(): a load started before is not fresh
+        self._inflight: concurrent.futures.Future | None = None
+        self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- reads --------------------------------------------------------------------------
+
+    def get(self) -> T:
+        """The value, refreshed in this thread when stale. Not for use inside an event loop."""
+        if self._loaded and time.monotonic() < self._deadline:
+            return self._value  # type: ignore[return-value]
+        future, owner = self._claim()
+        if owner:
+            self._refresh(future)
+            return future.result()
+        try:
+            return future.result(timeout=SYNC_WAIT_SECONDS)
+        except concurrent.futures.TimeoutError:
+            # The refresh in flight may be queued behind this very thread (an async caller's
+            # thread-sensitive load): load here rather than wait for it.
+            return self._load()
+
+    async def aget(self) -> T:
+        """The value; when stale, awaits one shared refresh without blocking the loop."""
+        if self._loaded and time.monotonic() < self._deadline:
+            return self._value  # type: ignore[return-value]
+        future, owner = self._claim()
+        if owner:
+            task = asyncio.ensure_future(sync_to_async(self._refresh)(future))
+            self._tasks.add(task)
+            task.add_done_callback(lambda task: self._refresh_task_done(task, future))
+        return await asyncio.wrap_future(future)
+
+    def invalidate(self) -> None:
+        """Forget the value: the next read loads it again."""
+        with self._lock:
+            self._generation += 1
+            self._deadline = 0.0
+
+    def clear(self) -> None:
+        """Drop the value entirely (tests)."""
+        with self._lock:
+            self._generation += 1
+            self._value = None
+            self._loaded = False
+            self._deadline = 0.0
+
+    # --- refresh ------------------------------------------------------------------------
+
+    def _claim(self) -> tuple[concurrent.futures.Future, bool]:
+        """(the in-flight refresh, True if the caller must run it)."""
+        with self._lock:
+            if self._inflight is not None:
+                return self._inflight, False
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            # Running already: cancelling one waiter's asyncio wrapper cannot cancel it.
+            future.set_running_or_notify_cancel()
+            self._inflight = future
+            return future, True
+
+    def _refresh_task_done(self, task: asyncio.Task, future: concurrent.futures.Future) -> None:
+        self._tasks.discard(task)
+        if not future.done():
+            # The task was cancelled (its event loop shut down) before the load could finish:
+            # release the waiters and let the next read start a new refresh.
+            with self._lock:
+                if self._inflight is future:
+                    self._inflight = None
+            _settle(future, error=RuntimeError(f"{self.name} refresh was cancelled"))
+
+    def _refresh(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            generation = self._generation
+        try:
+            value = self._load()
+        except Exception as error:
+            with self._lock:
+                if self._inflight is future:
+                    self._inflight = None
+                has_previous, previous = self._loaded, self._value
+                if has_previous:
+                    # Serve the last good value for a moment rather than fail requests.
+                    self._deadline = time.monotonic() + REFRESH_RETRY_SECONDS
+            if has_previous:
+                logger.exception("%s refresh failed; serving the previous snapshot", self.name)
+                _settle(future, value=previous)
+            else:
+                _settle(future, error=error)
+            return
+        with self._lock:
+            self._value = value
+            self._loaded = True
+            # Loaded across an invalidation: good for the callers waiting now, but stale.
+            fresh = generation == self._generation
+            self._deadline = time.monotonic() + self._ttl() if fresh else 0.0
+            if self._inflight is future:
+                self._inflight = None
+        _settle(future, value=value)
+
+
+def _settle(future: concurrent.futures.Future, *, value=None, error=None) -> None:
+    """Resolve `future` unless it already is (a cancelled refresh task may have settled it)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+# --- the model registry -----------------------------------------------------------------
+
+
+def _load_specs() -> dict[str, ModelSpec]:
+    from aibaas.gateway.selectors import model_spec_map
+
+    return model_spec_map()
+
+
+def registry_ttl() -> float:
+    return setting_float("REGISTRY_TTL", DEFAULT_REGISTRY_TTL)
+
+
+_registry: ProcessSnapshot[dict[str, ModelSpec]] = ProcessSnapshot(
+    "model registry", _load_specs, registry_ttl
+)
+
+
+def model_spec(name: str) -> ModelSpec | None:
+    """The usable model called `name`, or None (unknown, disabled, or without upstreams)."""
+    return _registry.get().get(name)
+
+
+def model_specs() -> list[ModelSpec]:
+    """Every usable model, by name."""
+    return list(_registry.get().values())
+
+
+async def amodel_spec(name: str) -> ModelSpec | None:
+    return (await _registry.aget()).get(name)
+
+
+async def amodel_specs() -> list[ModelSpec]:
+    return list((await _registry.aget()).values())
+
+
+def key_may_use(context, spec: ModelSpec) -> bool:
+    """May the key (a keys.verification.KeyContext) call this model?
+
+    Its model allow-list must name it (no list: every model), and a test-mode key reaches only
+    test-mode-allowed demo models (test keys are never billed).
+    """
+    if not context.allows_model(spec.name):
+        return False
+    if context.test_mode:
+        return spec.test_mode_allowed and spec.provider == "demo"
+    return True
+
+
+def models_for_key(context) -> list[ModelSpec]:
+    """The models a key may use, for /v1/models."""
+    return [spec for spec in model_specs() if key_may_use(context, spec)]
+
+
+async def amodels_for_key(context) -> list[ModelSpec]:
+    return [spec for spec in await amodel_specs() if key_may_use(context, spec)]
+
+
+def invalidate() -> None:
+    """Make this process reload the registry on its next read."""
+    _registry.invalidate()
+
+
+def clear() -> None:
+    """Drop this process's snapshot (tests)."""
+    _registry.clear()

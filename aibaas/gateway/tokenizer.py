@@ -1,0 +1,100 @@
+"""The one tokenizer of aibaas: every token count the gateway makes itself comes from here.
+
+It is an approximation of OpenAI's BPE tokenizers (cl100k/o200k), deterministic, with no
+vocabulary file and no download. Text is cut by one regular expression into pieces, and
+each piece counts as:
+
+- a run of ASCII letters, with at most one leading space glued to it (" hello"):
+  1 token up to 6 letters, else ceil(letters / 4) ("tokenization" = 3);
+- a run of digits: 1 token per 3 digits ("2024" = 2), as cl100k splits numbers;
+- any other visible character (punctuation, symbols, emoji, each CJK or accented letter),
+  with an optional leading space: 1 token each;
+- whitespace not glued to a word (newlines, indentation): 1 token per 8 characters.
+
+On English prose this lands within about 10-20 % of cl100k (about 1.3 tokens per word); it
+over-counts code, non-Latin scripts and rare long words rather than under-counting them, which
+is the safe side for rate limits estimated before a call. Upstreams that report usage are
+billed on their numbers; only the demo model and upstreams that report nothing use these
+counts (and the latter are marked estimated).
+
+`tokenize(text)` returns the pieces, each exactly one token: `count_tokens(text) ==
+len(tokenize(text))`, and a prefix made of whole pieces counts as that many tokens (the demo
+model streams these pieces and truncates at max_tokens with them).
+"""
+
+import json
+import re
+from typing import Any
+
+# Every match is exactly one token, so counting is one C-level pass (`subn`) and `tokenize`
+# is `findall`. Alternatives, in order, each with at most one leading space glued on:
+# a whole short word; else a 4-letter chunk of a long word; up to 3 digits; one other visible
+# character. Whitespace left over goes in runs of up to 8.
+# ({1,6}+ is possessive, Python 3.11+: no backtracking inside a word.)
+_PIECE = re.compile(
+    r"(?: ?(?:(?<![A-Za-z])[A-Za-z]{1,6}+(?![A-Za-z])|[A-Za-z]{1,4}+|[0-9]{1,3}+|[^\sA-Za-z0-9]))"
+    r"|\s{1,8}+"
+)
+
+# OpenAI's documented chat overhead (the "How to count tokens" cookbook, gpt-3.5/4 family).
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
+IMAGE_PART_TOKENS = 85  # an image part at "low" detail
+
+
+def count_tokens(text: str) -> int:
+    """The number of tokens in `text` (see the module docstring). About 0.2-0.3 ms per 4 kB."""
+    if not text:
+        return 0
+    return _PIECE.subn("", text)[1]
+
+
+def tokenize(text: str) -> list[str]:
+    """`text` cut into its tokens: "".join(tokenize(text)) == text and
+    len(tokenize(text)) == count_tokens(text)."""
+    return _PIECE.findall(text)
+
+
+def _content_tokens(content: Any) -> int:
+    """A message's content: a string, a list of parts (text, image_url, ...), or other JSON."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return count_tokens(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text":
+                total += count_tokens(str(part.get("text") or ""))
+            elif isinstance(part, dict) and part.get("type") in ("image_url", "input_image"):
+                total += IMAGE_PART_TOKENS
+            else:
+                total += count_tokens(json.dumps(part, ensure_ascii=False, sort_keys=True))
+        return total
+    return count_tokens(json.dumps(content, ensure_ascii=False, sort_keys=True))
+
+
+def count_chat_tokens(messages: list[dict]) -> int:
+    """The prompt tokens of a chat request, with OpenAI's per-message overhead.
+
+    Each message costs TOKENS_PER_MESSAGE plus its role and content (and TOKENS_PER_NAME plus
+    the name when it has one); tool calls and other fields count as their JSON text; the reply
+    priming adds REPLY_PRIMING once.
+    """
+    total = REPLY_PRIMING
+    for message in messages:
+        if not isinstance(message, dict):
+            total += TOKENS_PER_MESSAGE + count_tokens(str(message))
+            continue
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if key == "content":
+                total += _content_tokens(value)
+            elif key == "name":
+                total += TOKENS_PER_NAME + count_tokens(str(value))
+            elif isinstance(value, str):
+                total += count_tokens(value)
+            elif value is not None:
+                total += count_tokens(json.dumps(value, ensure_ascii=False, sort_keys=True))
+    return total

@@ -1,0 +1,263 @@
+"""Usage events, emit side: one event per authenticated /v1 request, never lost, never counted
+twice. The gateway builds a `UsageEventData` (cost already computed) and calls `usage_emit`
+(sync code) or `ausage_emit` (async views: no blocking call on the event loop).
+
+Where an event goes:
+
+- REDIS_URL and CELERY_BROKER_URL set (production): one XADD of the JSON-encoded event to the
+  Redis stream `aibaas:{usage}:events`; no SQL on the request path. The Celery beat entry
+  `metering-drain-usage-events` (aibaas/settings/services.py) runs
+  `metering.tasks.drain_usage_events` every 2 s, and `metering.services.usage_drain` moves the
+  stream into PostgreSQL in batches.
+- No broker (Celery eager: the embedded defaults, or REDIS_URL without a Celery worker): nothing
+  would drain a stream, so the event is written where it is emitted, by
+  `metering.services.usage_record` (the same bulk_create; async callers run it in a thread).
+  Chosen over "XADD, then drain inline": the same result with one Redis round trip and one
+  stream scan fewer per request.
+- Redis unreachable at XADD: logged, and the event is written synchronously by `usage_record`.
+  After a failure the stream is skipped for REDIS_RETRY_SECONDS, so an outage costs one socket
+  timeout per process, not one per request. If the database fails too, the event's JSON is in
+  the error log (a replayable record) and the error is raised to the caller.
+
+Why nothing is counted twice: an XADD retried after a timeout whose first try did run adds a
+duplicate entry, and a drainer killed between its database commit and its XACK leaves a batch
+that will be read again; both are absorbed by the unique `request_id` (bulk_create with
+ignore_conflicts). Why nothing is lost: entries are acked only after their rows are committed,
+and entries a dead drainer left pending are reclaimed (XAUTOCLAIM) by the next drain.
+
+Stream key: `aibaas:{usage}:events`. The braces are a Redis Cluster hash tag: the stream and its
+dead-letter stream `aibaas:{usage}:dead` (entries that cannot be decoded or stored) live in one
+slot, so an entry moves between them in one MULTI. Overridable with the USAGE_STREAM_KEY setting.
+
+MAXLEN ~ 1,000,000 (setting USAGE_STREAM_MAXLEN): drained entries are deleted, so the stream
+holds only the backlog; the cap protects Redis's memory if every drainer is down. At about
+300 bytes an entry that is ~300 MB, and ~16 minutes of backlog at 1,000 requests/s (hours at
+the load of one small machine); past it the oldest undrained entries are trimmed. Trimming is
+approximate (`~`), which costs nothing per XADD.
+"""
+
+import asyncio
+import ipaddress
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+import redis
+import redis.asyncio as aredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+logger = logging.getLogger(__name__)
+
+STREAM_KEY = "aibaas:{usage}:events"
+STREAM_MAXLEN = 1_000_000
+ENTRY_FIELD = "e"
+REDIS_RETRY_SECONDS = 5.0
+# Short timeouts: emitting is on the request path, and the fallback is a database write.
+SOCKET_CONNECT_TIMEOUT = 0.5
+SOCKET_TIMEOUT = 2.0
+
+REDIS_ERRORS = (redis.RedisError, OSError)
+_NON_NEGATIVE = (
+    "status_code",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "latency_ms",
+    "upstream_latency_ms",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageEventData:
+    """What one /v1 request used and cost; the fields of metering.UsageEvent, by id.
+
+    Limits of the columns: request_id ≤ 100 characters, key_id ≤ 32, model ≤ 200, endpoint ≤ 50,
+    client_ip an IPv4/IPv6 address, cost < 10^10 with 8 decimal places kept.
+    """
+
+    request_id: str
+    organization_id: int
+    api_key_id: int | None
+    key_id: str
+    model: str
+    endpoint: str
+    status_code: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    estimated: bool = False
+    cached: bool = False
+    cost: Decimal = Decimal(0)
+    latency_ms: int = 0
+    upstream_latency_ms: int | None = None
+    client_ip: str | None = None
+    created_at: datetime = field(default_factory=timezone.now)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cost, Decimal):
+            # A float price would carry binary noise into money: go through its shortest repr.
+            object.__setattr__(self, "cost", Decimal(str(self.cost)))
+        # Refused here, loudly: SQLite's INSERT OR IGNORE would drop such a row without a word.
+        if not (self.request_id and self.key_id and self.model and self.endpoint):
+            raise ValueError("UsageEventData needs request_id, key_id, model and endpoint")
+        for name in _NON_NEGATIVE:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"UsageEventData.{name} must not be negative, got {value}")
+        if timezone.is_naive(self.created_at):
+            raise ValueError("UsageEventData.created_at must be timezone-aware")
+        if self.client_ip is not None:
+            ipaddress.ip_address(self.client_ip)  # ValueError
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["cost"] = str(self.cost)
+        data["created_at"] = self.created_at.isoformat()
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "UsageEventData":
+        data = json.loads(raw)
+        data["cost"] = Decimal(data["cost"])
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+        return cls(**data)
+
+
+def stream_key() -> str:
+    return getattr(settings, "USAGE_STREAM_KEY", STREAM_KEY)
+
+
+def dead_letter_key(key: str) -> str:
+    """`…:events` → `…:dead`: same hash tag, same cluster slot."""
+    return key.rsplit(":", 1)[0] + ":dead"
+
+
+def stream_maxlen() -> int:
+    return getattr(settings, "USAGE_STREAM_MAXLEN", STREAM_MAXLEN)
+
+
+def stream_enabled() -> bool:
+    """Events go through the stream only when a Celery worker exists to drain it."""
+    return bool(settings.REDIS_URL and settings.CELERY_BROKER_URL)
+
+
+# --- clients: one pooled client per process (per event loop for asyncio) --------------------
+
+_CLIENT_OPTIONS = {"socket_connect_timeout": SOCKET_CONNECT_TIMEOUT, "health_check_interval": 30}
+_clients: dict[tuple[str, float], redis.Redis] = {}
+_aclients: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, aredis.Redis]] = {}
+_clients_lock = threading.Lock()
+
+
+def redis_client(*, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
+    """The process's pooled client for REDIS_URL (one per timeout: the drain waits longer)."""
+    key = (settings.REDIS_URL, socket_timeout)
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = redis.Redis.from_url(
+                    key[0],
+                    socket_timeout=socket_timeout,
+                    retry=Retry(NoBackoff(), 1),
+                    **_CLIENT_OPTIONS,
+                )
+    return client
+
+
+def aredis_client() -> aredis.Redis:
+    """The asyncio client of the running event loop (an asyncio connection belongs to one loop:
+    uvicorn has one per process, tests start many)."""
+    loop = asyncio.get_running_loop()
+    url = settings.REDIS_URL
+    entry = _aclients.get((id(loop), url))
+    if entry is None or entry[0] is not loop:
+        for key, (other, _) in list(_aclients.items()):
+            if other.is_closed():
+                del _aclients[key]
+        client = aredis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT, retry=AsyncRetry(NoBackoff(), 1), **_CLIENT_OPTIONS
+        )
+        entry = _aclients[(id(loop), url)] = (loop, client)
+    return entry[1]
+
+
+# --- circuit breaker: after a failure, skip Redis for REDIS_RETRY_SECONDS --------------------
+
+_down_until = 0.0
+
+
+def _redis_usable() -> bool:
+    return time.monotonic() >= _down_until
+
+
+def _redis_failed(error: Exception, event: "UsageEventData") -> None:
+    global _down_until
+    if _redis_usable():
+        logger.error(
+            "usage stream unreachable (%s); writing usage events to the database directly "
+            "for %.0f s",
+            error,
+            REDIS_RETRY_SECONDS,
+        )
+    _down_until = time.monotonic() + REDIS_RETRY_SECONDS
+    logger.warning("usage event %s written synchronously (Redis down)", event.request_id)
+
+
+def reset_breaker() -> None:
+    """Forget a past Redis failure (tests; the breaker also resets itself)."""
+    global _down_until
+    _down_until = 0.0
+
+
+# --- emit --------------------------------------------------------------------------------------
+
+
+def _xadd_args(event: UsageEventData) -> tuple[tuple, dict]:
+    return (
+        (stream_key(), {ENTRY_FIELD: event.to_json()}),
+        {"maxlen": stream_maxlen(), "approximate": True},
+    )
+
+
+def _record(event: UsageEventData) -> None:
+    from metering.services import usage_record
+
+    try:
+        usage_record(events=[event])
+    except Exception:
+        logger.exception("usage event NOT RECORDED, replay it: %s", event.to_json())
+        raise
+
+
+def usage_emit(event: UsageEventData) -> None:
+    """Record one request's usage: to the stream, or the database (see the module docstring)."""
+    if stream_enabled() and _redis_usable():
+        args, kwargs = _xadd_args(event)
+        try:
+            redis_client().xadd(*args, **kwargs)
+            return
+        except REDIS_ERRORS as error:
+            _redis_failed(error, event)
+    _record(event)
+
+
+async def ausage_emit(event: UsageEventData) -> None:
+    """usage_emit for async code: redis.asyncio for the stream, a thread for the database."""
+    if stream_enabled() and _redis_usable():
+        args, kwargs = _xadd_args(event)
+        try:
+            await aredis_client().xadd(*args, **kwargs)
+            return
+        except REDIS_ERRORS as error:
+            _redis_failed(error, event)
+    await sync_to_async(_record)(event)

@@ -1,0 +1,60 @@
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class UsageEvent(models.Model):
+    """One authenticated /v1 request: what it used and what it cost. Written in batches off the
+    request path (metering/events.py); `request_id` is unique, so a replayed batch is harmless."""
+
+    request_id = models.CharField(
+        max_length=100, unique=True, help_text="The request's X-Request-ID; the idempotency key."
+    )
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="usage_events"
+    )
+    api_key = models.ForeignKey(
+        "keys.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="usage_events",
+    )
+    key_id = models.CharField(
+        max_length=32, help_text="Public id of the calling key, kept if the key is deleted."
+    )
+    model = models.CharField(max_length=200, help_text="Public model name the client asked for.")
+    endpoint = models.CharField(
+        max_length=50, help_text='The /v1 operation: "chat.completions", "embeddings", ...'
+    )
+    status_code = models.PositiveSmallIntegerField(help_text="HTTP status of the response.")
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    estimated = models.BooleanField(
+        default=False, help_text="Token counts estimated by our tokenizer, not the upstream's."
+    )
+    cached = models.BooleanField(default=False, help_text="Served from the response cache.")
+    cost = models.DecimalField(
+        max_digits=18, decimal_places=8, default=0, help_text="Price of the request, in USD."
+    )
+    latency_ms = models.PositiveIntegerField(default=0, help_text="Total time in aibaas.")
+    upstream_latency_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Time spent waiting for the model; empty when none ran."
+    )
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(
+        default=timezone.now, db_index=True, help_text="When the request was received."
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "created_at"], name="usage_org_time"),
+            models.Index(fields=["api_key", "created_at"], name="usage_key_time"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(cost__gte=0), name="usage_cost_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.endpoint} {self.model} ({self.status_code})"

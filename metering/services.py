@@ -1,0 +1,214 @@
+"""Usage events, write side: `usage_record` (a batch of events into the table, idempotent) and
+`usage_drain` (the Redis stream into the table). metering/events.py explains the pipeline."""
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+
+import redis
+from django.db import DataError, IntegrityError, transaction
+
+from accounts.models import Organization
+from keys.models import ApiKey
+from metering.events import (
+    ENTRY_FIELD,
+    UsageEventData,
+    dead_letter_key,
+    redis_client,
+    stream_key,
+    stream_maxlen,
+)
+from metering.models import UsageEvent
+
+logger = logging.getLogger(__name__)
+
+GROUP = "usage-writers"
+# An entry read but not acked for this long belongs to a drainer that died: take it over. A
+# batch takes milliseconds, so a live drainer is never robbed (and if it were, the unique
+# request_id would make the double write harmless); a crash delays its batch by about this much.
+RECLAIM_IDLE_MS = 60_000
+# Consumers with nothing pending and idle this long (dead processes) are removed from the group.
+CONSUMER_PRUNE_IDLE_MS = 3_600_000
+CONSUMER_PRUNE_EVERY = 600.0
+MAX_BATCHES = 200
+# The drain is a background task: it may wait for a busy Redis longer than a request would.
+DRAIN_SOCKET_TIMEOUT = 10.0
+
+_last_prune = 0.0
+
+
+def _rows(events: Sequence[UsageEventData]) -> list[UsageEvent]:
+    """Model rows for the events; an event of a deleted organization is dropped (its usage was
+    deleted with it) and one of a deleted key keeps its key_id, like SET_NULL would."""
+    org_ids = {event.organization_id for event in events}
+    key_ids = {event.api_key_id for event in events if event.api_key_id is not None}
+    live_orgs = set(Organization.objects.filter(pk__in=org_ids).values_list("pk", flat=True))
+    live_keys = set()
+    if key_ids:
+        live_keys = set(ApiKey.objects.filter(pk__in=key_ids).values_list("pk", flat=True))
+    rows = []
+    for event in events:
+        if event.organization_id not in live_orgs:
+            logger.warning(
+                "usage event %s dropped: organization %s no longer exists",
+                event.request_id,
+                event.organization_id,
+            )
+            continue
+        rows.append(
+            UsageEvent(
+                request_id=event.request_id,
+                organization_id=event.organization_id,
+                api_key_id=event.api_key_id if event.api_key_id in live_keys else None,
+                key_id=event.key_id,
+                model=event.model,
+                endpoint=event.endpoint,
+                status_code=event.status_code,
+                input_tokens=event.input_tokens,
+                output_tokens=event.output_tokens,
+                estimated=event.estimated,
+                cached=event.cached,
+                cost=event.cost,
+                latency_ms=event.latency_ms,
+                upstream_latency_ms=event.upstream_latency_ms,
+                client_ip=event.client_ip,
+                created_at=event.created_at,
+            )
+        )
+    return rows
+
+
+def usage_record(*, events: Sequence[UsageEventData]) -> int:
+    """Store usage events, atomically. Idempotent: an event whose request_id is already stored is
+    skipped, so replaying a batch never counts a request twice. Returns how many events were
+    handed to the database (new or already there)."""
+    if not events:
+        return 0
+    with transaction.atomic():
+        rows = _rows(events)
+        UsageEvent.objects.bulk_create(rows, batch_size=500, ignore_conflicts=True)
+    return len(rows)
+
+
+# --- the stream drain ---------------------------------------------------------------------------
+
+
+def _consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _ensure_group(client, key: str) -> None:
+    try:
+        client.xgroup_create(key, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as error:
+        if "BUSYGROUP" not in str(error):  # the group exists: the usual case
+            raise
+
+
+def _prune_consumers(client, key: str) -> None:
+    """Dead drainers leave their consumer names in the group; drop the empty, long-idle ones."""
+    global _last_prune
+    now = time.monotonic()
+    if now - _last_prune < CONSUMER_PRUNE_EVERY:
+        return
+    _last_prune = now
+    for consumer in client.xinfo_consumers(key, GROUP):
+        if consumer["pending"] == 0 and consumer["idle"] > CONSUMER_PRUNE_IDLE_MS:
+            client.xgroup_delconsumer(key, GROUP, consumer["name"])
+
+
+def _store(decoded: list[tuple[bytes, UsageEventData]]) -> tuple[int, list[tuple[bytes, str]]]:
+    """Write the batch: (events stored or already there, refused entries). If one event makes
+    the batch fail, write them one by one and return the ones the database refuses (entry id,
+    reason), so they go to the dead-letter stream instead of blocking every later batch.
+    Connection errors propagate: nothing is acked, the batch is retried."""
+    events = [event for _, event in decoded]
+    try:
+        return usage_record(events=events), []
+    except (DataError, IntegrityError, ValueError):
+        logger.exception("usage batch refused by the database; retrying event by event")
+    stored, refused = 0, []
+    for entry_id, event in decoded:
+        try:
+            stored += usage_record(events=[event])
+        except (DataError, IntegrityError, ValueError) as error:
+            refused.append((entry_id, f"{type(error).__name__}: {error}"))
+    return stored, refused
+
+
+def _process(client, key: str, entries: list) -> int:
+    """Store a batch of stream entries, then ack and delete them (in that order)."""
+    ids: list[bytes] = []
+    decoded: list[tuple[bytes, UsageEventData]] = []
+    dead: list[tuple[bytes, dict, str]] = []
+    for entry_id, fields in entries:
+        ids.append(entry_id)
+        if not fields:  # deleted while pending (Redis < 7 reports these as empty entries)
+            continue
+        try:
+            decoded.append((entry_id, UsageEventData.from_json(fields[ENTRY_FIELD.encode()])))
+        except (KeyError, ValueError, TypeError, ArithmeticError) as error:
+            dead.append((entry_id, fields, f"undecodable: {error}"))
+    if not ids:
+        return 0
+    payloads = {entry_id: fields for entry_id, fields in entries if fields}
+    stored, refused = _store(decoded)
+    for entry_id, reason in refused:
+        dead.append((entry_id, payloads[entry_id], reason))
+    # The rows are committed (usage_record is atomic): only now may the entries go.
+    pipe = client.pipeline(transaction=True)
+    for entry_id, fields, reason in dead:
+        logger.error("usage stream entry %s moved to the dead-letter stream: %s", entry_id, reason)
+        pipe.xadd(
+            dead_letter_key(key),
+            {**fields, "entry_id": entry_id, "reason": reason},
+            maxlen=stream_maxlen(),
+            approximate=True,
+        )
+    pipe.xack(key, GROUP, *ids)
+    pipe.xdel(key, *ids)
+    pipe.execute()
+    return stored
+
+
+def usage_drain(
+    *,
+    batch_size: int = 500,
+    reclaim_idle_ms: int = RECLAIM_IDLE_MS,
+    max_batches: int = MAX_BATCHES,
+) -> int:
+    """Move usage events from the Redis stream into the database; return how many events are
+    now stored (written, or found already written by an earlier, interrupted run).
+
+    Reads with the consumer group GROUP, so concurrent drainers share the work. First takes over
+    entries another drainer read and never acked for reclaim_idle_ms (it died mid-batch), then
+    reads new entries, batch_size at a time, until the stream is empty or max_batches were done
+    (the next run continues). Each batch: bulk_create (ignore_conflicts on request_id) and
+    commit, then XACK + XDEL. A crash between the two replays the batch: harmless.
+    Must not run inside a transaction: the ack has to follow a real commit.
+    """
+    client = redis_client(socket_timeout=DRAIN_SOCKET_TIMEOUT)
+    key = stream_key()
+    _ensure_group(client, key)
+    consumer = _consumer_name()
+    stored = 0
+    cursor = "0-0"
+    for _ in range(max_batches):
+        cursor, entries, *_ = client.xautoclaim(
+            key, GROUP, consumer, min_idle_time=reclaim_idle_ms, start_id=cursor, count=batch_size
+        )
+        if entries:
+            logger.warning("reclaimed %d usage events left pending by a drainer", len(entries))
+            stored += _process(client, key, entries)
+        if cursor in (b"0-0", "0-0"):
+            break
+    for _ in range(max_batches):
+        response = client.xreadgroup(GROUP, consumer, {key: ">"}, count=batch_size)
+        entries = response[0][1] if response else []
+        if not entries:
+            break
+        stored += _process(client, key, entries)
+    _prune_consumers(client, key)
+    return stored

@@ -1,0 +1,256 @@
+"""The OpenAI-compatible provider against a real local HTTP server (the fake upstream)."""
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from aibaas.bench import fake_upstream
+from aibaas.gateway.providers import openai_compatible as oc
+from aibaas.gateway.providers.base import ModelSpec, ProviderError, StreamUsage, UpstreamSpec
+from tests.servers import free_port
+
+CHAT = {"messages": [{"role": "user", "content": "Say something about foxes."}]}
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    server = fake_upstream.serve_in_thread(free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _healthy_again():
+    oc._unhealthy_until.clear()
+    yield
+    oc._unhealthy_until.clear()
+
+
+def spec(*upstreams: UpstreamSpec, name: str = "public-model") -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        kind="chat",
+        provider="openai_compatible",
+        context_window=8192,
+        test_mode_allowed=False,
+        response_cache_ttl=0,
+        upstreams=tuple(upstreams),
+    )
+
+
+def up(
+    base_url: str,
+    model: str = "fake",
+    *,
+    timeout: float = 5.0,
+    weight: int = 1,
+    api_key_env: str = "",
+) -> UpstreamSpec:
+    return UpstreamSpec(
+        base_url=base_url,
+        upstream_model=model,
+        api_key_env=api_key_env,
+        weight=weight,
+        timeout_seconds=timeout,
+        connect_timeout_seconds=1.0,
+    )
+
+
+DOWN = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+
+
+def run(coroutine_factory):
+    async def main():
+        try:
+            return await coroutine_factory()
+        finally:
+            await oc.close_sessions()
+
+    return asyncio.run(main())
+
+
+async def collect(model, body, usage, limit=None):
+    chunks = []
+    stream = oc.OpenAICompatibleProvider().chat_stream(model, body, usage)
+    try:
+        async for chunk in stream:
+            chunks.append((time.monotonic(), chunk))
+            if limit is not None and len(chunks) >= limit:
+                break
+    finally:
+        await stream.aclose()
+    return chunks
+
+
+def test_chat_returns_the_upstream_answer_under_the_public_model_name(upstream):
+    result = run(lambda: oc.OpenAICompatibleProvider().chat(spec(up(upstream.base_url)), CHAT))
+    assert result.body["model"] == "public-model"
+    assert result.body["choices"][0]["message"]["content"].startswith("The quick brown fox")
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (12, 10)
+    assert result.usage.estimated is False
+    assert result.upstream_latency_ms > 0
+
+
+def test_missing_upstream_usage_is_estimated_and_marked(upstream):
+    result = run(
+        lambda: oc.OpenAICompatibleProvider().chat(
+            spec(up(upstream.base_url, "fake-no-usage")), CHAT
+        )
+    )
+    assert result.usage.estimated is True
+    assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
+
+
+def test_provider_key_comes_from_the_named_environment_variable(upstream, monkeypatch):
+    monkeypatch.setenv("FAKE_PROVIDER_KEY", "sk-upstream-secret")
+    result = run(
+        lambda: oc.OpenAICompatibleProvider().chat(
+            spec(up(upstream.base_url, "fake-echo-auth", api_key_env="FAKE_PROVIDER_KEY")), CHAT
+        )
+    )
+    assert result.body["choices"][0]["message"]["content"] == "Bearer sk-upstream-secret"
+
+
+def test_falls_back_to_the_next_upstream_when_the_first_is_down(upstream):
+    model = spec(up(DOWN, weight=1000), up(upstream.base_url, weight=1))
+    result = run(lambda: oc.OpenAICompatibleProvider().chat(model, CHAT))
+    assert result.body["model"] == "public-model"
+    # The dead upstream is now skipped first: healthy ones come before it.
+    assert oc.attempt_order(model.upstreams)[0].base_url == upstream.base_url
+
+
+def test_5xx_is_retried_on_another_upstream(upstream):
+    model = spec(up(upstream.base_url, "fake-500", weight=1000), up(upstream.base_url + "/"))
+    result = run(lambda: oc.OpenAICompatibleProvider().chat(model, CHAT))
+    assert result.usage.output_tokens == 10
+
+
+def test_every_upstream_failing_is_a_502_upstream_error(upstream):
+    with pytest.raises(ProviderError) as caught:
+        run(
+            lambda: oc.OpenAICompatibleProvider().chat(
+                spec(up(DOWN), up(upstream.base_url, "fake-500")), CHAT
+            )
+        )
+    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+
+
+def test_a_hung_upstream_is_a_504_after_its_timeout(upstream):
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as caught:
+        run(
+            lambda: oc.OpenAICompatibleProvider().chat(
+                spec(up(upstream.base_url, "fake-hang", timeout=0.5)), CHAT
+            )
+        )
+    assert (caught.value.status, caught.value.code) == (504, "upstream_timeout")
+    assert time.monotonic() - started < 3
+
+
+def test_upstream_4xx_is_passed_on_as_a_400_with_its_message(upstream):
+    with pytest.raises(ProviderError) as caught:
+        run(
+            lambda: oc.OpenAICompatibleProvider().chat(
+                spec(up(upstream.base_url, "fake-400")), CHAT
+            )
+        )
+    assert caught.value.status == 400
+    assert "max_tokens is too large" in caught.value.message
+
+
+def test_embeddings_pass_through_with_usage(upstream):
+    model = ModelSpec(
+        name="public-embed",
+        kind="embeddings",
+        provider="openai_compatible",
+        context_window=8192,
+        test_mode_allowed=False,
+        response_cache_ttl=0,
+        upstreams=(up(upstream.base_url),),
+    )
+    result = run(lambda: oc.OpenAICompatibleProvider().embeddings(model, {"input": ["a", "b"]}))
+    assert result.body["model"] == "public-embed"
+    assert len(result.body["data"]) == 2
+    assert result.usage.input_tokens == 6
+
+
+def _events(chunks):
+    events = []
+    for _, raw in chunks:
+        assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
+        data = raw[6:-2]
+        events.append(data if data == b"[DONE]" else json.loads(data))
+    return events
+
+
+def test_stream_passes_chunks_through_with_usage_only_when_asked(upstream):
+    usage = StreamUsage()
+    chunks = run(lambda: collect(spec(up(upstream.base_url)), dict(CHAT, stream=True), usage))
+    events = _events(chunks)
+    assert events[-1] == b"[DONE]"
+    assert all(e["model"] == "public-model" for e in events[:-1])
+    assert all(e["choices"] for e in events[:-1])  # no usage-only chunk: not asked for
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert text == "The quick brown fox jumps over the lazy dog."
+    assert usage.finished and not usage.usage.estimated
+    assert usage.usage.output_tokens == 9  # what the upstream reported, not an estimate
+
+    usage = StreamUsage()
+    asked = dict(CHAT, stream=True, stream_options={"include_usage": True})
+    events = _events(run(lambda: collect(spec(up(upstream.base_url)), asked, usage)))
+    assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] == 9
+
+
+def test_stream_chunks_arrive_as_the_upstream_produces_them(upstream, monkeypatch):
+    monkeypatch.setattr(fake_upstream, "FIRST_TOKEN_DELAY", 0.2)
+    monkeypatch.setattr(fake_upstream, "STREAM_SECONDS", 0.6)
+    usage = StreamUsage()
+    started = time.monotonic()
+    chunks = run(
+        lambda: collect(spec(up(upstream.base_url, "fake-slow")), dict(CHAT, stream=True), usage)
+    )
+    first_content = chunks[1][0] - started
+    last = chunks[-1][0] - started
+    assert last >= 0.7
+    assert first_content < last - 0.4, "chunks were buffered instead of passed through"
+
+
+def test_client_hanging_up_mid_stream_closes_upstream_and_keeps_usage(upstream, monkeypatch):
+    monkeypatch.setattr(fake_upstream, "FIRST_TOKEN_DELAY", 0.05)
+    monkeypatch.setattr(fake_upstream, "STREAM_SECONDS", 2.0)
+    usage = StreamUsage()
+    started = time.monotonic()
+    chunks = run(
+        lambda: collect(
+            spec(up(upstream.base_url, "fake-slow")), dict(CHAT, stream=True), usage, limit=4
+        )
+    )
+    assert len(chunks) == 4
+    assert time.monotonic() - started < 1.5  # did not wait for the rest of the stream
+    assert usage.finished is False
+    assert usage.usage.estimated is True
+    assert usage.usage.input_tokens > 0 and usage.usage.output_tokens >= 3
+
+
+def test_stream_from_a_hung_upstream_is_a_504(upstream):
+    with pytest.raises(ProviderError) as caught:
+        run(
+            lambda: collect(
+                spec(up(upstream.base_url, "fake-hang", timeout=0.5)),
+                dict(CHAT, stream=True),
+                StreamUsage(),
+            )
+        )
+    assert caught.value.status == 504
+
+
+def test_weighted_choice_prefers_heavier_upstreams():
+    import random
+
+    a, b = up("http://a.invalid/v1", weight=9), up("http://b.invalid/v1", weight=1)
+    rng = random.Random(7)
+    firsts = [oc.attempt_order((a, b), rng)[0].base_url for _ in range(1000)]
+    share = firsts.count("http://a.invalid/v1") / len(firsts)
+    assert 0.85 < share < 0.95

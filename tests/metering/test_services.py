@@ -1,0 +1,182 @@
+"""usage_record (idempotent writes), the event codec, and emit without a stream: the embedded
+defaults, REDIS_URL without a broker, and Redis down at emit time."""
+
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from metering import events as usage_events
+from metering.events import UsageEventData, ausage_emit, usage_emit
+from metering.models import UsageEvent
+from metering.services import usage_record
+from tests.metering.conftest import make_event
+from tests.servers import free_port
+
+pytestmark = pytest.mark.django_db
+
+
+# --- usage_record ---------------------------------------------------------------------------
+
+
+def test_same_request_id_twice_is_one_row(issued):
+    event = make_event(issued)
+    assert usage_record(events=[event]) == 1
+    assert usage_record(events=[event]) == 1
+    assert UsageEvent.objects.filter(request_id=event.request_id).count() == 1
+
+
+def test_a_replayed_batch_adds_only_the_new_events(issued):
+    first = [make_event(issued) for _ in range(3)]
+    usage_record(events=first)
+    usage_record(events=[*first, make_event(issued, request_id="req_new")])
+    assert UsageEvent.objects.count() == 4
+
+
+def test_a_replay_never_overwrites_the_stored_event(issued):
+    event = make_event(issued, output_tokens=5)
+    usage_record(events=[event])
+    usage_record(events=[make_event(issued, request_id=event.request_id, output_tokens=999)])
+    assert UsageEvent.objects.get().output_tokens == 5
+
+
+def test_empty_batch_writes_nothing(db, django_assert_num_queries):
+    with django_assert_num_queries(0):
+        assert usage_record(events=[]) == 0
+
+
+def test_event_of_a_deleted_key_is_stored_with_its_key_id(issued):
+    event = make_event(issued)
+    issued.api_key.delete()
+    usage_record(events=[event])
+    row = UsageEvent.objects.get()
+    assert (row.api_key_id, row.key_id) == (None, event.key_id)
+
+
+def test_event_of_a_deleted_organization_is_dropped_and_logged(issued, make_key, other_org, caplog):
+    gone, kept = make_event(issued), make_event(make_key(other_org))
+    issued.api_key.organization.delete()
+    assert usage_record(events=[gone, kept]) == 1
+    assert list(UsageEvent.objects.values_list("request_id", flat=True)) == [kept.request_id]
+    assert f"usage event {gone.request_id} dropped" in caplog.text
+
+
+# --- the event codec ------------------------------------------------------------------------
+
+
+def test_event_round_trips_through_json(issued):
+    event = make_event(issued, estimated=True, cached=True, client_ip=None)
+    assert UsageEventData.from_json(event.to_json()) == event
+    assert UsageEventData.from_json(event.to_json().encode()) == event
+
+
+def test_cost_given_as_float_or_str_becomes_an_exact_decimal(issued):
+    assert make_event(issued, cost=0.1).cost == Decimal("0.1")
+    assert make_event(issued, cost="0.00001234").cost == Decimal("0.00001234")
+
+
+def test_naive_created_at_is_refused(issued):
+    with pytest.raises(ValueError, match="timezone-aware"):
+        make_event(issued, created_at=datetime(2025, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"input_tokens": -1},
+        {"output_tokens": -5},
+        {"cost": Decimal("-0.00000001")},
+        {"latency_ms": -1},
+        {"upstream_latency_ms": -1},
+        {"status_code": -1},
+        {"request_id": ""},
+        {"model": ""},
+        {"client_ip": "not-an-address"},
+    ],
+    ids=lambda fields: next(iter(fields)),
+)
+def test_event_with_impossible_values_is_refused(issued, fields):
+    with pytest.raises(ValueError):
+        make_event(issued, **fields)
+
+
+def test_event_is_immutable(issued):
+    event = make_event(issued)
+    with pytest.raises(AttributeError):
+        event.cost = Decimal(1)
+
+
+# --- emit without a stream ------------------------------------------------------------------
+
+
+def test_emit_on_embedded_defaults_writes_synchronously(database_mode, issued):
+    event = make_event(issued, created_at=datetime(2025, 3, 1, 12, tzinfo=UTC))
+    usage_emit(event)
+    row = UsageEvent.objects.get()
+    assert (row.request_id, row.created_at) == (event.request_id, event.created_at)
+
+
+def test_async_emit_on_embedded_defaults_writes_synchronously(database_mode, issued):
+    event = make_event(issued)
+    async_to_sync(ausage_emit)(event)
+    assert UsageEvent.objects.get().request_id == event.request_id
+
+
+def test_emit_with_redis_but_no_broker_writes_synchronously(settings, issued):
+    # Nothing would drain a stream without a Celery worker: the documented choice.
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # never contacted
+    settings.CELERY_BROKER_URL = ""
+    usage_emit(make_event(issued))
+    assert UsageEvent.objects.count() == 1
+
+
+@pytest.fixture
+def redis_down(settings):
+    """Production's emit mode, with Redis refusing connections."""
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CELERY_BROKER_URL = settings.REDIS_URL
+    return settings
+
+
+def test_redis_down_at_emit_falls_back_to_a_synchronous_write(redis_down, issued, caplog):
+    event = make_event(issued)
+    with caplog.at_level(logging.WARNING, logger="metering.events"):
+        usage_emit(event)
+    assert UsageEvent.objects.get().request_id == event.request_id
+    assert "usage stream unreachable" in caplog.text
+    assert f"usage event {event.request_id} written synchronously" in caplog.text
+
+
+def test_redis_down_at_async_emit_falls_back_to_a_synchronous_write(redis_down, issued, caplog):
+    event = make_event(issued)
+    async_to_sync(ausage_emit)(event)
+    assert UsageEvent.objects.get().request_id == event.request_id
+    assert "usage stream unreachable" in caplog.text
+
+
+def test_after_a_failure_redis_is_skipped_for_a_while(redis_down, issued, caplog, monkeypatch):
+    usage_emit(make_event(issued))
+    attempts = []
+    monkeypatch.setattr(usage_events, "redis_client", lambda **_: attempts.append(1))
+    for _ in range(5):
+        usage_emit(make_event(issued))
+    assert attempts == []  # straight to the database, no socket timeout per request
+    assert UsageEvent.objects.count() == 6
+    assert caplog.text.count("usage stream unreachable") == 1
+
+
+def test_when_the_database_fails_too_the_event_is_logged_for_replay(
+    database_mode, issued, caplog, monkeypatch
+):
+    event = make_event(issued)
+
+    def broken(**kwargs):
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr("metering.services.usage_record", broken)
+    with pytest.raises(RuntimeError):
+        usage_emit(event)
+    assert "usage event NOT RECORDED" in caplog.text
+    assert event.to_json() in caplog.text
