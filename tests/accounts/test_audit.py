@@ -117,3 +117,17 @@ def test_token_endpoint_rate_limit_answers_json_429(client, settings):
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(response["Retry-After"]) > 0
+
+
+def test_audit_page_shows_metadata_as_people_read_it(client):
+    owner = MembershipFactory()
+    audit_record(
+        action="key.created",
+        actor=Actor.for_system(),
+        organization=owner.organization,
+        metadata={"scopes": ["inference", "usage:read"], "models": None, "test_mode": False},
+    )
+    client.force_login(owner.user)
+    page = client.get(reverse("dashboard:audit")).content.decode()
+    assert "inference, usage:read" in page
+    assert "[&#x27;inference&#x27;" not in page and "None" not in page
