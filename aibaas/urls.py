@@ -17,6 +17,7 @@ api_patterns = [
 v1_patterns = [
     path("key", KeyInfoApi.as_view(), name="v1-key"),
     path("usage", UsageApi.as_view(), name="v1-usage"),
+    path("", include("aibaas.gateway.urls")),
 ]
 
 urlpatterns = [

@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connections
 
 from keys import format as key_format
 from keys.hashing import (
@@ -258,6 +260,10 @@ def authenticate_key(raw: str) -> KeyContext:
         context, digest = entry[1], entry[2]
     else:
         context, digest = _load(parsed)
+    return _checked(raw, context, digest)
+
+
+def _checked(raw: str, context: KeyContext, digest: bytes) -> KeyContext:
     if not verifier_matches(raw, digest):
         raise _invalid()
     if context.revoked_at is not None:
@@ -265,6 +271,30 @@ def authenticate_key(raw: str) -> KeyContext:
     if context.expires_at is not None and context.expires_at <= time.time():
         raise KeyRejected(KEY_EXPIRED, EXPIRED_KEY_MESSAGE)
     return context
+
+
+def _authenticate_in_thread(raw: str) -> KeyContext:
+    try:
+        return authenticate_key(raw)
+    finally:
+        # A worker thread of the default executor: nothing else would ever close (or health
+        # check) a database connection opened here. The SQL path is rare (a cold context), so
+        # a fresh connection for it is cheaper than a stale one that fails later.
+        connections.close_all()
+
+
+async def aauthenticate_key(raw: str) -> KeyContext:
+    """authenticate_key for async views. A key warm in this process's layer is verified inline
+    (one HMAC, no I/O); otherwise the cache, SQL and argon2 work runs in a worker thread, never
+    on the event loop (not thread-sensitive: a cold key must not queue behind other requests'
+    ORM calls)."""
+    parsed = key_format.parse(raw)
+    if parsed is None:
+        raise _invalid()
+    entry = _local.get(parsed.key_id)
+    if entry is not None and entry[0] > time.monotonic():
+        return _checked(raw, entry[1], entry[2])
+    return await sync_to_async(_authenticate_in_thread, thread_sensitive=False)(raw)
 
 
 def prime(raw: str) -> None:

@@ -28,6 +28,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # X-Request-ID on every /v1 response; sync and async capable (no thread hop under ASGI).
+    "aibaas.gateway.middleware.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -192,6 +194,8 @@ SPECTACULAR_SETTINGS = {
 REGISTRY_TTL = env.float("REGISTRY_TTL", default=5.0)
 PRICING_TTL = env.float("PRICING_TTL", default=5.0)
 DEMO_TOKEN_DELAY_SECONDS = env.float("DEMO_TOKEN_DELAY_SECONDS", default=0.0)
+# Largest accepted /v1 request body (413 above it).
+GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=1024 * 1024)
 
 # --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py).
 USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")

@@ -1,0 +1,260 @@
+"""One /v1 inference request, framework-light: the views hand over an `Inbound` and turn the
+`Reply` into a Django response.
+
+auth (keys.verification, async) → scope → body (size, JSON, validation) → model (registry:
+exists, allow-list, test mode, kind) → response cache → provider → one usage event.
+
+Every request that got past authentication leaves exactly one usage event, failed ones too
+(their status, 0 tokens). A stream records its event when it ends, however it ends: the last
+chunk, an upstream error, or the client hanging up (the generator is closed or cancelled; the
+event is then written by a task of its own that the cancellation cannot reach).
+"""
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from aibaas.errors import ApplicationError
+from aibaas.gateway import response_cache, streaming, validation
+from aibaas.gateway.providers import provider_for
+from aibaas.gateway.providers.base import ModelSpec, ProviderError, Usage
+from aibaas.gateway.registry import amodel_spec, amodels_for_key, key_may_use
+from billing.pricing import COST_QUANTUM, acost_for
+from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
+from keys.touch import note_key_use
+from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, KeyRejected, aauthenticate_key
+from metering.events import UsageEventData, ausage_emit
+
+logger = logging.getLogger(__name__)
+
+MODEL_NOT_FOUND = "model_not_found"
+INFERENCE_SCOPE = "inference"
+CHAT = "chat.completions"
+EMBEDDINGS = "embeddings"
+UNKNOWN_MODEL = "unknown"
+CLIENT_CLOSED = streaming.CLIENT_CLOSED
+
+
+@dataclass(slots=True)
+class Inbound:
+    """What the pipeline needs from an HTTP request."""
+
+    raw_key: str | None
+    request_id: str  # the id of the usage event (unique per request)
+    client_ip: str | None
+    content_type: str = ""
+    content_length: int | None = None
+    read_body: Callable[[], bytes] | None = None
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int = 200
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_reply(error: ApplicationError | ProviderError) -> Reply:
+    if isinstance(error, ProviderError):
+        error = ApplicationError(error.code, error.message, status=error.status)
+    headers = {"WWW-Authenticate": 'Bearer realm="aibaas"'} if error.status == 401 else {}
+    return Reply(status=error.status, body=error.as_dict(), headers=headers)
+
+
+def _ip(value: str | None) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value)) if value else None
+    except ValueError:
+        return None
+
+
+async def authenticate(inbound: Inbound):
+    """The caller's KeyContext, or ApplicationError 401 (missing, invalid, revoked, expired)."""
+    if not inbound.raw_key:
+        raise ApplicationError(INVALID_API_KEY, MISSING_KEY_MESSAGE, status=401)
+    try:
+        context = await aauthenticate_key(inbound.raw_key)
+    except KeyRejected as rejected:
+        raise ApplicationError(rejected.code, rejected.message, status=rejected.status) from None
+    note_key_use(context.pk, context.key_id, inbound.client_ip)
+    return context
+
+
+class Call:
+    """One authenticated inference request and its (single) usage event."""
+
+    def __init__(self, inbound: Inbound, key, endpoint: str) -> None:
+        self.inbound = inbound
+        self.key = key
+        self.endpoint = endpoint
+        self.model = UNKNOWN_MODEL
+        self.started = time.perf_counter()
+        self.recorded = False
+
+    async def record(
+        self,
+        status: int,
+        usage: Usage | None = None,
+        *,
+        cached: bool = False,
+        upstream_latency_ms: float | None = None,
+    ) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
+        usage = usage or Usage()
+        cost = Decimal(0).quantize(COST_QUANTUM)
+        if not self.key.test_mode and (usage.input_tokens or usage.output_tokens):
+            cost = await acost_for(
+                model=self.model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached=cached,
+            )
+        event = UsageEventData(
+            request_id=self.inbound.request_id,
+            organization_id=self.key.organization_id,
+            api_key_id=self.key.pk,
+            key_id=self.key.key_id,
+            model=self.model[:200],
+            endpoint=self.endpoint,
+            status_code=status,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            estimated=usage.estimated,
+            cached=cached,
+            cost=cost,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            upstream_latency_ms=None if upstream_latency_ms is None else int(upstream_latency_ms),
+            client_ip=_ip(self.inbound.client_ip),
+        )
+        try:
+            await ausage_emit(event)
+        except Exception:
+            # ausage_emit logged the event's JSON (a replayable record); the client's answer
+            # is not withheld for a bookkeeping failure.
+            logger.exception("usage event %s not recorded", event.request_id)
+
+
+def _body(inbound: Inbound) -> dict[str, Any]:
+    limit = inbound.max_body_bytes
+    if inbound.content_length is not None and inbound.content_length > limit:
+        raise validation.too_large(limit)
+    raw = inbound.read_body() if inbound.read_body else b""
+    return validation.parse_json_body(inbound.content_type, raw, limit)
+
+
+async def _model(call: Call, name: str, kind: str) -> ModelSpec:
+    spec = await amodel_spec(name)
+    if spec is None:
+        raise ApplicationError(
+            MODEL_NOT_FOUND,
+            f"The model '{name}' does not exist or is not available. GET /v1/models lists "
+            "the models this key may use.",
+            status=404,
+            param="model",
+        )
+    require_model(call.key, name)
+    if not key_may_use(call.key, spec):
+        raise ApplicationError(
+            MODEL_NOT_ALLOWED,
+            f"Test-mode keys (sk_test_...) may only use the demo models; '{name}' needs a live "
+            "key (sk_live_...).",
+            status=403,
+            param="model",
+        )
+    if spec.kind != kind:
+        wanted = "chat" if kind == "chat" else "embeddings"
+        raise ApplicationError(
+            validation.INVALID_REQUEST,
+            f"The model '{name}' is a {spec.kind} model, not a {wanted} model.",
+            status=400,
+            param="model",
+        )
+    return spec
+
+
+async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable[Reply]]) -> Reply:
+    try:
+        key = await authenticate(inbound)
+    except ApplicationError as error:
+        return error_reply(error)
+    call = Call(inbound, key, endpoint)
+    try:
+        require_scope(key, INFERENCE_SCOPE)
+        return await work(call)
+    except (ApplicationError, ProviderError) as error:
+        await call.record(error.status)
+        return error_reply(error)
+    except BaseException as error:
+        # A bug (500) or the client hanging up (cancelled): still one event for the request.
+        status = CLIENT_CLOSED if isinstance(error, asyncio.CancelledError) else 500
+        await asyncio.shield(call.record(status))
+        raise
+
+
+async def models_list(inbound: Inbound) -> Reply:
+    """GET /v1/models: the models this key may use, in OpenAI's list shape."""
+    try:
+        key = await authenticate(inbound)
+        require_scope(key, INFERENCE_SCOPE)
+    except ApplicationError as error:
+        return error_reply(error)
+    data = [
+        {"id": spec.name, "object": "model", "created": 0, "owned_by": "aibaas"}
+        for spec in sorted(await amodels_for_key(key), key=lambda spec: spec.name)
+    ]
+    return Reply(body={"object": "list", "data": data})
+
+
+async def chat(inbound: Inbound) -> Reply:
+    """POST /v1/chat/completions."""
+
+    async def work(call: Call) -> Reply:
+        body = _body(inbound)
+        if isinstance(body.get("model"), str):
+            call.model = body["model"]
+        name = validation.validate_chat(body)
+        spec = await _model(call, name, "chat")
+        provider = provider_for(spec)
+        if body.get("stream"):
+            return Reply(stream=await streaming.open_stream(provider, spec, body, call.record))
+        key = None
+        if response_cache.cacheable(spec, body):
+            key = response_cache.cache_key(call.key.organization_id, name, body)
+            hit = await response_cache.aget(key)
+            if hit is not None:
+                await call.record(200, hit[1], cached=True)
+                return Reply(body=hit[0], headers={"X-Cache": "HIT"})
+        result = await provider.chat(spec, body)
+        headers = {}
+        if key is not None:
+            headers["X-Cache"] = "MISS"
+            await response_cache.aset(key, result, spec.response_cache_ttl)
+        await call.record(200, result.usage, upstream_latency_ms=result.upstream_latency_ms)
+        return Reply(body=result.body, headers=headers)
+
+    return await _run(inbound, CHAT, work)
+
+
+async def embeddings(inbound: Inbound) -> Reply:
+    """POST /v1/embeddings."""
+
+    async def work(call: Call) -> Reply:
+        body = _body(inbound)
+        if isinstance(body.get("model"), str):
+            call.model = body["model"]
+        name = validation.validate_embeddings(body)
+        spec = await _model(call, name, "embeddings")
+        result = await provider_for(spec).embeddings(spec, body)
+        await call.record(200, result.usage, upstream_latency_ms=result.upstream_latency_ms)
+        return Reply(body=result.body)
+
+    return await _run(inbound, EMBEDDINGS, work)

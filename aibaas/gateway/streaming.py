@@ -1,0 +1,95 @@
+"""Relaying a chat stream to the client, with exactly one usage event however it ends.
+
+The first chunk is awaited before the response starts, so a provider error before it is an
+ordinary JSON error (502/504). After it, a provider error becomes one final
+`data: {"error": {...}}` event. The usage event is recorded when the stream ends: its last
+chunk, an upstream error, or the client hanging up (the generator is closed or its task
+cancelled; the event is then written by a task of its own that the cancellation cannot reach,
+referenced in `_background` until done).
+"""
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aibaas.errors import ApplicationError
+from aibaas.gateway.providers.base import ModelSpec, Provider, ProviderError, StreamUsage, Usage
+
+logger = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client hung up mid-stream
+
+# record(status, usage, upstream_latency_ms) -> awaitable: the request's usage event
+Record = Callable[..., Awaitable[None]]
+
+_background: set[asyncio.Task] = set()
+
+
+def error_event(error: ProviderError) -> bytes:
+    body = ApplicationError(error.code, error.message, status=error.status).as_dict()
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+async def open_stream(
+    provider: Provider, spec: ModelSpec, body: dict, record: Record
+) -> AsyncIterator[bytes]:
+    """The client's SSE stream, started: raises ProviderError if no chunk came."""
+    usage = StreamUsage()
+    chunks = provider.chat_stream(spec, body, usage).__aiter__()
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        first = b""
+    except BaseException:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        raise
+    return _relay(chunks, first, usage, record)
+
+
+async def _relay(
+    chunks: AsyncIterator[bytes], first: bytes, usage: StreamUsage, record: Record
+) -> AsyncIterator[bytes]:
+    status = CLIENT_CLOSED  # unless the stream reaches its end
+    ended = False
+    try:
+        if first:
+            yield first
+        try:
+            async for chunk in chunks:
+                yield chunk
+            status = 200
+        except ProviderError as error:
+            status = error.status
+            yield error_event(error)
+        ended = True
+    finally:
+        # Closing the provider's stream (the upstream connection) and recording the usage run
+        # in a task of their own, which a cancellation of this one cannot reach: the client
+        # may hang up mid-stream, or right after [DONE] (the OpenAI SDKs do) while the event
+        # is being written.
+        task = asyncio.ensure_future(_close_and_record(chunks, usage, status, record))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        if ended:
+            await asyncio.shield(task)
+
+
+async def _close_and_record(
+    chunks: AsyncIterator[bytes], usage: StreamUsage, status: int, record: Record
+) -> None:
+    try:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    except Exception:
+        logger.warning("closing the provider stream failed", exc_info=True)
+    if status == CLIENT_CLOSED and usage.finished:
+        status = 200  # every chunk was produced; the client left before the last bytes
+    reported: Usage = usage.usage
+    await record(status, reported, upstream_latency_ms=usage.upstream_latency_ms)
+
+
+async def drain_background(timeout: float = 5.0) -> None:
+    """Wait for the usage-recording tasks of closed streams (tests, shutdown)."""
+    pending = [task for task in _background if not task.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)

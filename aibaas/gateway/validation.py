@@ -1,0 +1,179 @@
+"""Validation of /v1 request bodies: OpenAI's rules for the fields the gateway reads.
+
+Every bad input raises ApplicationError 400 `invalid_request_error` naming the `param` (as
+OpenAI does, e.g. "messages[0].role"). Fields the gateway does not know pass through to the
+provider unchanged: the upstream is the judge of those.
+"""
+
+import json
+from typing import Any
+
+from aibaas.errors import ApplicationError
+
+INVALID_REQUEST = "invalid_request_error"
+INVALID_JSON = "invalid_json"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+REQUEST_TOO_LARGE = "request_too_large"
+
+ROLES = ("system", "user", "assistant", "tool", "developer")
+MAX_STOP = 4
+MAX_N = 128
+MAX_EMBEDDING_INPUTS = 2048
+ENCODING_FORMATS = ("float", "base64")
+
+
+def invalid(param: str | None, message: str, code: str = INVALID_REQUEST) -> ApplicationError:
+    return ApplicationError(code, message, status=400, param=param)
+
+
+def parse_json_body(content_type: str, raw: bytes, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object: 415 unless JSON, 413 over max_bytes, 400 if broken."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApplicationError(
+            UNSUPPORTED_MEDIA_TYPE,
+            "Send the request body as JSON with Content-Type: application/json.",
+            status=415,
+        )
+    if len(raw) > max_bytes:
+        raise too_large(max_bytes)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid(None, "The request body is not valid JSON.", INVALID_JSON) from None
+    if not isinstance(body, dict):
+        raise invalid(None, "The request body must be a JSON object.")
+    return body
+
+
+def too_large(max_bytes: int) -> ApplicationError:
+    return ApplicationError(
+        REQUEST_TOO_LARGE,
+        f"The request body is larger than the limit of {max_bytes} bytes.",
+        status=413,
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise invalid("model", "You must provide a model parameter.")
+    if not isinstance(model, str) or not model.strip():
+        raise invalid("model", "'model' must be a non-empty string.")
+    return model
+
+
+def _optional_bool(body: dict[str, Any], name: str, param: str | None = None) -> None:
+    if name in body and body[name] is not None and not isinstance(body[name], bool):
+        raise invalid(param or name, f"'{param or name}' must be a boolean.")
+
+
+def _positive_int(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and (not _is_int(value) or value < 1):
+        raise invalid(name, f"'{name}' must be a positive integer.")
+
+
+def _number_in(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is not None and (not _is_number(value) or not low <= value <= high):
+        raise invalid(name, f"'{name}' must be a number from {low:g} to {high:g}.")
+
+
+def _message(index: int, message: Any) -> None:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise invalid(where, f"'{where}' must be an object.")
+    role = message.get("role")
+    if role not in ROLES:
+        raise invalid(f"{where}.role", f"'{where}.role' must be one of: {', '.join(ROLES)}.")
+    content = message.get("content")
+    if content is None:
+        if role == "assistant" and message.get("tool_calls"):
+            return
+        raise invalid(f"{where}.content", f"'{where}.content' is required.")
+    if isinstance(content, list):
+        for part_index, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                param = f"{where}.content[{part_index}]"
+                raise invalid(param, f"'{param}' must be an object with a 'type'.")
+    elif not isinstance(content, str):
+        raise invalid(f"{where}.content", f"'{where}.content' must be a string or a list.")
+
+
+def validate_chat(body: dict[str, Any]) -> str:
+    """Check a chat completion request; return its model name."""
+    model = _model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages", "'messages' must be a non-empty list of messages.")
+    for index, message in enumerate(messages):
+        _message(index, message)
+    _optional_bool(body, "stream")
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise invalid("stream_options", "'stream_options' must be an object.")
+        if not body.get("stream"):
+            raise invalid("stream_options", "'stream_options' is only allowed with stream: true.")
+        _optional_bool(options, "include_usage", "stream_options.include_usage")
+    _positive_int(body, "max_tokens")
+    _positive_int(body, "max_completion_tokens")
+    _number_in(body, "temperature", 0, 2)
+    _number_in(body, "top_p", 0, 1)
+    n = body.get("n")
+    if n is not None and (not _is_int(n) or not 1 <= n <= MAX_N):
+        raise invalid("n", f"'n' must be an integer from 1 to {MAX_N}.")
+    stop = body.get("stop")
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and (
+            not isinstance(stop, list)
+            or len(stop) > MAX_STOP
+            or not all(isinstance(s, str) for s in stop)
+        )
+    ):
+        raise invalid("stop", f"'stop' must be a string or a list of up to {MAX_STOP}.")
+    return model
+
+
+def validate_embeddings(body: dict[str, Any]) -> str:
+    """Check an embeddings request; return its model name."""
+    model = _model(body)
+    raw = body.get("input")
+    if isinstance(raw, str):
+        if not raw:
+            raise invalid("input", "'input' must not be empty.")
+    elif isinstance(raw, list) and raw:
+        if len(raw) > MAX_EMBEDDING_INPUTS:
+            raise invalid("input", f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items.")
+        if all(_is_int(x) for x in raw):
+            pass  # one text as token ids
+        else:
+            for index, item in enumerate(raw):
+                if isinstance(item, str) and item:
+                    continue
+                if isinstance(item, list) and item and all(_is_int(x) for x in item):
+                    continue
+                param = f"input[{index}]"
+                raise invalid(
+                    param, f"'{param}' must be a non-empty string or a list of token ids."
+                )
+    else:
+        raise invalid(
+            "input", "'input' must be a string, a list of strings, or lists of token ids."
+        )
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in ENCODING_FORMATS:
+        raise invalid("encoding_format", "'encoding_format' must be 'float' or 'base64'.")
+    _positive_int(body, "dimensions")
+    return model
