@@ -114,6 +114,17 @@ def _require_manage(actor: Actor, api_key: ApiKey | None) -> None:
         )
 
 
+def _audit_key(action: str, actor: Actor, api_key: ApiKey, metadata: dict) -> None:
+    audit_record(
+        action=action,
+        actor=actor,
+        organization=api_key.organization,
+        target_type="api_key",
+        target_id=api_key.key_id,
+        metadata=metadata,
+    )
+
+
 def _on_commit_invalidate(*key_ids: str) -> None:
     verification.invalidate(*key_ids)  # this process, right now
     transaction.on_commit(lambda: verification.invalidate(*key_ids))
@@ -182,13 +193,11 @@ def api_key_create(
             continue
     else:  # pragma: no cover
         raise ApplicationError("key_id_exhausted", "Could not allocate a key id.", status=500)
-    audit_record(
-        action=AuditAction.KEY_CREATED,
-        actor=actor,
-        organization=organization,
-        target_type="api_key",
-        target_id=api_key.key_id,
-        metadata={
+    _audit_key(
+        AuditAction.KEY_CREATED,
+        actor,
+        api_key,
+        {
             "name": api_key.name,
             "scopes": api_key.scopes,
             "models": api_key.allowed_models,
@@ -251,13 +260,11 @@ def api_key_update(*, api_key: ApiKey, actor: Actor, **changes) -> ApiKey:
     if not diff:
         return api_key
     api_key.save()
-    audit_record(
-        action=AuditAction.KEY_UPDATED,
-        actor=actor,
-        organization=api_key.organization,
-        target_type="api_key",
-        target_id=api_key.key_id,
-        metadata={"changes": diff},
+    _audit_key(
+        AuditAction.KEY_UPDATED,
+        actor,
+        api_key,
+        {"changes": diff},
     )
     _on_commit_invalidate(api_key.key_id)
     return api_key
@@ -276,13 +283,11 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor, reason: str = "") -> ApiKey
     api_key.revoked_at = timezone.now()
     api_key.revoked_reason = key_format.redact((reason or "").strip())[:500]
     api_key.save(update_fields=["revoked_at", "revoked_reason"])
-    audit_record(
-        action=AuditAction.KEY_REVOKED,
-        actor=actor,
-        organization=api_key.organization,
-        target_type="api_key",
-        target_id=api_key.key_id,
-        metadata={"name": api_key.name, "reason": api_key.revoked_reason},
+    _audit_key(
+        AuditAction.KEY_REVOKED,
+        actor,
+        api_key,
+        {"name": api_key.name, "reason": api_key.revoked_reason},
     )
     _on_commit_invalidate(api_key.key_id)
     return api_key
@@ -332,13 +337,11 @@ def api_key_rotate(*, api_key: ApiKey, actor: Actor, grace: timedelta | None = N
     if old.expires_at is None or old.expires_at > ends:
         old.expires_at = ends
         old.save(update_fields=["expires_at"])
-    audit_record(
-        action=AuditAction.KEY_ROTATED,
-        actor=actor,
-        organization=old.organization,
-        target_type="api_key",
-        target_id=old.key_id,
-        metadata={
+    _audit_key(
+        AuditAction.KEY_ROTATED,
+        actor,
+        old,
+        {
             "new_key_id": issued.api_key.key_id,
             "grace_seconds": int(grace.total_seconds()),
             "old_key_expires_at": old.expires_at.isoformat(),
