@@ -11,7 +11,7 @@ import secrets
 import sys
 import tempfile
 
-BENCHES = ["keys"]
+BENCHES = ["keys", "gateway"]
 
 
 def _setup_django() -> None:

@@ -1,0 +1,373 @@
+"""Gateway overhead: the fake upstream called directly vs through aibaas in its production setup
+(gunicorn + uvicorn workers, PostgreSQL, Redis, a Celery worker draining usage events), at
+concurrency 1 and 32, and 500 concurrent slow streams.
+
+Budget (issue 4): overhead over direct p50 <= 2 ms and p99 <= 10 ms at concurrency 1;
+>= 1,000 requests/s through aibaas at concurrency 32 with 0 errors; 500 concurrent streams
+(1 s to first token, 2 s of streaming) with 0 errors and <= 5% added total latency.
+Needs DATABASE_URL (PostgreSQL) and REDIS_URL; the load generator (aiohttp), the fake upstream
+and aibaas all share this machine.
+"""
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import aiohttp
+
+from aibaas.bench.stats import summary, table
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+LOG_DIR = ROOT / ".bench"  # the servers' logs of the last run (git-ignored)
+WORKERS = int(os.environ.get("BENCH_GATEWAY_WORKERS", "2"))
+DURATION = float(os.environ.get("BENCH_DURATION", "8"))
+STREAMS = int(os.environ.get("BENCH_STREAMS", "500"))
+BODY = {"model": "bench-fake", "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 30.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)  # noqa: S310 (a local URL we built)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def _process(command: list[str], env: dict, name: str):
+    LOG_DIR.mkdir(exist_ok=True)
+    log = open(LOG_DIR / f"{name}.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(  # noqa: S603 (our own command line)
+        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield process
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+async def _load(
+    url: str,
+    headers: dict,
+    body: dict,
+    concurrency: int,
+    duration: float,
+    stream: bool = False,
+    requests: int | None = None,
+):
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    payload = json.dumps(dict(body, stream=stream)).encode()
+    deadline = time.monotonic() + duration
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    remaining = [requests] if requests is not None else None
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker():
+            while True:
+                if remaining is not None:
+                    if remaining[0] <= 0:
+                        return
+                    remaining[0] -= 1
+                elif time.monotonic() >= deadline:
+                    return
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=payload, headers=headers) as response:
+                        await response.read()
+                        if response.status != 200:
+                            errors[str(response.status)] = errors.get(str(response.status), 0) + 1
+                            continue
+                except (aiohttp.ClientError, TimeoutError) as error:
+                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return latencies, errors, elapsed
+
+
+def _row(label: str, concurrency: int, result) -> list:
+    latencies, errors, elapsed = result
+    s = summary([x * 1000 for x in latencies])
+    return [
+        label,
+        concurrency,
+        s["n"],
+        f"{s['n'] / elapsed:.0f}",
+        f"{s['p50']:.2f}",
+        f"{s['p95']:.2f}",
+        f"{s['p99']:.2f}",
+        sum(errors.values()) or 0,
+        ", ".join(f"{k} x{v}" for k, v in errors.items()),
+    ]
+
+
+def _seed(upstream_base: str) -> str:
+    from decimal import Decimal
+
+    from accounts.actors import Actor
+    from accounts.models import Organization
+    from aibaas.gateway.models import AIModel, Upstream
+    from billing.models import ModelPrice, Plan
+    from billing.services import plan_seed_defaults
+    from keys.services import api_key_create
+
+    plan_seed_defaults()
+    org, _ = Organization.objects.get_or_create(
+        slug="bench-gateway",
+        defaults={"name": "Bench gateway", "plan": Plan.objects.get(slug="enterprise")},
+    )
+    model, _ = AIModel.objects.update_or_create(
+        name="bench-fake",
+        defaults={
+            "kind": "chat",
+            "provider": "openai_compatible",
+            "context_window": 8192,
+            "enabled": True,
+            "test_mode_allowed": False,
+            "response_cache_ttl": 0,
+        },
+    )
+    model.upstreams.all().delete()
+    Upstream.objects.create(
+        model=model,
+        base_url=upstream_base,
+        upstream_model="fake",
+        api_key_env="",
+        weight=1,
+        timeout_seconds=60,
+        connect_timeout_seconds=5,
+    )
+    ModelPrice.objects.update_or_create(
+        model=model,
+        defaults={"input_per_million": Decimal("1"), "output_per_million": Decimal("2")},
+    )
+    return api_key_create(
+        organization=org, name="bench", actor=Actor.for_system("bench"), check_quota=False
+    ).raw_key
+
+
+def run() -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql" or not os.environ.get("REDIS_URL"):
+        print(
+            "\ngateway bench skipped: it needs DATABASE_URL (PostgreSQL) and REDIS_URL, the "
+            "production setup it measures"
+        )
+        return
+    upstream_port, gateway_port = _free_port(), _free_port()
+    upstream_base = f"http://127.0.0.1:{upstream_port}/v1"
+    gateway_base = f"http://127.0.0.1:{gateway_port}/v1"
+    key = _seed(upstream_base)
+    redis_url = os.environ["REDIS_URL"]
+    env = dict(os.environ)
+    env.update(
+        {
+            "DEBUG": "False",
+            "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "SECURE_SSL_REDIRECT": "False",
+            "STATIC_MANIFEST": "False",
+            "LOG_LEVEL": "WARNING",
+            "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", redis_url),
+        }
+    )
+    python = sys.executable
+    bin_dir = Path(python).parent
+    with ExitStack() as stack:
+        stack.enter_context(
+            _process(
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "aibaas.bench.fake_upstream:app",
+                    "--port",
+                    str(upstream_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    "--lifespan",
+                    "off",
+                ],
+                env,
+                "upstream",
+            )
+        )
+        stack.enter_context(
+            _process(
+                [
+                    str(bin_dir / "gunicorn"),
+                    "aibaas.asgi:application",
+                    "-k",
+                    "uvicorn_worker.UvicornWorker",
+                    "-w",
+                    str(WORKERS),
+                    "-b",
+                    f"127.0.0.1:{gateway_port}",
+                    "--log-level",
+                    "warning",
+                ],
+                env,
+                "gateway",
+            )
+        )
+        stack.enter_context(
+            _process(
+                [
+                    str(bin_dir / "celery"),
+                    "-A",
+                    "aibaas",
+                    "worker",
+                    "-B",
+                    "-c",
+                    "1",
+                    "-l",
+                    "warning",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                env,
+                "celery",
+            )
+        )
+        _wait_http(f"http://127.0.0.1:{upstream_port}/v1/models")
+        _wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
+        auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        plain = {"Content-Type": "application/json"}
+        direct_url = f"{upstream_base}/chat/completions"
+        gateway_url = f"{gateway_base}/chat/completions"
+        asyncio.run(_load(gateway_url, auth, BODY, 4, 2.0))  # warm keys, registry, pools
+
+        rows = []
+        results = {}
+        for c in (1, 32):
+            results[("direct", c)] = asyncio.run(
+                _load(direct_url, plain, dict(BODY, model="fake"), c, DURATION)
+            )
+            rows.append(_row("direct upstream", c, results[("direct", c)]))
+            results[("aibaas", c)] = asyncio.run(_load(gateway_url, auth, BODY, c, DURATION))
+            rows.append(_row("through aibaas", c, results[("aibaas", c)]))
+        table(
+            f"Chat completions, non-stream ({WORKERS} gunicorn workers; ms)",
+            ["path", "concurrency", "requests", "req/s", "p50", "p95", "p99", "errors", ""],
+            rows,
+        )
+        d1 = summary([x * 1000 for x in results[("direct", 1)][0]])
+        a1 = summary([x * 1000 for x in results[("aibaas", 1)][0]])
+        a32 = results[("aibaas", 32)]
+        d32 = results[("direct", 32)]
+        rps32 = len(a32[0]) / a32[2]
+        over50, over99 = a1["p50"] - d1["p50"], a1["p99"] - d1["p99"]
+        print(
+            f"overhead at concurrency 1: p50 +{over50:.2f} ms, p99 +{over99:.2f} ms "
+            f"(budget 2 / 10): {'PASS' if over50 <= 2 and over99 <= 10 else 'FAIL'}"
+        )
+        print(
+            f"throughput at concurrency 32: {rps32:.0f} req/s through aibaas vs "
+            f"{len(d32[0]) / d32[2]:.0f} direct, ratio {rps32 / (len(d32[0]) / d32[2]):.2f}, "
+            f"errors {sum(a32[1].values())} (budget >= 1000, 0 errors): "
+            f"{'PASS' if rps32 >= 1000 and not a32[1] else 'FAIL'}"
+        )
+
+        slow = dict(BODY, model="bench-fake-slow")
+        from aibaas.gateway.models import AIModel, Upstream
+
+        model, _ = AIModel.objects.update_or_create(
+            name="bench-fake-slow",
+            defaults={
+                "kind": "chat",
+                "provider": "openai_compatible",
+                "context_window": 8192,
+                "enabled": True,
+                "test_mode_allowed": False,
+                "response_cache_ttl": 0,
+            },
+        )
+        model.upstreams.all().delete()
+        Upstream.objects.create(
+            model=model,
+            base_url=upstream_base,
+            upstream_model="fake-slow",
+            api_key_env="",
+            weight=1,
+            timeout_seconds=60,
+            connect_timeout_seconds=5,
+        )
+        time.sleep(6)  # the registry snapshot of the workers refreshes every 5 s
+        direct = asyncio.run(
+            _load(
+                direct_url,
+                plain,
+                dict(slow, model="fake-slow"),
+                STREAMS,
+                0,
+                stream=True,
+                requests=STREAMS,
+            )
+        )
+        through = asyncio.run(
+            _load(gateway_url, auth, slow, STREAMS, 0, stream=True, requests=STREAMS)
+        )
+        ds = summary([x * 1000 for x in direct[0]])
+        ts = summary([x * 1000 for x in through[0]])
+        table(
+            f"{STREAMS} concurrent streams (1 s to first token, 2 s streaming; total ms)",
+            ["path", "streams ok", "p50", "p95", "p99", "errors"],
+            [
+                [
+                    "direct upstream",
+                    ds["n"],
+                    f"{ds['p50']:.0f}",
+                    f"{ds['p95']:.0f}",
+                    f"{ds['p99']:.0f}",
+                    sum(direct[1].values()),
+                ],
+                [
+                    "through aibaas",
+                    ts["n"],
+                    f"{ts['p50']:.0f}",
+                    f"{ts['p95']:.0f}",
+                    f"{ts['p99']:.0f}",
+                    sum(through[1].values()),
+                ],
+            ],
+        )
+        added = (ts["p50"] - ds["p50"]) / ds["p50"] * 100 if ds["n"] and ts["n"] else float("nan")
+        print(
+            f"added total latency p50: {added:.1f}% (budget <= 5%, 0 errors): "
+            f"{'PASS' if added <= 5 and not through[1] and ts['n'] == STREAMS else 'FAIL'}"
+        )
