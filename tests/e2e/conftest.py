@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 from django.db import connections
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
@@ -110,6 +110,25 @@ def set_viewport(driver, width: int, height: int, *, mobile: bool = False) -> No
     )
 
 
+def _gone(element):
+    """Like expected_conditions.staleness_of, but also accepts Chromium's other way of saying
+    the node left the document ("Node with given id does not belong to the document"), which
+    it sometimes raises instead of a stale-element error while the next page loads."""
+
+    def check(driver) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in str(error):
+                return True
+            raise
+        return False
+
+    return check
+
+
 class Web:
     """Small helpers over the driver, so tests read as user steps."""
 
@@ -154,7 +173,7 @@ class Web:
         """Click the submit button labelled `text` and wait for the old page to go away."""
         html = self.find("html")
         self.button(text).click()
-        self.wait(ec.staleness_of(html), f"clicking {text!r} did not load a new page")
+        self.wait(_gone(html), f"clicking {text!r} did not load a new page")
         self.wait(lambda d: d.execute_script("return document.readyState") == "complete")
 
     def table_rows(self, testid: str) -> list[list[str]]:

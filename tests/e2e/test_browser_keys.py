@@ -21,6 +21,7 @@ def test_create_a_key_copy_it_once_use_it_rotate_and_revoke_it(web):
     web.log_in(owner.user.email, PASSWORD)
 
     web.open("/dashboard/keys/")
+    web.wait_for_path("/dashboard/keys/")
     web.find('[data-testid="new-key"]').click()
     web.wait_for_path("/dashboard/keys/new/")
     web.fill({"id_name": "production backend"})
@@ -44,12 +45,14 @@ def test_create_a_key_copy_it_once_use_it_rotate_and_revoke_it(web):
 
     # The list shows the hint, never the key; reloading the "created" page is impossible.
     web.open("/dashboard/keys/")
+    web.wait_for_path("/dashboard/keys/")
     body = web.find("body").text
     assert key.hint in body and raw not in body
     assert raw not in web.driver.page_source
 
     # Rotate with zero grace: the new key is shown once and the old one is expired at once.
     web.open(f"/dashboard/keys/{key.key_id}/rotate/")
+    web.wait_for_path(f"/dashboard/keys/{key.key_id}/rotate/")
     Select(web.find("#id_grace")).select_by_value("0")
     web.submit("Rotate key")
     new_raw = web.find('[data-testid="raw-key"]').get_attribute("value")
@@ -60,6 +63,7 @@ def test_create_a_key_copy_it_once_use_it_rotate_and_revoke_it(web):
     # Revoke the new key with a reason, through the confirmation page.
     new_key = ApiKey.objects.get(rotated_from=key)
     web.open("/dashboard/keys/")
+    web.wait_for_path("/dashboard/keys/")
     web.find(f'tr[data-key-id="{new_key.key_id}"] a.danger').click()
     web.wait_for_path(f"/dashboard/keys/{new_key.key_id}/revoke/")
     web.fill({"id_reason": "leaked in a screenshot"})
@@ -75,8 +79,12 @@ def test_keys_page_fits_a_phone(web):
     owner = MembershipFactory()
     web.log_in(owner.user.email, PASSWORD)
     web.open("/dashboard/keys/new/")
+    web.wait_for_path("/dashboard/keys/new/")
     web.fill({"id_name": "phone"})
     web.submit("Create key")
-    web.open("/dashboard/keys/")
+    web.wait(lambda d: web.find_all('[data-testid="raw-key"]'), "the new key was not shown")
     set_viewport(web.driver, *PHONE, mobile=True)
+    web.open("/dashboard/keys/")
+    web.wait_for_path("/dashboard/keys/")
+    assert web.js("return window.innerWidth;") == PHONE[0]
     assert web.js("return document.documentElement.scrollWidth <= window.innerWidth + 1;")

@@ -4,12 +4,11 @@ import os
 from pathlib import Path
 
 import pytest
-from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select
 
 from accounts.models import Membership, Organization, Role, User
 from accounts.services import EMAIL_TAKEN
-from tests.e2e.conftest import DESKTOP, PHONE, set_viewport
+from tests.e2e.conftest import DESKTOP, PHONE, _gone, set_viewport
 from tests.factories import PASSWORD, MembershipFactory, OrganizationFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -112,7 +111,7 @@ def test_user_in_two_organizations_switches_with_the_top_bar_select(web):
 
     html = web.find("html")
     switcher.select_by_visible_text("Beta Works")  # no button: the select submits on change
-    web.wait(ec.staleness_of(html), "changing the organization select did not submit")
+    web.wait(_gone(html), "changing the organization select did not submit")
     web.wait_for_path("/dashboard/")
 
     assert_dashboard_of(web, "Beta Works")
