@@ -134,23 +134,12 @@ def _row(label: str, concurrency: int, result) -> list:
     ]
 
 
-def _seed(upstream_base: str) -> str:
-    from decimal import Decimal
-
-    from accounts.actors import Actor
-    from accounts.models import Organization
+def _bench_model(name: str, upstream_base: str, upstream_model: str):
+    """An openai_compatible model whose one upstream is the fake upstream's `upstream_model`."""
     from aibaas.gateway.models import AIModel, Upstream
-    from billing.models import ModelPrice, Plan
-    from billing.services import plan_seed_defaults
-    from keys.services import api_key_create
 
-    plan_seed_defaults()
-    org, _ = Organization.objects.get_or_create(
-        slug="bench-gateway",
-        defaults={"name": "Bench gateway", "plan": Plan.objects.get(slug="enterprise")},
-    )
     model, _ = AIModel.objects.update_or_create(
-        name="bench-fake",
+        name=name,
         defaults={
             "kind": "chat",
             "provider": "openai_compatible",
@@ -164,12 +153,31 @@ def _seed(upstream_base: str) -> str:
     Upstream.objects.create(
         model=model,
         base_url=upstream_base,
-        upstream_model="fake",
+        upstream_model=upstream_model,
         api_key_env="",
         weight=1,
         timeout_seconds=60,
         connect_timeout_seconds=5,
     )
+    return model
+
+
+def _seed(upstream_base: str) -> str:
+    from decimal import Decimal
+
+    from accounts.actors import Actor
+    from accounts.models import Organization
+    from billing.models import ModelPrice, Plan
+    from billing.services import plan_seed_defaults
+    from keys.services import api_key_create
+
+    plan_seed_defaults()
+    org, _ = Organization.objects.get_or_create(
+        slug="bench-gateway",
+        defaults={"name": "Bench gateway", "plan": Plan.objects.get(slug="enterprise")},
+    )
+    model = _bench_model("bench-fake", upstream_base, "fake")
+    _bench_model("bench-fake-slow", upstream_base, "fake-slow")
     ModelPrice.objects.update_or_create(
         model=model,
         defaults={"input_per_million": Decimal("1"), "output_per_million": Decimal("2")},
@@ -304,30 +312,6 @@ def run() -> None:
         )
 
         slow = dict(BODY, model="bench-fake-slow")
-        from aibaas.gateway.models import AIModel, Upstream
-
-        model, _ = AIModel.objects.update_or_create(
-            name="bench-fake-slow",
-            defaults={
-                "kind": "chat",
-                "provider": "openai_compatible",
-                "context_window": 8192,
-                "enabled": True,
-                "test_mode_allowed": False,
-                "response_cache_ttl": 0,
-            },
-        )
-        model.upstreams.all().delete()
-        Upstream.objects.create(
-            model=model,
-            base_url=upstream_base,
-            upstream_model="fake-slow",
-            api_key_env="",
-            weight=1,
-            timeout_seconds=60,
-            connect_timeout_seconds=5,
-        )
-        time.sleep(6)  # the registry snapshot of the workers refreshes every 5 s
         direct = asyncio.run(
             _load(
                 direct_url,
