@@ -21,14 +21,18 @@ CLIENT_PREFIX_MAX = 67  # 67 + ":" + 32 hex = the event column's 100 characters
 _VALID = re.compile(r"[A-Za-z0-9._-]{1,100}\Z")
 
 
-def assign_request_id(request) -> str:
+def request_ids(sent: str | None) -> tuple[str, str]:
+    """(the X-Request-ID to answer with, the usage event's id) for the client's header."""
     new = uuid.uuid4().hex
-    sent = request.META.get("HTTP_X_REQUEST_ID", "")
     if sent and _VALID.match(sent):
-        request.request_id = sent
-        request.usage_request_id = f"{sent[:CLIENT_PREFIX_MAX]}:{new}"
-    else:
-        request.request_id = request.usage_request_id = new
+        return sent, f"{sent[:CLIENT_PREFIX_MAX]}:{new}"
+    return new, new
+
+
+def assign_request_id(request) -> str:
+    request.request_id, request.usage_request_id = request_ids(
+        request.META.get("HTTP_X_REQUEST_ID")
+    )
     return request.request_id
 
 

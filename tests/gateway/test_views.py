@@ -1,5 +1,9 @@
-"""The /v1 inference endpoints through Django's test clients: auth, validation, demo models,
-streaming, the response cache and the usage event every authenticated request leaves.
+"""The /v1 inference endpoints: auth, validation, demo models, streaming, the response cache and
+the usage event every authenticated request leaves.
+
+Every test that takes `client` runs twice: through Django's test client (the async views, as
+under WSGI) and through aibaas.asgi.application (the lean ASGI handler that serves /v1 in
+production), so both paths are held to the same behaviour.
 
 Transactional: a cold key is verified in a worker thread (keys.verification.aauthenticate_key),
 which sees committed rows only.
@@ -22,6 +26,7 @@ from keys.services import api_key_create, api_key_revoke
 from keys.verification import MISSING_KEY_MESSAGE
 from metering.models import UsageEvent
 from tests.factories import AIModelFactory, MembershipFactory, ModelPriceFactory
+from tests.gateway.asgi_client import AsgiTestClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,6 +51,12 @@ def _close_touch_writer_connection(django_db_blocker):
     with django_db_blocker.unblock():
         touch.flush()
         touch.close_connections()
+
+
+@pytest.fixture(params=["django", "asgi"])
+def client(request):
+    """Django's test client, or the same calls through the production ASGI application."""
+    return Client() if request.param == "django" else AsgiTestClient()
 
 
 @pytest.fixture
@@ -334,7 +345,11 @@ def test_chat_non_stream_answers_and_records_exact_usage_and_cost(client, key):
     assert not event.cached and not event.estimated
 
 
-def _stream(raw_key: str, body: dict) -> tuple[int, dict, list[bytes]]:
+def _stream(raw_key: str, body: dict, client=None) -> tuple[int, dict, list[bytes]]:
+    if isinstance(client, AsgiTestClient):
+        response = client.post(CHAT, body, content_type="application/json", **auth(raw_key))
+        return response.status_code, response.headers, response.chunks
+
     async def run():
         client = AsyncClient()
         response = await client.post(
@@ -360,14 +375,14 @@ def _events(chunks: list[bytes]) -> list[str]:
     return [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
 
 
-def test_chat_stream_is_sse_ending_in_done_with_a_usage_chunk(key):
+def test_chat_stream_is_sse_ending_in_done_with_a_usage_chunk(key, client):
     body = {
         "model": "demo-chat",
         "messages": HELLO,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    status, headers, chunks = _stream(key.raw_key, body)
+    status, headers, chunks = _stream(key.raw_key, body, client)
     assert status == 200
     assert headers["Content-Type"].startswith("text/event-stream")
     assert headers["Cache-Control"] == "no-cache"
@@ -489,10 +504,10 @@ def breaking(monkeypatch):
     return install
 
 
-def test_stream_failing_before_its_first_chunk_is_a_json_502(key, breaking):
+def test_stream_failing_before_its_first_chunk_is_a_json_502(key, breaking, client):
     breaking(0)
     status, headers, chunks = _stream(
-        key.raw_key, {"model": "demo-chat", "messages": HELLO, "stream": True}
+        key.raw_key, {"model": "demo-chat", "messages": HELLO, "stream": True}, client
     )
     assert status == 502
     assert headers["Content-Type"] == "application/json"
@@ -502,10 +517,10 @@ def test_stream_failing_before_its_first_chunk_is_a_json_502(key, breaking):
     assert UsageEvent.objects.get().status_code == 502
 
 
-def test_stream_failing_mid_way_ends_with_one_error_event(key, breaking):
+def test_stream_failing_mid_way_ends_with_one_error_event(key, breaking, client):
     breaking(2)
     status, _, chunks = _stream(
-        key.raw_key, {"model": "demo-chat", "messages": HELLO, "stream": True}
+        key.raw_key, {"model": "demo-chat", "messages": HELLO, "stream": True}, client
     )
     assert status == 200
     events = _events(chunks)

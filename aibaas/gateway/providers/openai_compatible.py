@@ -19,6 +19,7 @@
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -210,6 +211,45 @@ def _usage_from(payload: dict[str, Any]) -> Usage | None:
     return Usage(input_tokens=prompt, output_tokens=completion, estimated=False)
 
 
+def _contents(chunk: Any) -> list[str]:
+    if not isinstance(chunk, dict):
+        return []
+    return [
+        content
+        for choice in chunk.get("choices") or []
+        if isinstance(choice, dict)
+        and isinstance(choice.get("delta"), dict)
+        and (content := choice["delta"].get("content"))
+        and isinstance(content, str)
+    ]
+
+
+def _model_renames(model: ModelSpec) -> list[tuple[bytes, bytes]]:
+    """(upstream `"model"` member, ours) for each upstream name, in both common spellings."""
+    public = json.dumps(model.name).encode()
+    renames = []
+    for name in {upstream.upstream_model for upstream in model.upstreams}:
+        quoted = json.dumps(name).encode()
+        renames.append((b'"model":' + quoted, b'"model":' + public))
+        renames.append((b'"model": ' + quoted, b'"model":' + public))
+    return renames
+
+
+def _renamed(data: bytes, renames: list[tuple[bytes, bytes]]) -> bytes | None:
+    """A content chunk with its model renamed without a JSON round trip, or None when the chunk
+    needs the full path (it carries usage, or its model is not spelled as expected).
+
+    Most chunks of a stream are content chunks: skipping json.loads/dumps for them halves the
+    relay's CPU per chunk (`make bench`, 500 concurrent streams). A `"usage"` inside generated
+    text is escaped (`\\"usage\\"`) and cannot match."""
+    if b'"usage"' in data or not (data.startswith(b"{") and data.endswith(b"}")):
+        return None
+    for theirs, ours in renames:
+        if data.count(theirs) == 1:
+            return data.replace(theirs, ours)
+    return None
+
+
 class OpenAICompatibleProvider:
     async def chat(self, model: ModelSpec, body: dict[str, Any]) -> ProviderResult:
         response, latency = await _open(model, "/chat/completions", dict(body, stream=False))
@@ -253,18 +293,32 @@ class OpenAICompatibleProvider:
             await _read_json(response)  # raises the upstream's refusal as a 400
         usage.upstream_latency_ms = latency
         completion: list[str] = []
+        unparsed: list[bytes] = []  # fast-path chunks: parsed only if usage must be estimated
+        renames = _model_renames(model)
+
+        def completion_text() -> str:
+            for data in unparsed:
+                with contextlib.suppress(ValueError):  # forwarded as it came; counts for nothing
+                    completion.extend(_contents(json.loads(data)))
+            unparsed.clear()
+            return "".join(completion)
+
         try:
             async for raw_line in response.content:
-                line = raw_line.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
+                if not raw_line.startswith(b"data:"):
                     continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+                data = raw_line[5:].strip()
+                if data == b"[DONE]":
                     usage.finished = True
                     if not usage.usage.input_tokens and not usage.usage.output_tokens:
-                        usage.usage = _estimate_chat(body, "".join(completion))
+                        usage.usage = _estimate_chat(body, completion_text())
                     yield b"data: [DONE]\n\n"
                     break
+                fast = _renamed(data, renames)
+                if fast is not None:
+                    unparsed.append(data)
+                    yield b"data: " + fast + b"\n\n"
+                    continue
                 try:
                     chunk = json.loads(data)
                 except ValueError:
@@ -274,10 +328,7 @@ class OpenAICompatibleProvider:
                 reported = _usage_from(chunk)
                 if reported is not None:
                     usage.usage = reported
-                for choice in chunk.get("choices") or []:
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        completion.append(content)
+                completion.extend(_contents(chunk))
                 if not client_wants_usage:
                     if not chunk.get("choices") and reported is not None:
                         continue  # the usage-only chunk the client did not ask for
@@ -297,4 +348,4 @@ class OpenAICompatibleProvider:
                 response.close()  # the client left or the stream broke: drop the connection
             if not usage.finished and not usage.usage.input_tokens:
                 # The client hung up or the upstream broke: bill what was produced so far.
-                usage.usage = _estimate_chat(body, "".join(completion))
+                usage.usage = _estimate_chat(body, completion_text())
