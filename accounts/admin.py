@@ -1,9 +1,12 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import Count
 
+from accounts.actors import Actor
 from accounts.models import AuditEvent, Membership, Organization, User
 from aibaas.admin import ReadOnlyAdminMixin
+from aibaas.http import client_ip, user_agent
+from metering.quota import quota_reset
 
 
 class MembershipInline(admin.TabularInline):
@@ -67,6 +70,7 @@ class OrganizationAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
     date_hierarchy = "created_at"
+    actions = ["reset_quota"]
 
     def get_queryset(self, request):
         # distinct: see UserAdmin.get_queryset.
@@ -77,6 +81,26 @@ class OrganizationAdmin(admin.ModelAdmin):
     @admin.display(description="members", ordering="member_total")
     def member_count(self, obj: Organization) -> int:
         return obj.member_total
+
+    def has_reset_quota_permission(self, request) -> bool:
+        return request.user.has_perm("metering.change_quotacounter")
+
+    @admin.action(description="Reset this month's quota usage", permissions=["reset_quota"])
+    def reset_quota(self, request, queryset):
+        actor = Actor(
+            user=request.user,
+            role="admin",
+            system="admin",
+            ip=client_ip(request),
+            user_agent=user_agent(request),
+        )
+        count = 0
+        for organization in queryset:
+            quota_reset(organization, actor=actor, reason=f"reset in admin by {request.user}")
+            count += 1
+        self.message_user(
+            request, f"Reset this month's quota of {count} organization(s).", messages.SUCCESS
+        )
 
 
 @admin.register(Membership)

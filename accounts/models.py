@@ -124,6 +124,8 @@ class AuditAction(models.TextChoices):
     KEY_UPDATED = "key.updated", "Key updated"
     KEY_ROTATED = "key.rotated", "Key rotated"
     KEY_REVOKED = "key.revoked", "Key revoked"
+    RATE_LIMIT_REFUSED = "rate_limit.refused", "Request refused by a limit"
+    QUOTA_RESET = "quota.reset", "Monthly quota reset"
 
 
 class AuditEvent(models.Model):

@@ -19,6 +19,7 @@ from accounts.models import AuditAction
 from accounts.selectors import membership_list, organization_members
 from accounts.services import organization_create, user_signup
 from accounts.tenancy import organization_required, set_current_organization
+from metering.selectors import organization_limit_overview
 
 # The limit groups are the views' URL names, so the 429 page can tell which limit was hit.
 LOGIN_RATELIMIT_GROUP = "accounts:login"
@@ -128,6 +129,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         {
             "plan": organization.plan,
             "members": organization_members(organization=organization),
+            "limits": organization_limit_overview(organization),
         },
     )
 

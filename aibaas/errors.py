@@ -12,6 +12,7 @@ class ApplicationError(Exception):
         param: str | None = None,
         error_type: str | None = None,
         extra: dict | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -20,6 +21,7 @@ class ApplicationError(Exception):
         self.param = param
         self.error_type = error_type or _default_type(status)
         self.extra = extra or {}
+        self.headers = headers or {}  # response headers, e.g. Retry-After on a 429
 
     def as_dict(self) -> dict:
         body = {

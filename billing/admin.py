@@ -14,6 +14,7 @@ class PlanAdmin(admin.ModelAdmin):
         "requests_per_day",
         "tokens_per_minute",
         "tokens_per_day",
+        "burst_percent",
         "monthly_request_quota",
         "monthly_token_quota",
         "max_keys",
@@ -36,6 +37,10 @@ class PlanAdmin(admin.ModelAdmin):
                     "tokens_per_day",
                 )
             },
+        ),
+        (
+            "Bursts (off at 0 %)",
+            {"fields": ("burst_percent", "burst_seconds")},
         ),
         (
             "Monthly quotas and keys (empty = unlimited)",

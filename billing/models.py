@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 _LIMIT_HELP = "Leave empty for unlimited."
@@ -32,6 +32,22 @@ class Plan(models.Model):
     monthly_request_quota = _limit_field("monthly request quota")
     monthly_token_quota = _limit_field("monthly token quota")
     max_keys = _limit_field("max live API keys")
+    burst_percent = models.PositiveSmallIntegerField(
+        "burst percent",
+        default=0,
+        db_default=0,  # rows written by older code (and the seed migration's model) get it too
+        help_text="Lets a key run this many percent above its per-minute limits, but never spend "
+        "more than that raised rate allows in any burst window (see burst seconds). "
+        "0 = off: the per-minute limits are exact.",
+    )
+    burst_seconds = models.PositiveSmallIntegerField(
+        "burst seconds",
+        default=10,
+        db_default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(59)],
+        help_text="The burst window, used only when burst percent is above 0: at most "
+        "per-minute limit x (1 + burst percent / 100) x seconds / 60 in any this many seconds.",
+    )
     is_public = models.BooleanField(
         default=True, help_text="Shown to customers as a plan they can choose."
     )

@@ -14,6 +14,8 @@ from keys.models import ApiKey, Scope
 from keys.permissions import HasApiKey
 from keys.selectors import api_key_get, api_key_list
 from keys.services import api_key_create, api_key_revoke, api_key_rotate, api_key_update
+from metering.apis import RateLimitHeadersMixin
+from metering.selectors import key_limit_status, key_windows
 
 KEY_SCOPES = ("keys:write", "admin")
 LIMIT_FIELDS = ApiKey.LIMIT_FIELDS
@@ -188,8 +190,9 @@ class KeyRotateApi(_OrgApi):
         return Response(_issued(issued), status=status.HTTP_201_CREATED)
 
 
-class KeyInfoApi(APIView):
-    """GET /v1/key: the calling key, its scopes, models and limits."""
+class KeyInfoApi(RateLimitHeadersMixin, APIView):
+    """GET /v1/key: the calling key, its scopes, models and limits, and what remains of each
+    limit now (`remaining`, None = unlimited) and when it frees up (`reset_seconds`)."""
 
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [HasApiKey]
@@ -208,12 +211,17 @@ class KeyInfoApi(APIView):
                 "expires_at": serializers.DateTimeField(allow_null=True),
                 "test_mode": serializers.BooleanField(),
                 "limits": serializers.DictField(child=serializers.IntegerField(allow_null=True)),
+                "remaining": serializers.DictField(child=serializers.IntegerField(allow_null=True)),
+                "reset_seconds": serializers.DictField(
+                    child=serializers.IntegerField(allow_null=True)
+                ),
             },
         ),
         operation_id="v1_key",
     )
     def get(self, request):
         context = request.auth
+        request.limit_windows = key_windows(context)  # read once, for the body and the headers
         expires = context.expires_at_datetime
         return Response(
             {
@@ -227,5 +235,6 @@ class KeyInfoApi(APIView):
                 "expires_at": expires.isoformat().replace("+00:00", "Z") if expires else None,
                 "test_mode": context.test_mode,
                 "limits": context.limits,
+                **key_limit_status(context, request.limit_windows),
             }
         )

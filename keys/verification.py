@@ -160,6 +160,9 @@ def _context_row(key_id: str) -> tuple[dict, str | None]:
     }
     limits["monthly_request_quota"] = plan.monthly_request_quota
     limits["monthly_token_quota"] = plan.monthly_token_quota
+    # Bursts are a plan setting (metering/limiter.py: limits_for); 0 % is off.
+    limits["burst_percent"] = plan.burst_percent
+    limits["burst_seconds"] = plan.burst_seconds
     data = {
         "pk": key.pk,
         "key_id": key.key_id,

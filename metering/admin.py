@@ -1,7 +1,11 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.utils import timezone
 
+from accounts.actors import Actor
 from aibaas.admin import ReadOnlyAdminMixin
-from metering.models import UsageEvent
+from aibaas.http import client_ip, user_agent
+from metering.models import QuotaCounter, UsageEvent
+from metering.quota import period_for, quota_reset
 
 
 @admin.register(UsageEvent)
@@ -29,3 +33,52 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["organization"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # COUNT(*) over millions of events on every page is slow
+
+
+def _operator(request) -> Actor:
+    return Actor(
+        user=request.user,
+        role="admin",
+        system="admin",
+        ip=client_ip(request),
+        user_agent=user_agent(request),
+    )
+
+
+@admin.register(QuotaCounter)
+class QuotaCounterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Monthly quota counters, written by metering/quota.py on every admitted request. Operators
+    read them here; the only change is the reset action, which goes through the service (audited).
+    Rows of past months are history and are never changed."""
+
+    list_display = ["organization", "period", "requests", "tokens", "updated_at"]
+    list_filter = ["period", "organization__plan"]
+    search_fields = ["organization__slug", "organization__name"]
+    list_select_related = ["organization"]
+    date_hierarchy = "period"
+    actions = ["reset_quota"]
+
+    def has_reset_permission(self, request) -> bool:
+        return request.user.has_perm("metering.change_quotacounter")
+
+    @admin.action(description="Reset the monthly quota", permissions=["reset"])
+    def reset_quota(self, request, queryset):
+        current = period_for(timezone.now())
+        rows = list(queryset.select_related("organization"))
+        # One row per organization and month: the current month's rows name distinct orgs.
+        organizations = [row.organization for row in rows if row.period == current]
+        past = len(rows) - len(organizations)
+        actor = _operator(request)
+        for organization in organizations:
+            quota_reset(organization, actor=actor, reason=f"reset in admin by {request.user}")
+        reset = len(organizations)
+        if reset:
+            self.message_user(
+                request, f"Reset this month's quota of {reset} organization(s).", messages.SUCCESS
+            )
+        if past:
+            self.message_user(
+                request,
+                f"Skipped {past} counter(s) of past months: they are history and stay as they are.",
+                messages.WARNING,
+            )

@@ -8,7 +8,23 @@ from rest_framework.views import APIView
 from accounts.selectors import organization_get
 from keys.authentication import ApiKeyAuthentication
 from keys.permissions import HasApiKey
-from metering.selectors import month_period, usage_summary
+from keys.verification import KeyContext
+from metering.selectors import key_rate_limit_headers, month_period, usage_summary
+
+
+class RateLimitHeadersMixin:
+    """Adds DESIGN.md's rate-limit headers of the calling key (read without counting) to every
+    response of a /v1 view authenticated by an API key, as the inference endpoints send them.
+    A view that read the windows already leaves them in `request.limit_windows`."""
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        context = getattr(request, "auth", None)
+        if isinstance(context, KeyContext):
+            windows = getattr(request, "limit_windows", None)
+            for name, value in key_rate_limit_headers(context, windows).items():
+                response[name] = value
+        return response
 
 
 def _totals_fields() -> dict:
@@ -23,7 +39,7 @@ def _totals_fields() -> dict:
 _TOTALS = inline_serializer("UsageTotals", _totals_fields())
 
 
-class UsageApi(APIView):
+class UsageApi(RateLimitHeadersMixin, APIView):
     """GET /v1/usage: the calling key's organization's usage this month (or ?month=YYYY-MM),
     the last 24 hours, per key and per model. Needs the usage:read scope."""
 

@@ -36,7 +36,6 @@ the load of one small machine); past it the oldest undrained entries are trimmed
 approximate (`~`), which costs nothing per XADD.
 """
 
-import asyncio
 import ipaddress
 import json
 import logging
@@ -50,7 +49,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from aibaas.redis_clients import aredis_client, redis_client
+from aibaas.redis_clients import apipelined, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -207,64 +206,13 @@ def usage_emit(event: UsageEventData) -> None:
     _record(event)
 
 
-class _Batcher:
-    """XADDs of one event loop, sent in pipelines: events emitted while a pipeline is in flight
-    go together in the next one. At concurrency 1 a batch is one event (no added wait); when
-    500 streams end at once they cost a few round trips instead of 500 (`make bench`)."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[UsageEventData, asyncio.Future]] = []
-        self.task: asyncio.Task | None = None
-
-    def emit(self, event: UsageEventData) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((event, future))
-        if self.task is None:
-            self.task = asyncio.ensure_future(self._flush())
-        return future
-
-    async def _flush(self) -> None:
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                try:
-                    pipe = aredis_client().pipeline(transaction=False)
-                    for event, _ in batch:
-                        args, kwargs = _xadd_args(event)
-                        pipe.xadd(*args, **kwargs)
-                    await pipe.execute()
-                except REDIS_ERRORS as error:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                else:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_result(None)
-        finally:
-            self.task = None
-
-
-_batchers: dict[int, tuple[asyncio.AbstractEventLoop, _Batcher]] = {}
-
-
-def _batcher() -> _Batcher:
-    loop = asyncio.get_running_loop()
-    entry = _batchers.get(id(loop))
-    if entry is None or entry[0] is not loop:
-        for key, (other, _) in list(_batchers.items()):
-            if other.is_closed():
-                del _batchers[key]
-        entry = _batchers[id(loop)] = (loop, _Batcher())
-    return entry[1]
-
-
 async def ausage_emit(event: UsageEventData) -> None:
-    """usage_emit for async code: redis.asyncio for the stream (pipelined per event loop, see
-    _Batcher), a thread for the database."""
+    """usage_emit for async code: redis.asyncio for the stream (pipelined with the loop's other
+    commands: aibaas.redis_clients.apipelined), a thread for the database."""
     if stream_enabled() and _redis_usable():
+        args, kwargs = _xadd_args(event)
         try:
-            await asyncio.shield(_batcher().emit(event))
+            await apipelined("xadd", *args, **kwargs)
             return
         except REDIS_ERRORS as error:
             _redis_failed(error, event)

@@ -58,3 +58,30 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.endpoint} {self.model} ({self.status_code})"
+
+
+class QuotaCounter(models.Model):
+    """What an organization used of its monthly quota in one calendar month (UTC). Written only
+    by metering/quota.py: one conditional UPDATE per admitted request, lazily created on the
+    first request of a month. Rows of past months stay as history."""
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="quota_counters"
+    )
+    period = models.DateField(help_text="First day of the calendar month (UTC) counted here.")
+    requests = models.PositiveBigIntegerField(default=0, help_text="Requests admitted this month.")
+    tokens = models.PositiveBigIntegerField(
+        default=0, help_text="Tokens used this month (estimates, settled to actual counts)."
+    )
+    updated_at = models.DateTimeField(default=timezone.now, help_text="Last admission or change.")
+
+    class Meta:
+        ordering = ["-period", "organization_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "period"], name="quota_counter_org_period"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.period:%Y-%m}: {self.requests} req, {self.tokens} tok"

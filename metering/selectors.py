@@ -101,3 +101,97 @@ def usage_summary(
         "by_key": [{"key_id": row["key_id"], "name": row["name"], **_t(row)} for row in by_key],
         "by_model": [{"model": row["model"], **_t(row)} for row in by_model],
     }
+
+
+# --- limits: what remains ---------------------------------------------------------------------
+
+WINDOW_LIMITS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "tokens_per_day")
+QUOTA_LIMITS = ("monthly_request_quota", "monthly_token_quota")
+
+
+def key_windows(context) -> list:
+    """The key's rate-limit windows now (limiter.WindowState), read without counting: one Redis
+    round trip (none without limits)."""
+    from metering import limiter
+
+    limits = limiter.limits_for(context.limits)
+    return limiter.peek(context.key_id, limits) if limits else []
+
+
+def key_rate_limit_headers(context, windows: list | None = None) -> dict[str, str]:
+    """DESIGN.md's rate-limit headers for a /v1 response to this key (none for a key without
+    limits): the same as the inference endpoints send, read without counting."""
+    from metering.admission import rate_limit_headers
+
+    return rate_limit_headers(key_windows(context) if windows is None else windows)
+
+
+def key_limit_status(context, windows: list | None = None) -> dict:
+    """What remains of each limit of a key (a keys.verification.KeyContext), for GET /v1/key:
+    `{"remaining": {limit: n | None}, "reset_seconds": {limit: s | None}}`, None = unlimited.
+    Reads the windows without counting (one Redis round trip) and the month's quota row."""
+    from metering import quota
+
+    remaining: dict[str, int | None] = dict.fromkeys((*WINDOW_LIMITS, *QUOTA_LIMITS))
+    reset: dict[str, int | None] = dict.fromkeys((*WINDOW_LIMITS, *QUOTA_LIMITS))
+    for window in key_windows(context) if windows is None else windows:
+        name = window.limit.name
+        if name not in remaining:
+            continue  # a burst window: the per-minute limit it shapes is reported
+        remaining[name] = window.remaining
+        reset[name] = -(-window.reset_ms // 1000)
+    request_quota = context.limits.get("monthly_request_quota")
+    token_quota = context.limits.get("monthly_token_quota")
+    if request_quota is not None or token_quota is not None:
+        _, used_requests, used_tokens = quota.quota_usage(context.organization_id)
+        _, end = month_period()
+        until_month_end = int((end - timezone.now()).total_seconds()) + 1
+        if request_quota is not None:
+            remaining["monthly_request_quota"] = max(0, request_quota - used_requests)
+            reset["monthly_request_quota"] = until_month_end
+        if token_quota is not None:
+            remaining["monthly_token_quota"] = max(0, token_quota - used_tokens)
+            reset["monthly_token_quota"] = until_month_end
+    return {"remaining": remaining, "reset_seconds": reset}
+
+
+def organization_limit_overview(organization: Organization) -> dict:
+    """The dashboard's view of limits: the month's usage against the organization's quota, and
+    each live key's usage of its per-day windows today (the last 24 h, sliding)."""
+    from keys.models import ApiKey
+    from metering import limiter, quota
+
+    plan = organization.plan
+    _, used_requests, used_tokens = quota.quota_usage(organization.pk)
+    start, end = month_period()
+
+    def meter(used: int, limit: int | None) -> dict:
+        percent = None if not limit else min(100, round(100 * used / limit))
+        return {"used": used, "limit": limit, "percent": percent}
+
+    keys = []
+    for key in ApiKey.objects.filter(organization=organization, revoked_at__isnull=True).order_by(
+        "name", "id"
+    )[:50]:
+        limits = {
+            f: getattr(key, f) if getattr(key, f) is not None else getattr(plan, f)
+            for f in WINDOW_LIMITS
+        }
+        limits["burst_percent"] = getattr(plan, "burst_percent", 0)
+        limits["burst_seconds"] = getattr(plan, "burst_seconds", 10)
+        windows = {w.limit.name: w for w in limiter.peek(key.key_id, limiter.limits_for(limits))}
+        meters = []
+        for name in ("requests_per_day", "tokens_per_day", "requests_per_minute"):
+            window = windows.get(name)
+            meters.append(meter(window.used, window.limit.limit) if window else meter(0, None))
+        keys.append({"key": key, "meters": meters})
+    requests = meter(used_requests, plan.monthly_request_quota)
+    tokens = meter(used_tokens, plan.monthly_token_quota)
+    return {
+        "period_start": start,
+        "period_end": end,
+        "requests": requests,
+        "tokens": tokens,
+        "meters": [("Requests this month", requests), ("Tokens this month", tokens)],
+        "keys": keys,
+    }

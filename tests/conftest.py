@@ -44,6 +44,28 @@ def _fresh_process_snapshots():
     pricing.clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_background_connections(django_db_setup, django_db_blocker):
+    """The last-used writer thread holds its own database connection: close it before the test
+    database is dropped (PostgreSQL refuses to drop a database in use)."""
+    yield
+    from keys import touch
+
+    with django_db_blocker.unblock():
+        touch.flush()
+        touch.close_connections()
+
+
+@pytest.fixture(autouse=True)
+def _close_quota_connections():
+    """The quota's async PostgreSQL connections (metering/quota/batched.py) belong to event
+    loops that end with the test: close them, or the test database cannot be dropped."""
+    yield
+    from metering.quota import close_connections
+
+    close_connections()
+
+
 @pytest.fixture(autouse=True)
 def _clean_cache():
     """Every test starts with an empty cache (only this run's key prefix when on Redis)."""

@@ -255,6 +255,10 @@ class GatewayApplication:
 
     async def _run(self, send, handler: Handler, inbound, common) -> None:
         reply = await handler(inbound)
+        if reply.after is not None:
+            # The usage event goes alongside the sending: the client does not wait for it, and
+            # a client hanging up from here on cannot cancel it.
+            streaming.background(reply.after())
         extra = [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()
         ]
@@ -354,8 +358,11 @@ class GatewayApplication:
 
 
 async def shutdown() -> None:
-    """Await the usage events of streams still closing, then close upstream pools."""
+    """Await the usage events of streams still closing and the pending quota settlements, then
+    close the upstream pools and the quota's database connections."""
     await streaming.drain_background()
     from aibaas.gateway.providers.openai_compatible import close_sessions
+    from metering import quota
 
+    await quota.aclose()
     await close_sessions()

@@ -1,8 +1,11 @@
 """One /v1 inference request, framework-light: the views hand over an `Inbound` and turn the
 `Reply` into a Django response.
 
-auth (keys.verification, async) → scope → body (size, JSON, validation) → model (registry:
-exists, allow-list, test mode, kind) → response cache → provider → one usage event.
+per-IP limit → auth (keys.verification, async) → scope → body (size, JSON, validation) → model
+(registry: exists, allow-list, test mode, kind) → admission (metering/admission.py: the key's
+sliding windows in one Redis round trip, the organization's monthly quota; 429 otherwise) →
+response cache → provider → one usage event, which also settles the token windows and quota
+with the tokens really used. Every reply after admission carries the rate-limit headers.
 
 Every request that got past authentication leaves exactly one usage event, failed ones too
 (their status, 0 tokens). A stream records its event when it ends, however it ends: the last
@@ -17,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from aibaas.errors import ApplicationError
@@ -24,10 +28,13 @@ from aibaas.gateway import response_cache, streaming, validation
 from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.base import ModelSpec, ProviderError, Usage
 from aibaas.gateway.registry import amodel_spec, amodels_for_key, key_may_use
+from aibaas.gateway.tokenizer import estimate_chat_tokens, estimate_embedding_tokens
 from billing.pricing import COST_QUANTUM, acost_for
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, KeyRejected, aauthenticate_key
+from metering import limiter, quota
+from metering.admission import Admission, IpGate, aadmit, rate_limit_headers
 from metering.events import UsageEventData, ausage_emit
 
 logger = logging.getLogger(__name__)
@@ -59,12 +66,20 @@ class Reply:
     body: dict[str, Any] | None = None
     stream: AsyncIterator[bytes] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # The request's usage event (and the settlement of its limits), for the server to run once
+    # the reply is sent, whatever happens to the sending: the client does not wait for it, as
+    # it does not wait for a stream's. Must be called exactly once when set.
+    after: Callable[[], Awaitable[None]] | None = None
 
 
-def error_reply(error: ApplicationError | ProviderError) -> Reply:
+def error_reply(
+    error: ApplicationError | ProviderError, headers: dict[str, str] | None = None
+) -> Reply:
     if isinstance(error, ProviderError):
         error = ApplicationError(error.code, error.message, status=error.status)
-    headers = {"WWW-Authenticate": 'Bearer realm="aibaas"'} if error.status == 401 else {}
+    headers = {**(headers or {}), **error.headers}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="aibaas"'
     return Reply(status=error.status, body=error.as_dict(), headers=headers)
 
 
@@ -90,13 +105,25 @@ async def authenticate(inbound: Inbound):
 class Call:
     """One authenticated inference request and its (single) usage event."""
 
-    def __init__(self, inbound: Inbound, key, endpoint: str) -> None:
+    def __init__(self, inbound: Inbound, key, endpoint: str, gate: IpGate) -> None:
         self.inbound = inbound
+        self.gate = gate
         self.key = key
         self.endpoint = endpoint
         self.model = UNKNOWN_MODEL
         self.started = time.perf_counter()
         self.recorded = False
+        self.admission: Admission | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The rate-limit headers of this request (none before admission)."""
+        return dict(self.admission.headers) if self.admission is not None else {}
+
+    async def admit(self, tokens: int) -> None:
+        self.admission = await aadmit(
+            self.key, tokens=tokens, client_ip=self.inbound.client_ip, gate=self.gate
+        )
 
     async def record(
         self,
@@ -135,6 +162,19 @@ class Call:
             upstream_latency_ms=None if upstream_latency_ms is None else int(upstream_latency_ms),
             client_ip=_ip(self.inbound.client_ip),
         )
+        if self.admission is None:
+            await self._emit(event)
+            return
+        settle = self.admission.asettle(usage.input_tokens + usage.output_tokens)
+        if not quota.settles_without_waiting():
+            await settle  # SQLite: one database writer at a time
+            await self._emit(event)
+            return
+        # Together: whatever either sends to Redis goes in one pipeline.
+        await asyncio.gather(settle, self._emit(event))
+
+    @staticmethod
+    async def _emit(event: UsageEventData) -> None:
         try:
             await ausage_emit(event)
         except Exception:
@@ -182,17 +222,25 @@ async def _model(call: Call, name: str, kind: str) -> ModelSpec:
 
 
 async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable[Reply]]) -> Reply:
+    # The per-IP layer runs alongside (metering.admission.IpGate); its refusal wins over any
+    # other answer, and a request it refuses counts nowhere and records no usage event.
+    gate = IpGate(inbound.client_ip)
     try:
         key = await authenticate(inbound)
     except ApplicationError as error:
-        return error_reply(error)
-    call = Call(inbound, key, endpoint)
+        return error_reply(await gate.refusal() or error)
+    call = Call(inbound, key, endpoint, gate)
     try:
         require_scope(key, INFERENCE_SCOPE)
-        return await work(call)
+        reply = await work(call)
+        reply.headers.update(call.headers)
+        return reply
     except (ApplicationError, ProviderError) as error:
-        await call.record(error.status)
-        return error_reply(error)
+        if (refusal := await gate.refusal()) is not None:
+            return error_reply(refusal)
+        reply = error_reply(error, call.headers)
+        reply.after = partial(call.record, error.status)
+        return reply
     except BaseException as error:
         # A bug (500) or the client hanging up (cancelled): still one event for the request.
         status = CLIENT_CLOSED if isinstance(error, asyncio.CancelledError) else 500
@@ -202,16 +250,24 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
 
 async def models_list(inbound: Inbound) -> Reply:
     """GET /v1/models: the models this key may use, in OpenAI's list shape."""
+    gate = IpGate(inbound.client_ip)
     try:
         key = await authenticate(inbound)
         require_scope(key, INFERENCE_SCOPE)
     except ApplicationError as error:
-        return error_reply(error)
+        return error_reply(await gate.refusal() or error)
+    # The key's windows, read without counting, for the rate-limit headers; issued before the
+    # per-IP check is awaited, both go in one round trip.
+    gate.start()
+    windows = limiter.peek_start(key.key_id, limiter.limits_for(key.limits))
+    if (refusal := await gate.refusal()) is not None:
+        return error_reply(refusal)
+    headers = rate_limit_headers(await limiter.peek_finish(windows))
     data = [
         {"id": spec.name, "object": "model", "created": 0, "owned_by": "aibaas"}
         for spec in sorted(await amodels_for_key(key), key=lambda spec: spec.name)
     ]
-    return Reply(body={"object": "list", "data": data})
+    return Reply(body={"object": "list", "data": data}, headers=headers)
 
 
 async def chat(inbound: Inbound) -> Reply:
@@ -223,6 +279,7 @@ async def chat(inbound: Inbound) -> Reply:
             call.model = body["model"]
         name = validation.validate_chat(body)
         spec = await _model(call, name, "chat")
+        await call.admit(estimate_chat_tokens(body, spec.context_window))
         provider = provider_for(spec)
         if body.get("stream"):
             return Reply(stream=await streaming.open_stream(provider, spec, body, call.record))
@@ -231,15 +288,23 @@ async def chat(inbound: Inbound) -> Reply:
             key = response_cache.cache_key(call.key.organization_id, name, body)
             hit = await response_cache.aget(key)
             if hit is not None:
-                await call.record(200, hit[1], cached=True)
-                return Reply(body=hit[0], headers={"X-Cache": "HIT"})
+                return Reply(
+                    body=hit[0],
+                    headers={"X-Cache": "HIT"},
+                    after=partial(call.record, 200, hit[1], cached=True),
+                )
         result = await provider.chat(spec, body)
         headers = {}
         if key is not None:
             headers["X-Cache"] = "MISS"
             await response_cache.aset(key, result, spec.response_cache_ttl)
-        await call.record(200, result.usage, upstream_latency_ms=result.upstream_latency_ms)
-        return Reply(body=result.body, headers=headers)
+        return Reply(
+            body=result.body,
+            headers=headers,
+            after=partial(
+                call.record, 200, result.usage, upstream_latency_ms=result.upstream_latency_ms
+            ),
+        )
 
     return await _run(inbound, CHAT, work)
 
@@ -253,8 +318,13 @@ async def embeddings(inbound: Inbound) -> Reply:
             call.model = body["model"]
         name = validation.validate_embeddings(body)
         spec = await _model(call, name, "embeddings")
+        await call.admit(estimate_embedding_tokens(body))
         result = await provider_for(spec).embeddings(spec, body)
-        await call.record(200, result.usage, upstream_latency_ms=result.upstream_latency_ms)
-        return Reply(body=result.body)
+        return Reply(
+            body=result.body,
+            after=partial(
+                call.record, 200, result.usage, upstream_latency_ms=result.upstream_latency_ms
+            ),
+        )
 
     return await _run(inbound, EMBEDDINGS, work)

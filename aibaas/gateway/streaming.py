@@ -68,9 +68,7 @@ async def _relay(
         # in a task of their own, which a cancellation of this one cannot reach: the client
         # may hang up mid-stream, or right after [DONE] (the OpenAI SDKs do) while the event
         # is being written.
-        task = asyncio.ensure_future(_close_and_record(chunks, usage, status, record))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        task = background(_close_and_record(chunks, usage, status, record))
         if ended:
             await asyncio.shield(task)
 
@@ -88,8 +86,18 @@ async def _close_and_record(
     await record(status, reported, upstream_latency_ms=usage.upstream_latency_ms)
 
 
+def background(work: Awaitable[None]) -> asyncio.Task:
+    """Run `work` in a task of its own that cancelling the caller cannot reach, referenced
+    until done (drain_background waits for these): usage events after a reply is sent."""
+    task = asyncio.ensure_future(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
 async def drain_background(timeout: float = 5.0) -> None:
-    """Wait for the usage-recording tasks of closed streams (tests, shutdown)."""
+    """Wait for the usage-recording tasks of sent replies and closed streams (tests,
+    shutdown)."""
     pending = [task for task in _background if not task.done()]
     if pending:
         await asyncio.wait(pending, timeout=timeout)

@@ -98,3 +98,32 @@ def count_chat_tokens(messages: list[dict]) -> int:
             elif value is not None:
                 total += count_tokens(json.dumps(value, ensure_ascii=False, sort_keys=True))
     return total
+
+
+DEFAULT_OUTPUT_ESTIMATE = 256
+
+
+def estimate_chat_tokens(body: dict, context_window: int | None = None) -> int:
+    """A chat request's tokens before the call, for the token limits (settled afterwards with
+    what the model really used): the prompt counted here, plus the output it may produce —
+    `max_completion_tokens` or `max_tokens` when given, else GATEWAY_OUTPUT_TOKENS_ESTIMATE
+    (256) — times `n`, capped at what the model's context window leaves after the prompt."""
+    from django.conf import settings
+
+    prompt = count_chat_tokens(body.get("messages") or [])
+    output = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(output, int) or output <= 0:
+        output = getattr(settings, "GATEWAY_OUTPUT_TOKENS_ESTIMATE", DEFAULT_OUTPUT_ESTIMATE)
+    n = body.get("n") if isinstance(body.get("n"), int) and body.get("n") > 0 else 1
+    if context_window:
+        output = max(0, min(output, context_window - prompt))
+    return prompt + output * n
+
+
+def estimate_embedding_tokens(body: dict) -> int:
+    """An embeddings request's tokens: its input, counted here (token-id lists by length)."""
+    inputs = body.get("input")
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    if inputs and all(isinstance(i, int) for i in inputs):
+        return len(inputs)  # one list of token ids
+    return sum(count_tokens(i) if isinstance(i, str) else len(i or []) for i in inputs)

@@ -51,6 +51,9 @@ def _inbound(request) -> pipeline.Inbound:
 
 
 async def _response(request, reply: pipeline.Reply) -> HttpResponse | StreamingHttpResponse:
+    if reply.after is not None:
+        # A Django view's event loop may end with the view (WSGI): record before answering.
+        await reply.after()
     if reply.stream is not None:
         stream = reply.stream
         if not isinstance(request, ASGIRequest):

@@ -197,6 +197,30 @@ DEMO_TOKEN_DELAY_SECONDS = env.float("DEMO_TOKEN_DELAY_SECONDS", default=0.0)
 # Largest accepted /v1 request body (413 above it).
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=1024 * 1024)
 
+# --- Limits (metering/admission.py, limiter.py, quota.py).
+# Per client IP in front of the per-key limits, for /v1 inference (django-ratelimit rate;
+# "" = off). Generous: it stops one address cycling through many keys, not a busy customer.
+GATEWAY_IP_RATE = env.str("GATEWAY_IP_RATE", default="6000/m")
+# Output tokens assumed for a chat request without max_tokens, until it is settled.
+GATEWAY_OUTPUT_TOKENS_ESTIMATE = env.int("GATEWAY_OUTPUT_TOKENS_ESTIMATE", default=256)
+# When the database cannot check the monthly quota: False refuses (503), True admits and logs.
+QUOTA_FAIL_OPEN = env.bool("QUOTA_FAIL_OPEN", default=False)
+# The quota's own PostgreSQL connections per event loop (metering/quota/batched.py), their
+# statement timeout, and whether their statement is prepared (off behind a transaction-mode
+# PgBouncer older than 1.21).
+QUOTA_DB_CONNECTIONS = env.int("QUOTA_DB_CONNECTIONS", default=4)
+QUOTA_DB_TIMEOUT_SECONDS = env.float("QUOTA_DB_TIMEOUT_SECONDS", default=5.0)
+QUOTA_DB_PREPARED = env.bool("QUOTA_DB_PREPARED", default=True)
+# Quota leases (metering/quota/lease.py): far from its quota, a process reserves up to this many
+# requests at once (never more than 1/64 of what remains) and gives back what it did not use
+# after this many idle seconds.
+QUOTA_LEASE_REQUESTS = env.int("QUOTA_LEASE_REQUESTS", default=64)
+QUOTA_LEASE_IDLE_SECONDS = env.float("QUOTA_LEASE_IDLE_SECONDS", default=1.0)
+# After a Redis failure the limiter limits per process and tries Redis again after this long.
+RATE_LIMIT_REDIS_RETRY_SECONDS = env.float("RATE_LIMIT_REDIS_RETRY_SECONDS", default=2.0)
+# Connections per event loop of the asyncio Redis pool (usage stream, limiter).
+REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
+
 # --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py).
 USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")
 USAGE_STREAM_MAXLEN = env.int("USAGE_STREAM_MAXLEN", default=1_000_000)

@@ -83,8 +83,29 @@ def test_v1_key_describes_the_calling_key(make_key, org, api_client):
             "tokens_per_day": plan.tokens_per_day,
             "monthly_request_quota": plan.monthly_request_quota,
             "monthly_token_quota": plan.monthly_token_quota,
+            "burst_percent": 0,
+            "burst_seconds": 10,
+        },
+        # Nothing used yet: every limit remains whole, and nothing is waiting to free up.
+        "remaining": {
+            "requests_per_minute": 5,
+            "requests_per_day": plan.requests_per_day,
+            "tokens_per_minute": plan.tokens_per_minute,
+            "tokens_per_day": plan.tokens_per_day,
+            "monthly_request_quota": plan.monthly_request_quota,
+            "monthly_token_quota": plan.monthly_token_quota,
+        },
+        "reset_seconds": {
+            "requests_per_minute": 0,
+            "requests_per_day": 0,
+            "tokens_per_minute": 0,
+            "tokens_per_day": 0,
+            "monthly_request_quota": body["reset_seconds"]["monthly_request_quota"],
+            "monthly_token_quota": body["reset_seconds"]["monthly_token_quota"],
         },
     }
+    assert 0 < body["reset_seconds"]["monthly_request_quota"] <= 31 * 86400
+    assert response["X-RateLimit-Limit"] == "5" and response["X-RateLimit-Remaining"] == "5"
     assert issued.raw_key not in response.content.decode()
 
 

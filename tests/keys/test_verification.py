@@ -149,6 +149,8 @@ def test_context_limits_are_the_plans_limits_by_default(issued):
         "tokens_per_day": plan.tokens_per_day,
         "monthly_request_quota": plan.monthly_request_quota,
         "monthly_token_quota": plan.monthly_token_quota,
+        "burst_percent": plan.burst_percent,
+        "burst_seconds": plan.burst_seconds,
     }
 
 

@@ -271,11 +271,9 @@ class OpenAICompatibleProvider:
         payload["model"] = model.name
         usage = _usage_from(payload)
         if usage is None:
-            from aibaas.gateway.tokenizer import count_tokens
+            from aibaas.gateway.tokenizer import estimate_embedding_tokens
 
-            inputs = body.get("input")
-            inputs = inputs if isinstance(inputs, list) else [inputs]
-            counted = sum(count_tokens(i) if isinstance(i, str) else len(i) for i in inputs)
+            counted = estimate_embedding_tokens(body)
             usage = Usage(input_tokens=counted, output_tokens=0, estimated=True)
         return ProviderResult(body=payload, usage=usage, upstream_latency_ms=latency)
 

@@ -1,0 +1,473 @@
+"""Admission of one /v1 inference request: the per-IP layer, the key's sliding windows and the
+organization's monthly quota, then settlement with the tokens really used.
+
+Order (DESIGN.md, request path step 3):
+1. per-IP (django-ratelimit, GATEWAY_IP_RATE, generous by default; "" turns it off): stops one
+   address cycling through many keys. Checked before the key is even verified.
+2. the key's windows (metering/limiter.py): requests/min, requests/day, tokens/min, tokens/day
+   (and burst), all in one Redis round trip; tokens admitted with an estimate.
+3. the monthly quota (metering/quota.py): one conditional UPDATE in the database, only for
+   organizations whose plan has a quota. A refusal here releases what step 2 counted: a refused
+   request counts nowhere.
+After the call, `Admission.asettle(actual_tokens)` moves the token windows and the token quota
+from the estimate to what was used (once, from the request's usage event).
+
+Refusals are 429s with Retry-After (whole seconds) and a JSON error naming the limit:
+`rate_limit_exceeded` for the windows and the per-IP layer, `insufficient_quota` for the
+monthly quota. Each refusal is an audit event, at most one per key and minute.
+"""
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import OperationalError, connections
+
+from aibaas.errors import ApplicationError
+from metering import limiter, quota
+from metering.ip_limit import ip_check_finish, ip_check_start
+
+logger = logging.getLogger(__name__)
+
+RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+INSUFFICIENT_QUOTA = "insufficient_quota"
+QUOTA_UNAVAILABLE = "quota_unavailable"
+IP_GROUP = "gateway-ip"
+
+_LIMIT_WORDS = {
+    "requests_per_minute": "requests per minute",
+    "requests_per_day": "requests per day",
+    "tokens_per_minute": "tokens per minute",
+    "tokens_per_day": "tokens per day",
+    "burst_requests": "requests per burst window",
+    "burst_tokens": "tokens per burst window",
+}
+
+
+def _seconds(ms: int) -> int:
+    """Whole seconds, rounded up, at least 1 (Retry-After)."""
+    return max(1, math.ceil(ms / 1000))
+
+
+def duration(ms: int) -> str:
+    """OpenAI's x-ratelimit-reset-* format: "20ms", "1s", "6m0s", "1h2m3s"."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    seconds = math.ceil(ms / 1000)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{seconds}s"
+    if minutes:
+        return f"{minutes}m{seconds}s"
+    return f"{seconds}s"
+
+
+def _tightest(windows: list, kind: str):
+    """The window of this kind with the least remaining (the smaller limit on a tie)."""
+    candidates = [w for w in windows if w.limit.kind == kind]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda w: (w.remaining, w.limit.limit))
+
+
+def rate_limit_headers(windows: list) -> dict[str, str]:
+    """DESIGN.md's headers for these window states (none for unlimited kinds)."""
+    headers: dict[str, str] = {}
+    requests = _tightest(windows, "requests")
+    if requests is not None:
+        headers["X-RateLimit-Limit"] = str(requests.limit.limit)
+        headers["X-RateLimit-Remaining"] = str(requests.remaining)
+        headers["X-RateLimit-Reset"] = str(math.ceil(requests.reset_ms / 1000))
+        headers["x-ratelimit-limit-requests"] = str(requests.limit.limit)
+        headers["x-ratelimit-remaining-requests"] = str(requests.remaining)
+        headers["x-ratelimit-reset-requests"] = duration(requests.reset_ms)
+    tokens = _tightest(windows, "tokens")
+    if tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(tokens.limit.limit)
+        headers["x-ratelimit-remaining-tokens"] = str(tokens.remaining)
+        headers["x-ratelimit-reset-tokens"] = duration(tokens.reset_ms)
+    return headers
+
+
+@dataclass(slots=True)
+class Admission:
+    """What was admitted for one request, to settle once its usage is known."""
+
+    key_id: str
+    organization_id: int
+    limits: list
+    estimate: int
+    decision: "limiter.Decision | None" = None
+    quota_period: date | None = None
+    token_quota: bool = False
+    quota_leased: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    settled: bool = False
+
+    async def asettle(self, actual_tokens: int) -> None:
+        """Move the token windows and token quota from the estimate to `actual_tokens`. The
+        windows' settlement is pipelined with whatever the loop sends meanwhile (the request's
+        usage event); the quota's is not waited for on PostgreSQL (metering/quota/batched.py)."""
+        if self.settled:
+            return
+        self.settled = True
+        delta = actual_tokens - self.estimate
+        if not delta:
+            return
+        if self.decision is not None and any(lim.kind == "tokens" for lim in self.limits):
+            try:
+                await limiter.asettle(
+                    self.key_id, self.limits, admitted_at_ms=self.decision.at_ms, token_delta=delta
+                )
+            except Exception:
+                logger.exception(
+                    "settling the windows of key %s failed (delta %s)", self.key_id, delta
+                )
+        if self.quota_period is not None:
+            try:
+                await quota.quota_settle_soon(
+                    self.organization_id,
+                    period=self.quota_period,
+                    token_delta=delta,
+                    leased=self.quota_leased,
+                )
+            except Exception:
+                logger.exception(
+                    "settling the quota of organization %s failed (delta %s)",
+                    self.organization_id,
+                    delta,
+                )
+
+
+# --- per-IP layer (metering/ip_limit.py) -------------------------------------------------------
+
+
+def _ip_refusal(retry: int) -> ApplicationError:
+    return ApplicationError(
+        RATE_LIMIT_EXCEEDED,
+        f"Too many requests from your address (limit {settings.GATEWAY_IP_RATE} per IP). "
+        f"Retry in {retry} s.",
+        status=429,
+        extra={"retry_after": retry},
+        headers={"Retry-After": str(retry)},
+    )
+
+
+class IpGate:
+    """The per-IP check of one request, made once. Admission starts it together with the key's
+    windows (one Redis round trip for both); a request that fails before admission (bad key,
+    bad body) makes it alone before answering. Its refusal wins over every other answer: the
+    request is then refused before anything else counted it (what the other checks counted is
+    given back)."""
+
+    __slots__ = ("ip", "retry", "started")
+
+    def __init__(self, ip: str | None) -> None:
+        self.ip = ip
+        self.started = None
+        self.retry: int | None = None  # None: not answered yet
+
+    def start(self) -> None:
+        """Count the request now (pipelined with whatever the caller sends before awaiting)."""
+        if self.started is None and self.retry is None:
+            try:
+                self.started = ip_check_start(self.ip)
+            except Exception:
+                logger.warning("per-IP rate limit unavailable; skipped", exc_info=True)
+                self.retry = 0
+
+    async def refusal(self) -> ApplicationError | None:
+        """The 429 of this address, or None when it may go on."""
+        if self.retry is None:
+            self.start()
+        if self.retry is None:
+            self.retry = 0  # answered once, even if the check fails
+            try:
+                self.retry = await ip_check_finish(self.started)
+            except Exception:
+                logger.warning("per-IP rate limit unavailable; skipped", exc_info=True)
+        return _ip_refusal(self.retry) if self.retry else None
+
+
+async def acheck_ip(ip: str | None) -> None:
+    """Raise the 429 when this address is over GATEWAY_IP_RATE (off when the setting is "")."""
+    refusal = await IpGate(ip).refusal()
+    if refusal is not None:
+        raise refusal
+
+
+# --- audit of refusals, one per key and minute ------------------------------------------------
+
+AUDIT_ATTEMPTS = 5
+_audit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limit-audit")
+_audited: dict[str, int] = {}
+_audited_lock = threading.Lock()
+
+
+def _audit_refusal(context, code: str, limit_name: str, retry_after: int, ip: str | None):
+    minute = int(time.time() // 60)
+    with _audited_lock:
+        if _audited.get(context.key_id) == minute:
+            return
+        if len(_audited) > 50_000:
+            _audited.clear()
+        _audited[context.key_id] = minute
+    _audit_executor.submit(_write_refusal, context, code, limit_name, retry_after, ip, minute)
+
+
+def _write_refusal(context, code, limit_name, retry_after, ip, minute) -> None:
+    from accounts.actors import Actor
+    from accounts.audit import audit_record
+    from accounts.models import AuditAction, Organization
+
+    try:
+        # Across processes: the first to claim this key's minute writes the event.
+        if not cache.add(f"rl-audit:{{{context.key_id}}}:{minute}", 1, 120):
+            return
+        for attempt in range(AUDIT_ATTEMPTS):
+            try:
+                audit_record(
+                    action=AuditAction.RATE_LIMIT_REFUSED,
+                    actor=Actor(key_id=context.key_id, ip=ip),
+                    organization=Organization(pk=context.organization_id),
+                    target_type="api_key",
+                    target_id=context.key_id,
+                    metadata={"code": code, "limit": limit_name, "retry_after": retry_after},
+                )
+                break
+            except OperationalError:
+                # SQLite (the embedded default) refuses a write while another is in progress
+                # ("database is locked"): this thread is not in a hurry.
+                if attempt == AUDIT_ATTEMPTS - 1:
+                    raise
+                connections.close_all()
+                time.sleep(0.05 * (attempt + 1))
+    except Exception:
+        logger.warning("could not audit the refusal of key %s", context.key_id, exc_info=True)
+    finally:
+        connections.close_all()  # rare (one per key and minute): no connection kept idle
+
+
+def flush_audit() -> None:
+    """Wait for refusal audit events queued so far (tests, shutdown)."""
+    _audit_executor.submit(lambda: None).result(timeout=10)
+
+
+def reset_audit_dedup() -> None:
+    with _audited_lock:
+        _audited.clear()
+
+
+# --- admission --------------------------------------------------------------------------------
+
+
+# The monthly quota is asked alongside the key's windows (one wait instead of two) while this
+# process last saw the organization far from it (quota.far_from_quota): then a quota admission
+# given back because the windows refused changes nothing anyone else sees. Near the quota, it
+# is asked after the windows, so that only requests the windows admitted ever count in it.
+
+
+def _quota_start(context, request_quota, token_quota, tokens):
+    return quota.aquota_admit_start(
+        context.organization_id,
+        request_limit=request_quota,
+        token_limit=token_quota,
+        tokens=tokens,
+    )
+
+
+async def _quota_finish(pending):
+    """The quota's verdict, or the QuotaUnavailable it raised (returned, not raised)."""
+    try:
+        return await pending
+    except quota.QuotaUnavailable as error:
+        return error
+
+
+def _window_refusal(context, decision, tokens: int, headers, client_ip) -> ApplicationError:
+    refused = decision.refused_by
+    retry = _seconds(decision.retry_after_ms)
+    words = _LIMIT_WORDS.get(refused.name, refused.name)
+    if refused.kind == "tokens" and tokens > refused.limit:
+        message = (
+            f"Request too large: it needs about {tokens} tokens and this key's limit is "
+            f"{refused.limit} {words}. Send less, or lower max_tokens."
+        )
+    else:
+        message = f"Rate limit reached: {refused.limit} {words} for this key. Retry in {retry} s."
+    _audit_refusal(context, RATE_LIMIT_EXCEEDED, refused.name, retry, client_ip)
+    return ApplicationError(
+        RATE_LIMIT_EXCEEDED,
+        message,
+        status=429,
+        extra={"retry_after": retry},
+        headers={**headers, "Retry-After": str(retry)},
+    )
+
+
+def _quota_refusal(context, verdict, request_quota, token_quota, headers, client_ip):
+    if isinstance(verdict, quota.QuotaUnavailable):
+        return ApplicationError(
+            QUOTA_UNAVAILABLE,
+            "The monthly quota cannot be checked right now; retry shortly.",
+            status=503,
+            headers={**headers, "Retry-After": "5"},
+        )
+    limit = request_quota if verdict.exceeded == "requests" else token_quota
+    used = verdict.requests_used if verdict.exceeded == "requests" else verdict.tokens_used
+    resets = verdict.resets_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _audit_refusal(
+        context,
+        INSUFFICIENT_QUOTA,
+        f"monthly_{verdict.exceeded}_quota",
+        verdict.retry_after,
+        client_ip,
+    )
+    return ApplicationError(
+        INSUFFICIENT_QUOTA,
+        f"Monthly quota exceeded: {used} of {limit} {verdict.exceeded} used this month by "
+        f"your organization. It resets at {resets}; upgrade your plan for more.",
+        status=429,
+        extra={"retry_after": verdict.retry_after},
+        headers={**headers, "Retry-After": str(verdict.retry_after)},
+    )
+
+
+async def aadmit(
+    context, *, tokens: int, client_ip: str | None = None, gate: IpGate | None = None
+) -> Admission:
+    """Admit one request of this key estimated at `tokens`, or raise a 429 (503 when the quota
+    cannot be checked and QUOTA_FAIL_OPEN is off). `gate`: the request's per-IP check (made
+    here if not yet). A refused request counts nowhere: what a check admitted before another
+    refused is given back."""
+    gate = gate if gate is not None else IpGate(client_ip)
+    limits = limiter.limits_for(context.limits)
+    request_quota = context.limits.get("monthly_request_quota")
+    token_quota = context.limits.get("monthly_token_quota")
+    has_quota = request_quota is not None or token_quota is not None
+    admission = Admission(
+        key_id=context.key_id,
+        organization_id=context.organization_id,
+        limits=limits,
+        estimate=tokens,
+    )
+    # Everything asked at once, then awaited: the per-IP counters and the key's windows share
+    # one Redis round trip, and the quota's statement runs meanwhile when far from the quota.
+    gate.start()
+    windows = limiter.check_start(context.key_id, limits, tokens=tokens) if limits else None
+    together = has_quota and (
+        not limits
+        or quota.far_from_quota(
+            context.organization_id,
+            request_limit=request_quota,
+            token_limit=token_quota,
+            tokens=tokens,
+        )
+    )
+    pending_quota = _quota_start(context, request_quota, token_quota, tokens) if together else None
+    try:
+        refusal = await gate.refusal()
+        if windows is not None:
+            admission.decision = await limiter.check_finish(windows)
+            admission.headers = rate_limit_headers(admission.decision.windows)
+        verdict = await _quota_finish(pending_quota) if together else None
+        admitted = isinstance(verdict, quota.QuotaDecision) and verdict.allowed and verdict.counted
+
+        error = refusal
+        if error is None and admission.decision is not None and not admission.decision.allowed:
+            error = _window_refusal(
+                context, admission.decision, tokens, admission.headers, client_ip
+            )
+        if error is None and has_quota and not together:
+            pending_quota = _quota_start(context, request_quota, token_quota, tokens)
+            verdict = await _quota_finish(pending_quota)
+            admitted = (
+                isinstance(verdict, quota.QuotaDecision) and verdict.allowed and verdict.counted
+            )
+        if (
+            error is None
+            and verdict is not None
+            and not (isinstance(verdict, quota.QuotaDecision) and verdict.allowed)
+        ):
+            error = _quota_refusal(
+                context, verdict, request_quota, token_quota, admission.headers, client_ip
+            )
+        if error is not None:
+            await _release(admission)
+            if admitted:
+                await quota.quota_settle_soon(
+                    context.organization_id,
+                    period=verdict.period,
+                    request_delta=-1,
+                    token_delta=-tokens,
+                    leased=verdict.leased,
+                )
+            raise error
+        if isinstance(verdict, quota.QuotaDecision) and verdict.counted:
+            admission.quota_period = verdict.period
+            admission.token_quota = token_quota is not None
+            admission.quota_leased = verdict.leased
+        return admission
+    except asyncio.CancelledError:
+        # The client hung up while its request was being admitted: what admitted it keeps the
+        # request (it was made; its usage event says 499) but not its token estimate.
+        _background(_abandoned(admission, windows, pending_quota, tokens))
+        raise
+
+
+_tasks: set[asyncio.Task] = set()
+
+
+def _background(work) -> None:
+    task = asyncio.ensure_future(work)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def _abandoned(admission: Admission, windows, pending_quota, tokens: int) -> None:
+    try:
+        decision = admission.decision
+        if decision is None and windows is not None:
+            decision = await limiter.check_finish(windows)
+        if decision is not None and decision.allowed and tokens:
+            await limiter.asettle(
+                admission.key_id,
+                admission.limits,
+                admitted_at_ms=decision.at_ms,
+                token_delta=-tokens,
+            )
+        verdict = await _quota_finish(pending_quota) if pending_quota is not None else None
+        if isinstance(verdict, quota.QuotaDecision) and verdict.allowed and verdict.counted:
+            await quota.quota_settle_soon(
+                admission.organization_id,
+                period=verdict.period,
+                token_delta=-tokens,
+                leased=verdict.leased,
+            )
+    except Exception:
+        logger.exception("settling the admission of an abandoned request failed")
+
+
+async def _release(admission: Admission) -> None:
+    """Give back what the windows counted for a request refused later (by the quota)."""
+    if admission.decision is None or not admission.decision.allowed:
+        return
+    admission.settled = True
+    try:
+        await limiter.asettle(
+            admission.key_id,
+            admission.limits,
+            admitted_at_ms=admission.decision.at_ms,
+            request_delta=-1,
+            token_delta=-admission.estimate,
+        )
+    except Exception:
+        logger.exception("releasing the windows of key %s failed", admission.key_id)

@@ -1,0 +1,250 @@
+"""Quota leases: one process's slice of an organization's month, so that far from its quota a
+request is admitted without a database statement of its own (the gateway's path on PostgreSQL).
+
+The counter row stays the truth of what is spent or reserved. A lease is reserved in it by the
+same conditional statement as a single request (batched.py: an ask of N requests and T tokens,
+admitted whole or refused whole), so the sum of every process's leases and admissions never
+passes the quota. A request that fits its process's lease is admitted at once, with no I/O.
+Settlements (actual tokens minus the estimate) and give-backs (a request another check refused)
+change the lease, not the row. What a lease did not use goes back to the row (one settlement)
+when it has been idle for QUOTA_LEASE_IDLE_SECONDS (1 s), when the plan's limits change, and at
+shutdown (`aclose`).
+
+Size, from the counter's figures this loop saw last: QUOTA_LEASE_REQUESTS (64) requests and as
+many times the request's token estimate, but never more than 1/64 of what remains of either
+limit. Near the quota, leases shrink to nothing and each request is one ask, exactly as
+without leases: the last requests of a month are admitted one by one, and concurrent requests
+on a nearly spent quota admit exactly what remains. With P processes at most about P/64 of what
+remained is reserved and unused at any moment, for about a second (the dashboard's "used"
+includes it meanwhile). A process that dies holding a lease loses its unused part for the month
+(quota lost, never given away). A reset (quota_reset) while leases are out: their unused parts
+are given back later, to the reset counter, never below 0.
+
+Per event loop, like the combiner: a loop without history (the first request of a process, a
+test's own loop) asks exactly until it has seen the counter's figures.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from django.conf import settings
+
+from metering.quota import batched
+from metering.quota.counter import QuotaDecision, decision_for, period_for, utc
+
+LEASE_REQUESTS = 64
+LEASE_FRACTION = 64
+LEASE_IDLE_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class _Lease:
+    request_limit: int | None
+    token_limit: int | None
+    requests: int  # left to admit
+    tokens: int  # left to admit (negative: owed after settlements above the estimates)
+    last_use: float
+    timer: asyncio.TimerHandle | None = None
+
+    def fits(self, tokens: int) -> bool:
+        return self.requests >= 1 and self.tokens >= max(tokens, 1)
+
+
+class _Leases:
+    """The leases and the last figures seen, of one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.leases: dict[tuple[int, date], _Lease] = {}
+        self.figures: dict[tuple[int, date], tuple[int, int]] = {}  # after the last ask
+
+    def size(self, key, request_limit, token_limit, tokens: int) -> tuple[int, int]:
+        """(requests, tokens) to reserve for a lease now; (1, tokens) = no lease."""
+        figures = self.figures.get(key)
+        if figures is None:
+            return 1, tokens
+        size = int(getattr(settings, "QUOTA_LEASE_REQUESTS", LEASE_REQUESTS))
+        if request_limit is not None:
+            size = min(size, (request_limit - figures[0]) // LEASE_FRACTION)
+        lease_tokens = size * max(tokens, 1)
+        if token_limit is not None:
+            lease_tokens = min(lease_tokens, (token_limit - figures[1]) // LEASE_FRACTION)
+        if size < 2 or lease_tokens < 2 * max(tokens, 1):
+            return 1, tokens
+        return size, lease_tokens
+
+    def far(self, key, request_limit, token_limit, tokens: int) -> bool:
+        return self.size(key, request_limit, token_limit, tokens)[0] > 1
+
+    def give_back(self, organization_id: int, period: date) -> None:
+        """The lease's unused part back to the counter (rides with the next statement)."""
+        lease = self.leases.pop((organization_id, period), None)
+        if lease is None:
+            return
+        if lease.timer is not None:
+            lease.timer.cancel()
+        if lease.requests or lease.tokens:
+            batched.settle_start(
+                organization_id,
+                period=period,
+                request_delta=-lease.requests,
+                token_delta=-lease.tokens,
+            )
+
+    def watch(self, organization_id: int, period: date, lease: _Lease) -> None:
+        idle = float(getattr(settings, "QUOTA_LEASE_IDLE_SECONDS", LEASE_IDLE_SECONDS))
+
+        def check() -> None:
+            if self.leases.get((organization_id, period)) is not lease:
+                return
+            waited = time.monotonic() - lease.last_use
+            if waited >= idle:
+                self.give_back(organization_id, period)
+            else:
+                lease.timer = self.loop.call_later(idle - waited, check)
+
+        lease.timer = self.loop.call_later(idle, check)
+
+
+_loops: dict[int, _Leases] = {}
+
+
+def _leases() -> _Leases:
+    loop = asyncio.get_running_loop()
+    leases = _loops.get(id(loop))
+    if leases is None or leases.loop is not loop:
+        for key, other in list(_loops.items()):
+            if other.loop.is_closed():
+                del _loops[key]
+        leases = _loops[id(loop)] = _Leases(loop)
+    return leases
+
+
+def far_from_quota(
+    organization_id: int, request_limit: int | None, token_limit: int | None, tokens: int
+) -> bool:
+    """Whether this loop last saw the organization far from its quota (room for leases)."""
+    key = (organization_id, period_for(utc(None)))
+    return _leases().far(key, request_limit, token_limit, tokens)
+
+
+def _done(decision: QuotaDecision) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(decision)
+    return future
+
+
+def admit_start(
+    organization_id: int,
+    *,
+    request_limit: int | None,
+    token_limit: int | None,
+    tokens: int,
+    now: datetime | None,
+) -> asyncio.Future:
+    """One admission: from this loop's lease when it has room (no I/O), else by an ask
+    (batched.py) that reserves a new lease along when far from the quota."""
+    now = utc(now)
+    state = _leases()
+    period = period_for(now)
+    key = (organization_id, period)
+    lease = state.leases.get(key)
+    if lease is not None and (lease.request_limit, lease.token_limit) != (
+        request_limit,
+        token_limit,
+    ):
+        state.give_back(organization_id, period)  # the plan changed
+        lease = None
+    if lease is not None and lease.fits(tokens):
+        lease.requests -= 1
+        lease.tokens -= tokens
+        lease.last_use = time.monotonic()
+        figures = state.figures[key]
+        return _done(
+            decision_for(
+                now=now,
+                request_limit=request_limit,
+                token_limit=token_limit,
+                allowed=True,
+                exceeded=None,
+                used=figures,
+                counted=True,
+                leased=True,
+            )
+        )
+    limits = {"request_limit": request_limit, "token_limit": token_limit, "now": now}
+    count, reserve = state.size(key, request_limit, token_limit, tokens)
+    if count == 1:
+        # One request alone, queued now (it shares the organization's next statement).
+        future = batched.admit_start(organization_id, **limits, tokens=tokens)
+        future.add_done_callback(lambda done: _seen(state, key, done))
+        return future
+    reservation = batched.admit_start(organization_id, **limits, tokens=reserve, count=count)
+    return asyncio.ensure_future(
+        _leased(state, organization_id, period, reservation, count, reserve, tokens, limits)
+    )
+
+
+def _seen(state: _Leases, key, done: asyncio.Future) -> None:
+    if not done.cancelled() and done.exception() is None:
+        decision = done.result()
+        if decision.counted:
+            state.figures[key] = (decision.requests_used, decision.tokens_used)
+
+
+async def _leased(state, organization_id, period, reservation, count, reserve, tokens, limits):
+    """This request and a new lease, reserved together; alone if the lease does not fit."""
+    key = (organization_id, period)
+    decision = await reservation
+    if not decision.counted:  # QUOTA_FAIL_OPEN admitted it unmetered
+        return decision
+    if decision.allowed:
+        state.figures[key] = (decision.requests_used, decision.tokens_used)
+        request_limit, token_limit = limits["request_limit"], limits["token_limit"]
+        lease = state.leases.get(key)
+        if lease is not None and (lease.request_limit, lease.token_limit) != (
+            request_limit,
+            token_limit,
+        ):
+            state.give_back(organization_id, period)
+            lease = None
+        if lease is None:
+            lease = state.leases[key] = _Lease(request_limit, token_limit, 0, 0, time.monotonic())
+            state.watch(organization_id, period, lease)
+        lease.requests += count - 1  # this request took one of them, and its tokens
+        lease.tokens += reserve - tokens
+        lease.last_use = time.monotonic()
+        decision.leased = True
+        return decision
+    # Others spent the room meanwhile: this request alone.
+    decision = await batched.admit_start(organization_id, **limits, tokens=tokens)
+    if decision.counted:
+        state.figures[key] = (decision.requests_used, decision.tokens_used)
+    return decision
+
+
+def settle(organization_id: int, period: date, *, token_delta: int, request_delta: int) -> bool:
+    """Settle a leased admission into this loop's lease; False when the lease is gone (given
+    back meanwhile: the caller settles with the counter)."""
+    state = _leases()
+    lease = state.leases.get((organization_id, period))
+    if lease is None:
+        return False
+    lease.requests -= request_delta
+    lease.tokens -= token_delta
+    return True
+
+
+def give_back_all() -> None:
+    """Every lease of this loop back to the counter (shutdown, tests): then batched.aflush."""
+    state = _loops.get(id(asyncio.get_running_loop()))
+    if state is not None:
+        for organization_id, period in list(state.leases):
+            state.give_back(organization_id, period)
+
+
+def forget_all() -> None:
+    """Forget every loop's leases and figures (tests); their unused parts are not given back."""
+    _loops.clear()
