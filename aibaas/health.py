@@ -1,9 +1,11 @@
-"""Liveness and readiness probes for load balancers and orchestrators."""
+"""Liveness and readiness probes for load balancers and orchestrators, and Prometheus metrics."""
+
+import os
 
 import redis
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -48,7 +50,11 @@ def _check_redis(url: str) -> str | None:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Ready when the database and, if configured, Redis answer. 503 names what is down."""
+    """Ready when the database and, if configured, Redis answer. 503 names what is down.
+    `limiter` says where this process counts rate limits ("redis", or "local" while Redis is
+    unreachable: still limiting, per process)."""
+    from metering.limiter import backend_status
+
     checks: dict[str, str] = {}
     down: dict[str, str] = {}
     if error := _check_database():
@@ -61,6 +67,67 @@ def readyz(request: HttpRequest) -> JsonResponse:
             down[name] = error
         else:
             checks[name] = "ok"
+    limiter = backend_status()
     if down:
-        return JsonResponse({"status": "unavailable", "checks": checks, "down": down}, status=503)
-    return JsonResponse({"status": "ok", "checks": checks})
+        return JsonResponse(
+            {"status": "unavailable", "checks": checks, "down": down, "limiter": limiter},
+            status=503,
+        )
+    return JsonResponse({"status": "ok", "checks": checks, "limiter": limiter})
+
+
+class _LimiterCollector:
+    """The rate limiter's state in this process, read at each scrape (metering/limiter.py)."""
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from metering.limiter import backend_status
+
+        status = backend_status()
+        pid = str(os.getpid())
+        backend = GaugeMetricFamily(
+            "aibaas_rate_limiter_backend",
+            "Where this process counts rate limits: 1 for the backend in use.",
+            labels=["pid", "backend"],
+        )
+        for name in ("redis", "local"):
+            backend.add_metric([pid, name], 1.0 if status["backend"] == name else 0.0)
+        yield backend
+        down = GaugeMetricFamily(
+            "aibaas_rate_limiter_redis_down",
+            "1 while Redis is configured but unreachable: limits are then counted per process.",
+            labels=["pid"],
+        )
+        down.add_metric([pid], 1.0 if status["redis_down_since"] else 0.0)
+        yield down
+        fallbacks = CounterMetricFamily(
+            "aibaas_rate_limiter_fallbacks",
+            "Limiter calls answered in this process because Redis was unreachable.",
+            labels=["pid"],
+        )
+        fallbacks.add_metric([pid], float(status["fallbacks"]))
+        yield fallbacks
+
+
+_registry = None
+
+
+def _metrics_registry():
+    global _registry
+    if _registry is None:
+        from prometheus_client import CollectorRegistry
+
+        _registry = CollectorRegistry(auto_describe=False)
+        _registry.register(_LimiterCollector())
+    return _registry
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics of this process (each server process answers for itself: the `pid`
+    label tells them apart). Today: where the rate limiter counts, and its fallbacks."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return HttpResponse(generate_latest(_metrics_registry()), content_type=CONTENT_TYPE_LATEST)

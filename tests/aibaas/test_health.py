@@ -77,3 +77,44 @@ def test_readyz_is_503_naming_the_database_when_it_is_down(client, monkeypatch):
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
 def test_probes_only_answer_get(client, path):
     assert client.post(path).status_code == 405
+
+
+@pytest.fixture
+def fresh_limiter():
+    from metering import limiter
+
+    limiter.reset_state()
+    yield limiter
+    limiter.reset_state()
+
+
+def test_metrics_say_where_the_limiter_counts(client, settings, fresh_limiter):
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    text = response.content.decode()
+    pid = os.getpid()
+    assert f'aibaas_rate_limiter_backend{{backend="redis",pid="{pid}"}} 1.0' in text
+    assert f'aibaas_rate_limiter_redis_down{{pid="{pid}"}} 0.0' in text
+    assert f'aibaas_rate_limiter_fallbacks_total{{pid="{pid}"}} 0.0' in text
+
+
+@pytest.mark.django_db
+def test_a_redis_outage_shows_in_readyz_and_metrics_as_local_limiting(
+    client, settings, fresh_limiter
+):
+    settings.REDIS_URL = CLOSED_PORT_REDIS
+    limits = fresh_limiter.limits_for({"requests_per_minute": 5})
+    decisions = [fresh_limiter.check("health", limits) for _ in range(6)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]  # still limiting
+    assert {d.backend for d in decisions} == {"local"}
+
+    ready = client.get("/readyz").json()
+    assert ready["limiter"]["backend"] == "local"
+    assert ready["limiter"]["redis_down_since"] is not None
+    text = client.get("/metrics").content.decode()
+    pid = os.getpid()
+    assert f'aibaas_rate_limiter_backend{{backend="local",pid="{pid}"}} 1.0' in text
+    assert f'aibaas_rate_limiter_redis_down{{pid="{pid}"}} 1.0' in text
+    assert f'aibaas_rate_limiter_fallbacks_total{{pid="{pid}"}} 6.0' in text
