@@ -197,6 +197,10 @@ DEMO_TOKEN_DELAY_SECONDS = env.float("DEMO_TOKEN_DELAY_SECONDS", default=0.0)
 # Largest accepted /v1 request body (413 above it).
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=1024 * 1024)
 
+# Garbage collector thresholds of the ASGI server processes (aibaas/asgi.py explains; measured).
+# Empty: Python's defaults, nothing frozen.
+GC_THRESHOLDS = env.list("GC_THRESHOLDS", cast=int, default=[50_000, 20, 100])
+
 # --- Limits (metering/admission.py, limiter.py, quota.py).
 # Per client IP in front of the per-key limits, for /v1 inference (django-ratelimit rate;
 # "" = off). Generous: it stops one address cycling through many keys, not a busy customer.

@@ -114,3 +114,19 @@ def test_backing_services_follow_the_environment():
     assert cache.get("settings-probe") == "here"
     if os.environ.get("REDIS_URL") or os.environ.get("CACHE_URL"):
         assert not cache.degraded  # the value really went through Redis
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "(50000, 20, 100) True"),
+        ("20000,10,50", "(20000, 10, 50) True"),
+        ("", "(700, 10, 10) 0"),
+    ],
+    ids=["default", "set", "off"],
+)
+def test_the_asgi_server_process_tunes_garbage_collection(value, expected):
+    code = "import gc, aibaas.asgi; print(gc.get_threshold(), gc.get_freeze_count() > 0 or 0)"
+    result = run_python(["-c", code], production_env(GC_THRESHOLDS=value))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
