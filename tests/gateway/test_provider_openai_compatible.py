@@ -177,11 +177,15 @@ def test_embeddings_pass_through_with_usage(upstream):
 
 
 def _events(chunks):
+    """The SSE events of the relayed chunks: a chunk is one or more whole events (what the
+    upstream sent in one read goes out in one write)."""
     events = []
     for _, raw in chunks:
         assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
-        data = raw[6:-2]
-        events.append(data if data == b"[DONE]" else json.loads(data))
+        for event in raw[:-2].split(b"\n\n"):
+            assert event.startswith(b"data: ")
+            data = event[6:]
+            events.append(data if data == b"[DONE]" else json.loads(data))
     return events
 
 
@@ -254,3 +258,90 @@ def test_weighted_choice_prefers_heavier_upstreams():
     firsts = [oc.attempt_order((a, b), rng)[0].base_url for _ in range(1000)]
     share = firsts.count("http://a.invalid/v1") / len(firsts)
     assert 0.85 < share < 0.95
+
+
+class _CraftedStream:
+    """An upstream whose stream is exactly the given byte pieces, each sent and flushed on its
+    own (a chunked HTTP response), to exercise the relay's line handling."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for piece in outer.pieces:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+                    time.sleep(0.02)
+                self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args):
+                pass
+
+        self.pieces = pieces
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _chunk(content: str) -> bytes:
+    return json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "model": "fake",
+            "choices": [{"index": 0, "delta": {"content": content}}],
+        }
+    ).encode()
+
+
+def test_events_split_across_reads_and_a_last_line_without_newline_are_relayed():
+    first, second = _chunk("Hello"), _chunk(" world")
+    pieces = [
+        b"data: " + first[:10],  # an event cut in the middle
+        first[10:] + b"\n\n: a comment\n\ndata: " + second + b"\n\n",  # the rest, and another
+        b"data: [DONE]",  # the upstream closes without the final newline
+    ]
+    crafted = _CraftedStream(pieces)
+    try:
+        usage = StreamUsage()
+        events = _events(
+            run(lambda: collect(spec(up(crafted.base_url)), dict(CHAT, stream=True), usage))
+        )
+    finally:
+        crafted.close()
+    assert [e["choices"][0]["delta"]["content"] for e in events[:-1]] == ["Hello", " world"]
+    assert all(e["model"] == "public-model" for e in events[:-1])
+    assert events[-1] == b"[DONE]"
+    assert usage.finished and usage.usage.estimated  # the upstream reported no usage
+
+
+def test_an_upstream_event_without_end_is_a_502_not_an_unbounded_buffer(monkeypatch):
+    monkeypatch.setattr(oc, "MAX_EVENT_BYTES", 1000)
+    crafted = _CraftedStream(
+        [b"data: " + _chunk("ok") + b"\n\n", b"data: " + b"x" * 600, b"y" * 600]
+    )
+    try:
+        usage = StreamUsage()
+        with pytest.raises(ProviderError) as raised:
+            run(lambda: collect(spec(up(crafted.base_url)), dict(CHAT, stream=True), usage))
+    finally:
+        crafted.close()
+    assert raised.value.status == 502
+    assert "too large" in raised.value.message

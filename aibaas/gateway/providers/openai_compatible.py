@@ -224,6 +224,11 @@ def _contents(chunk: Any) -> list[str]:
     ]
 
 
+# The largest event (one SSE line) relayed from an upstream: a model server that sends more
+# without a line break is broken or hostile, and is not buffered without end.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
 def _model_renames(model: ModelSpec) -> list[tuple[bytes, bytes]]:
     """(upstream `"model"` member, ours) for each upstream name, in both common spellings."""
     public = json.dumps(model.name).encode()
@@ -301,38 +306,69 @@ class OpenAICompatibleProvider:
             unparsed.clear()
             return "".join(completion)
 
+        def relay(data: bytes) -> bytes | None:
+            """One event's data, as the client gets it (None: not forwarded)."""
+            fast = _renamed(data, renames)
+            if fast is not None:
+                unparsed.append(data)
+                return b"data: " + fast + b"\n\n"
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                return None  # not an event we understand: never forward garbage
+            if not isinstance(chunk, dict):
+                return None
+            reported = _usage_from(chunk)
+            if reported is not None:
+                usage.usage = reported
+            completion.extend(_contents(chunk))
+            if not client_wants_usage:
+                if not chunk.get("choices") and reported is not None:
+                    return None  # the usage-only chunk the client did not ask for
+                chunk.pop("usage", None)
+            chunk["model"] = model.name
+            return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+        # What the upstream sent in one read goes to the client in one write: the events are
+        # split here (bytes.split) instead of one aiohttp readline per line, blank ones
+        # included, and one uvicorn send per event.
+        pending = b""
         try:
-            async for raw_line in response.content:
-                if not raw_line.startswith(b"data:"):
-                    continue
-                data = raw_line[5:].strip()
+            async for received in response.content.iter_any():
+                lines = (pending + received).split(b"\n")
+                pending = lines.pop()  # an incomplete line waits for the next read
+                out: list[bytes] = []
+                for raw_line in lines:
+                    if not raw_line.startswith(b"data:"):
+                        continue
+                    data = raw_line[5:].strip()
+                    if data == b"[DONE]":
+                        usage.finished = True
+                        if not usage.usage.input_tokens and not usage.usage.output_tokens:
+                            usage.usage = _estimate_chat(body, completion_text())
+                        out.append(b"data: [DONE]\n\n")
+                        break
+                    event = relay(data)
+                    if event is not None:
+                        out.append(event)
+                if out:
+                    yield b"".join(out)
+                if usage.finished:
+                    break
+                if len(pending) > MAX_EVENT_BYTES:
+                    raise ProviderError(
+                        UPSTREAM_ERROR, "The model server sent an event too large to relay.", 502
+                    )
+            else:
+                # The upstream closed: its last line may lack the newline.
+                data = pending.strip()[5:].strip() if pending.startswith(b"data:") else b""
                 if data == b"[DONE]":
                     usage.finished = True
                     if not usage.usage.input_tokens and not usage.usage.output_tokens:
                         usage.usage = _estimate_chat(body, completion_text())
                     yield b"data: [DONE]\n\n"
-                    break
-                fast = _renamed(data, renames)
-                if fast is not None:
-                    unparsed.append(data)
-                    yield b"data: " + fast + b"\n\n"
-                    continue
-                try:
-                    chunk = json.loads(data)
-                except ValueError:
-                    continue  # not an event we understand: never forward garbage
-                if not isinstance(chunk, dict):
-                    continue
-                reported = _usage_from(chunk)
-                if reported is not None:
-                    usage.usage = reported
-                completion.extend(_contents(chunk))
-                if not client_wants_usage:
-                    if not chunk.get("choices") and reported is not None:
-                        continue  # the usage-only chunk the client did not ask for
-                    chunk.pop("usage", None)
-                chunk["model"] = model.name
-                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+                elif data and (event := relay(data)) is not None:
+                    yield event
         except TimeoutError:
             raise ProviderError(
                 UPSTREAM_TIMEOUT, "The model server stopped answering.", 504
