@@ -10,11 +10,14 @@ change the lease, not the row. What a lease did not use goes back to the row (on
 when it has been idle for QUOTA_LEASE_IDLE_SECONDS (1 s), when the plan's limits change, and at
 shutdown (`aclose`).
 
-Size, from the counter's figures this loop saw last: QUOTA_LEASE_REQUESTS (64) requests and as
-many times the request's token estimate, but never more than 1/64 of what remains of either
-limit. Near the quota, leases shrink to nothing and each request is one ask, exactly as
-without leases: the last requests of a month are admitted one by one, and concurrent requests
-on a nearly spent quota admit exactly what remains. With P processes at most about P/64 of what
+Size, from the counter's figures this loop saw last: QUOTA_LEASE_REQUESTS (64) requests, or as
+many as are waiting for a lease being reserved (a burst is served by one more reservation, not
+one per 64 requests; at most LEASE_MAX), and as many times the request's token estimate, but
+never more than 1/64 of what remains of either limit. While a reservation is in flight, the
+requests that find no room wait for it instead of reserving one each. Near the quota, leases
+shrink to nothing and each request is one ask, exactly as without leases: the last requests of
+a month are admitted one by one, and concurrent requests on a nearly spent quota admit exactly
+what remains. With P processes at most about P/64 of what
 remained is reserved and unused at any moment, for about a second (the dashboard's "used"
 includes it meanwhile). A process that dies holding a lease loses its unused part for the month
 (quota lost, never given away). A reset (quota_reset) while leases are out: their unused parts
@@ -37,6 +40,7 @@ from metering.quota.counter import QuotaDecision, decision_for, period_for, utc
 LEASE_REQUESTS = 64
 LEASE_FRACTION = 64
 LEASE_IDLE_SECONDS = 1.0
+LEASE_MAX = 4096
 
 
 @dataclass(slots=True)
@@ -59,13 +63,22 @@ class _Leases:
         self.loop = loop
         self.leases: dict[tuple[int, date], _Lease] = {}
         self.figures: dict[tuple[int, date], tuple[int, int]] = {}  # after the last ask
+        # A lease being reserved: the requests that find no room meanwhile wait for it instead
+        # of reserving one each (500 streams arriving at once would reserve 500 leases).
+        self.reserving: dict[tuple[int, date], asyncio.Future] = {}
+        self.waiting: dict[tuple[int, date], int] = {}  # requests waiting for `reserving`
 
     def size(self, key, request_limit, token_limit, tokens: int) -> tuple[int, int]:
-        """(requests, tokens) to reserve for a lease now; (1, tokens) = no lease."""
+        """(requests, tokens) to reserve for a lease now; (1, tokens) = no lease. At least
+        QUOTA_LEASE_REQUESTS, or the requests waiting for a lease (a burst: 500 streams
+        arriving at once are served by one reservation, not eight in a row), at most
+        LEASE_MAX, and never more than 1/64 of what remains."""
         figures = self.figures.get(key)
         if figures is None:
             return 1, tokens
         size = int(getattr(settings, "QUOTA_LEASE_REQUESTS", LEASE_REQUESTS))
+        if size > 1:
+            size = min(max(size, self.waiting.get(key, 0) + 1), LEASE_MAX)
         if request_limit is not None:
             size = min(size, (request_limit - figures[0]) // LEASE_FRACTION)
         lease_tokens = size * max(tokens, 1)
@@ -181,9 +194,42 @@ def admit_start(
         future = batched.admit_start(organization_id, **limits, tokens=tokens)
         future.add_done_callback(lambda done: _seen(state, key, done))
         return future
+    reserving = state.reserving.get(key)
+    if reserving is not None and not reserving.done():
+        state.waiting[key] = state.waiting.get(key, 0) + 1
+        return asyncio.ensure_future(
+            _after(state, key, reserving, organization_id, request_limit, token_limit, tokens, now)
+        )
     reservation = batched.admit_start(organization_id, **limits, tokens=reserve, count=count)
-    return asyncio.ensure_future(
+    task = asyncio.ensure_future(
         _leased(state, organization_id, period, reservation, count, reserve, tokens, limits)
+    )
+    state.reserving[key] = task
+    task.add_done_callback(lambda done: _reserved(state, key, done))
+    return task
+
+
+def _reserved(state: _Leases, key, done: asyncio.Future) -> None:
+    if state.reserving.get(key) is done:
+        del state.reserving[key]
+
+
+async def _after(state, key, reserving, organization_id, request_limit, token_limit, tokens, now):
+    """Admit once the lease being reserved is there (or was not to be had)."""
+    try:
+        await asyncio.wait([reserving])
+    finally:
+        left = state.waiting.get(key, 1) - 1
+        if left > 0:
+            state.waiting[key] = left
+        else:
+            state.waiting.pop(key, None)
+    return await admit_start(
+        organization_id,
+        request_limit=request_limit,
+        token_limit=token_limit,
+        tokens=tokens,
+        now=now,
     )
 
 

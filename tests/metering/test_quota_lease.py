@@ -173,3 +173,34 @@ def test_leases_of_two_processes_never_let_the_quota_pass(org):
     assert admitted >= 2_000 - 2_000 // lease.LEASE_FRACTION
     assert any(d.leased for r in results for d in r)
     assert counter(org) == (admitted, admitted)
+
+
+def test_requests_arriving_while_a_lease_is_reserved_wait_for_it(org, statements):
+    async def scenario():
+        await admit(org, requests=100_000)  # figures seen: the next ones may lease
+        statements.clear()
+        decisions = await asyncio.gather(*(admit(org, requests=100_000) for _ in range(40)))
+        await aflush(leases=True)
+        return decisions
+
+    decisions = asyncio.run(scenario())
+    assert all(d.allowed for d in decisions)
+    # One reservation of 64 serves all 40, not 40 reservations.
+    assert statements == [[(64, 640)]]
+    assert counter(org) == (41, 410)
+
+
+def test_a_burst_is_served_by_a_lease_sized_to_the_requests_waiting(org, statements):
+    async def scenario():
+        await admit(org, requests=1_000_000)
+        statements.clear()
+        decisions = await asyncio.gather(*(admit(org, requests=1_000_000) for _ in range(200)))
+        await aflush(leases=True)
+        return decisions
+
+    decisions = asyncio.run(scenario())
+    assert all(d.allowed for d in decisions)
+    # The first reserves the usual 64; the 199 that came meanwhile wait for it, 63 of them
+    # fit, and the next one reserves for itself and the 135 still waiting: two statements.
+    assert statements == [[(64, 640)], [(136, 1360)]]
+    assert counter(org) == (201, 2010)

@@ -124,6 +124,26 @@ def test_async_emit_on_embedded_defaults_writes_synchronously(database_mode, iss
     assert UsageEvent.objects.get().request_id == event.request_id
 
 
+def test_a_locked_database_is_waited_out_not_a_lost_event(database_mode, issued):
+    """SQLite refuses a write while another thread holds its lock: the event is written once
+    the lock is gone, not dropped."""
+    from django.db import OperationalError, connection
+
+    refusals = []
+
+    def locked_twice(execute, sql, params, many, context):
+        if sql.startswith("INSERT") and len(refusals) < 2:
+            refusals.append(sql)
+            raise OperationalError("database table is locked")
+        return execute(sql, params, many, context)
+
+    event = make_event(issued)
+    with connection.execute_wrapper(locked_twice):
+        usage_emit(event)
+    assert len(refusals) == 2
+    assert list(UsageEvent.objects.values_list("request_id", flat=True)) == [event.request_id]
+
+
 def test_emit_with_redis_but_no_broker_writes_synchronously(settings, issued):
     # Nothing would drain a stream without a Celery worker: the documented choice.
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # never contacted
