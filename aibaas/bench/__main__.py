@@ -11,7 +11,7 @@ import secrets
 import sys
 import tempfile
 
-BENCHES = ["keys", "gateway"]
+BENCHES = ["keys", "limiter", "gateway"]
 
 
 def _setup_django() -> None:
