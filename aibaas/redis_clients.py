@@ -27,6 +27,8 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from aibaas.loops import PerLoop, quiet_future
+
 SOCKET_CONNECT_TIMEOUT = 0.5
 SOCKET_TIMEOUT = 2.0
 DEFAULT_MAX_CONNECTIONS = 64
@@ -116,8 +118,7 @@ class _Pipeliner:
         self.task: asyncio.Task | None = None
 
     def submit(self, command: str, args: tuple, kwargs: dict) -> asyncio.Future:
-        future = self.loop.create_future()
-        future.add_done_callback(_retrieved)  # a cancelled caller leaves no unretrieved error
+        future = quiet_future(self.loop)
         self.pending.append((command, args, kwargs, future))
         if self.task is None:
             self.task = self.loop.create_task(self._flush())
@@ -153,23 +154,8 @@ class _Pipeliner:
             self.task = None
 
 
-def _retrieved(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-_pipeliners: dict[int, _Pipeliner] = {}
-
-
-def _pipeliner() -> _Pipeliner:
-    loop = asyncio.get_running_loop()
-    pipeliner = _pipeliners.get(id(loop))
-    if pipeliner is None or pipeliner.loop is not loop:
-        for key, other in list(_pipeliners.items()):
-            if other.loop.is_closed():
-                del _pipeliners[key]
-        pipeliner = _pipeliners[id(loop)] = _Pipeliner(loop)
-    return pipeliner
+_pipeliners: PerLoop[_Pipeliner] = PerLoop(_Pipeliner)
+_pipeliner = _pipeliners.get
 
 
 def submit(command: str, *args, **kwargs) -> asyncio.Future:
@@ -185,11 +171,3 @@ async def apipelined(command: str, *args, **kwargs) -> Any:
     (redis.RedisError, OSError, asyncio.TimeoutError). Cancelling the caller does not take the
     command out of a pipeline already sent."""
     return await asyncio.shield(_pipeliner().submit(command, args, kwargs))
-
-
-async def apipelined_many(*commands: tuple[str, tuple, dict]) -> list[Any]:
-    """Several commands `(name, args, kwargs)`, issued at once (so in one pipeline); their
-    results in order. Raises the first error."""
-    pipeliner = _pipeliner()
-    futures = [pipeliner.submit(command, args, kwargs) for command, args, kwargs in commands]
-    return await asyncio.shield(asyncio.gather(*futures))

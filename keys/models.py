@@ -95,6 +95,21 @@ class ApiKey(models.Model):
     def status(self) -> str:
         return self.status_at(timezone.now())
 
+    def effective_limits(self, plan) -> dict:
+        """The limits this key is held to under `plan` (its organization's): each per-key limit
+        is the key's override, else the plan's (None = unlimited); the monthly quotas and the
+        burst settings are the plan's. The shape of KeyContext.limits."""
+        limits = {
+            field: getattr(plan, field) if getattr(self, field) is None else getattr(self, field)
+            for field in self.LIMIT_FIELDS
+        }
+        limits["monthly_request_quota"] = plan.monthly_request_quota
+        limits["monthly_token_quota"] = plan.monthly_token_quota
+        # Bursts are a plan setting (metering/limiter.py: limits_for); 0 % is off.
+        limits["burst_percent"] = plan.burst_percent
+        limits["burst_seconds"] = plan.burst_seconds
+        return limits
+
     @property
     def is_live(self) -> bool:
         return self.status == ApiKeyStatus.ACTIVE

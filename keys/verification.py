@@ -153,16 +153,7 @@ def _context_row(key_id: str) -> tuple[dict, str | None]:
     if key is None:
         return {"missing": True}, None
     plan = key.organization.plan
-    # A key's override replaces the plan's limit; None on both is unlimited.
-    limits = {
-        field: getattr(plan, field) if getattr(key, field) is None else getattr(key, field)
-        for field in key.LIMIT_FIELDS
-    }
-    limits["monthly_request_quota"] = plan.monthly_request_quota
-    limits["monthly_token_quota"] = plan.monthly_token_quota
-    # Bursts are a plan setting (metering/limiter.py: limits_for); 0 % is off.
-    limits["burst_percent"] = plan.burst_percent
-    limits["burst_seconds"] = plan.burst_seconds
+    limits = key.effective_limits(plan)
     data = {
         "pk": key.pk,
         "key_id": key.key_id,

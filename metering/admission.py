@@ -1,20 +1,21 @@
 """Admission of one /v1 inference request: the per-IP layer, the key's sliding windows and the
 organization's monthly quota, then settlement with the tokens really used.
 
-Order (DESIGN.md, request path step 3):
-1. per-IP (django-ratelimit, GATEWAY_IP_RATE, generous by default; "" turns it off): stops one
-   address cycling through many keys. Checked before the key is even verified.
+Precedence (DESIGN.md, request path step 3), with the checks sent together, not one by one:
+1. per-IP (metering/ip_limit.py, GATEWAY_IP_RATE, generous by default; "" turns it off): stops
+   one address cycling through many keys. Its refusal wins over every other answer.
 2. the key's windows (metering/limiter.py): requests/min, requests/day, tokens/min, tokens/day
-   (and burst), all in one Redis round trip; tokens admitted with an estimate.
-3. the monthly quota (metering/quota.py): one conditional UPDATE in the database, only for
-   organizations whose plan has a quota. A refusal here releases what step 2 counted: a refused
-   request counts nowhere.
-After the call, `Admission.asettle(actual_tokens)` moves the token windows and the token quota
-from the estimate to what was used (once, from the request's usage event).
+   (and burst); tokens admitted with an estimate. 1 and 2 share one Redis round trip.
+3. the monthly quota (metering/quota/): only for organizations whose plan has one; asked
+   alongside 1 and 2 while this process last saw the organization far from it, after them near
+   it.
+A request refused by one check counts nowhere: what another check counted is given back.
+After the call, `Admission.asettle(actual_tokens)` moves the token windows and the quota's
+tokens from the estimate to what was used (once, from the request's usage event).
 
 Refusals are 429s with Retry-After (whole seconds) and a JSON error naming the limit:
 `rate_limit_exceeded` for the windows and the per-IP layer, `insufficient_quota` for the
-monthly quota. Each refusal is an audit event, at most one per key and minute.
+monthly quota. Each refusal of a key is an audit event, at most one per key and minute.
 """
 
 import asyncio
@@ -28,8 +29,9 @@ from datetime import UTC, date
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import OperationalError, connections
+from django.db import connections
 
+from aibaas.db import when_unlocked
 from aibaas.errors import ApplicationError
 from metering import limiter, quota
 from metering.ip_limit import ip_check_finish, ip_check_start
@@ -107,7 +109,6 @@ class Admission:
     estimate: int
     decision: "limiter.Decision | None" = None
     quota_period: date | None = None
-    token_quota: bool = False
     quota_leased: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
@@ -133,11 +134,12 @@ class Admission:
                 )
         if self.quota_period is not None:
             try:
-                await quota.quota_settle_soon(
+                await quota.aquota_settle(
                     self.organization_id,
                     period=self.quota_period,
                     token_delta=delta,
                     leased=self.quota_leased,
+                    wait=False,
                 )
             except Exception:
                 logger.exception(
@@ -197,16 +199,8 @@ class IpGate:
         return _ip_refusal(self.retry) if self.retry else None
 
 
-async def acheck_ip(ip: str | None) -> None:
-    """Raise the 429 when this address is over GATEWAY_IP_RATE (off when the setting is "")."""
-    refusal = await IpGate(ip).refusal()
-    if refusal is not None:
-        raise refusal
-
-
 # --- audit of refusals, one per key and minute ------------------------------------------------
 
-AUDIT_ATTEMPTS = 5
 _audit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limit-audit")
 _audited: dict[str, int] = {}
 _audited_lock = threading.Lock()
@@ -232,24 +226,16 @@ def _write_refusal(context, code, limit_name, retry_after, ip, minute) -> None:
         # Across processes: the first to claim this key's minute writes the event.
         if not cache.add(f"rl-audit:{{{context.key_id}}}:{minute}", 1, 120):
             return
-        for attempt in range(AUDIT_ATTEMPTS):
-            try:
-                audit_record(
-                    action=AuditAction.RATE_LIMIT_REFUSED,
-                    actor=Actor(key_id=context.key_id, ip=ip),
-                    organization=Organization(pk=context.organization_id),
-                    target_type="api_key",
-                    target_id=context.key_id,
-                    metadata={"code": code, "limit": limit_name, "retry_after": retry_after},
-                )
-                break
-            except OperationalError:
-                # SQLite (the embedded default) refuses a write while another is in progress
-                # ("database is locked"): this thread is not in a hurry.
-                if attempt == AUDIT_ATTEMPTS - 1:
-                    raise
-                connections.close_all()
-                time.sleep(0.05 * (attempt + 1))
+        when_unlocked(
+            lambda: audit_record(
+                action=AuditAction.RATE_LIMIT_REFUSED,
+                actor=Actor(key_id=context.key_id, ip=ip),
+                organization=Organization(pk=context.organization_id),
+                target_type="api_key",
+                target_id=context.key_id,
+                metadata={"code": code, "limit": limit_name, "retry_after": retry_after},
+            )
+        )
     except Exception:
         logger.warning("could not audit the refusal of key %s", context.key_id, exc_info=True)
     finally:
@@ -290,6 +276,11 @@ async def _quota_finish(pending):
         return await pending
     except quota.QuotaUnavailable as error:
         return error
+
+
+def _counted(verdict) -> bool:
+    """The quota admitted the request and counted it (so it is to be settled or given back)."""
+    return isinstance(verdict, quota.QuotaDecision) and verdict.allowed and verdict.counted
 
 
 def _window_refusal(context, decision, tokens: int, headers, client_ip) -> ApplicationError:
@@ -379,7 +370,6 @@ async def aadmit(
             admission.decision = await limiter.check_finish(windows)
             admission.headers = rate_limit_headers(admission.decision.windows)
         verdict = await _quota_finish(pending_quota) if together else None
-        admitted = isinstance(verdict, quota.QuotaDecision) and verdict.allowed and verdict.counted
 
         error = refusal
         if error is None and admission.decision is not None and not admission.decision.allowed:
@@ -389,9 +379,6 @@ async def aadmit(
         if error is None and has_quota and not together:
             pending_quota = _quota_start(context, request_quota, token_quota, tokens)
             verdict = await _quota_finish(pending_quota)
-            admitted = (
-                isinstance(verdict, quota.QuotaDecision) and verdict.allowed and verdict.counted
-            )
         if (
             error is None
             and verdict is not None
@@ -402,18 +389,18 @@ async def aadmit(
             )
         if error is not None:
             await _release(admission)
-            if admitted:
-                await quota.quota_settle_soon(
+            if _counted(verdict):
+                await quota.aquota_settle(
                     context.organization_id,
                     period=verdict.period,
                     request_delta=-1,
                     token_delta=-tokens,
                     leased=verdict.leased,
+                    wait=False,
                 )
             raise error
-        if isinstance(verdict, quota.QuotaDecision) and verdict.counted:
+        if _counted(verdict):
             admission.quota_period = verdict.period
-            admission.token_quota = token_quota is not None
             admission.quota_leased = verdict.leased
         return admission
     except asyncio.CancelledError:
@@ -445,12 +432,13 @@ async def _abandoned(admission: Admission, windows, pending_quota, tokens: int) 
                 token_delta=-tokens,
             )
         verdict = await _quota_finish(pending_quota) if pending_quota is not None else None
-        if isinstance(verdict, quota.QuotaDecision) and verdict.allowed and verdict.counted:
-            await quota.quota_settle_soon(
+        if _counted(verdict):
+            await quota.aquota_settle(
                 admission.organization_id,
                 period=verdict.period,
                 token_delta=-tokens,
                 leased=verdict.leased,
+                wait=False,
             )
     except Exception:
         logger.exception("settling the admission of an abandoned request failed")

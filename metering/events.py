@@ -184,29 +184,15 @@ def _xadd_args(event: UsageEventData) -> tuple[tuple, dict]:
     )
 
 
-LOCKED_ATTEMPTS = 5
-
-
 def _record(event: UsageEventData) -> None:
-    from django.db import OperationalError
-
+    from aibaas.db import when_unlocked
     from metering.services import usage_record
 
-    for attempt in range(LOCKED_ATTEMPTS):
-        try:
-            usage_record(events=[event])
-            return
-        except OperationalError as error:
-            # SQLite refuses a write while another thread holds its lock ("database is
-            # locked" / "table is locked"): wait a little and write again, never drop it.
-            if "locked" in str(error) and attempt < LOCKED_ATTEMPTS - 1:
-                time.sleep(0.05 * (attempt + 1))
-                continue
-            logger.exception("usage event NOT RECORDED, replay it: %s", event.to_json())
-            raise
-        except Exception:
-            logger.exception("usage event NOT RECORDED, replay it: %s", event.to_json())
-            raise
+    try:
+        when_unlocked(lambda: usage_record(events=[event]))
+    except Exception:
+        logger.exception("usage event NOT RECORDED, replay it: %s", event.to_json())
+        raise
 
 
 def usage_emit(event: UsageEventData) -> None:

@@ -25,6 +25,7 @@ contend for the GIL. The rate syntax is django-ratelimit's ("6000/m", "100/10s")
 
 import asyncio
 import hashlib
+import ipaddress
 import math
 import re
 import threading
@@ -123,16 +124,30 @@ def _key(ip: str, window: int) -> str:
     return f"ip:{{{ip}}}:{window}"
 
 
+def _address(ip: str) -> str:
+    """The address as counted: canonical when it is one (::ffff:1.2.3.4 and 1.2.3.4 alike),
+    else (a forwarded-for header with something else in it) its first 64 characters: still
+    counted, never a key as long as the header."""
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return ip.strip()[:64]
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
 class IpStarted:
     """A per-IP check sent to Redis, not yet answered (ip_check_start / ip_check_finish)."""
 
     __slots__ = ("args", "future", "ip", "limit", "now_ms", "period_ms", "verdict", "window")
 
-    def __init__(self, **values) -> None:
-        self.future = self.args = None
-        self.verdict: int | None = None
-        for name, value in values.items():
-            setattr(self, name, value)
+    def __init__(
+        self, ip="", limit=0, period_ms=1, now_ms=0, window=0, verdict: int | None = None
+    ) -> None:
+        self.ip, self.limit, self.period_ms = ip, limit, period_ms
+        self.now_ms, self.window, self.verdict = now_ms, window, verdict
+        self.args: tuple | None = None
+        self.future = None
 
 
 def ip_check_start(ip: str | None, *, now_ms: int | None = None) -> IpStarted:
@@ -142,6 +157,7 @@ def ip_check_start(ip: str | None, *, now_ms: int | None = None) -> IpStarted:
     if rate is None or not ip:
         return IpStarted(verdict=0)
     limit, seconds = rate
+    ip = _address(ip)
     period_ms = seconds * 1000
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     window = now_ms // period_ms

@@ -173,13 +173,8 @@ def organization_limit_overview(organization: Organization) -> dict:
     for key in ApiKey.objects.filter(organization=organization, revoked_at__isnull=True).order_by(
         "name", "id"
     )[:50]:
-        limits = {
-            f: getattr(key, f) if getattr(key, f) is not None else getattr(plan, f)
-            for f in WINDOW_LIMITS
-        }
-        limits["burst_percent"] = getattr(plan, "burst_percent", 0)
-        limits["burst_seconds"] = getattr(plan, "burst_seconds", 10)
-        windows = {w.limit.name: w for w in limiter.peek(key.key_id, limiter.limits_for(limits))}
+        limits = limiter.limits_for(key.effective_limits(plan))
+        windows = {w.limit.name: w for w in limiter.peek(key.key_id, limits)}
         meters = []
         for name in ("requests_per_day", "tokens_per_day", "requests_per_minute"):
             window = windows.get(name)

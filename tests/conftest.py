@@ -47,7 +47,8 @@ def _fresh_process_snapshots():
 @pytest.fixture(scope="session", autouse=True)
 def _close_background_connections(django_db_setup, django_db_blocker):
     """The last-used writer thread holds its own database connection: close it before the test
-    database is dropped (PostgreSQL refuses to drop a database in use)."""
+    database is dropped (PostgreSQL refuses to drop a database in use). For every test
+    package: one place."""
     yield
     from keys import touch
 

@@ -358,11 +358,13 @@ class GatewayApplication:
 
 
 async def shutdown() -> None:
-    """Await the usage events of streams still closing and the pending quota settlements, then
-    close the upstream pools and the quota's database connections."""
+    """Await the usage events of replies and streams still closing, send the rate-limit and
+    quota settlements still pending (and the quota's leases back), then close the upstream
+    pools and the quota's database connections."""
     await streaming.drain_background()
     from aibaas.gateway.providers.openai_compatible import close_sessions
-    from metering import quota
+    from metering import limiter, quota
 
+    await limiter.aflush_settlements()
     await quota.aclose()
     await close_sessions()

@@ -33,7 +33,7 @@ from billing.pricing import COST_QUANTUM, acost_for
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, KeyRejected, aauthenticate_key
-from metering import limiter, quota
+from metering import limiter
 from metering.admission import Admission, IpGate, aadmit, rate_limit_headers
 from metering.events import UsageEventData, ausage_emit
 
@@ -162,16 +162,11 @@ class Call:
             upstream_latency_ms=None if upstream_latency_ms is None else int(upstream_latency_ms),
             client_ip=_ip(self.inbound.client_ip),
         )
-        if self.admission is None:
-            await self._emit(event)
-            return
-        settle = self.admission.asettle(usage.input_tokens + usage.output_tokens)
-        if not quota.settles_without_waiting():
-            await settle  # SQLite: one database writer at a time
-            await self._emit(event)
-            return
-        # Together: whatever either sends to Redis goes in one pipeline.
-        await asyncio.gather(settle, self._emit(event))
+        if self.admission is not None:
+            # No wait of its own on Redis and PostgreSQL: the settlement rides with the key's
+            # next check and the organization's next quota statement.
+            await self.admission.asettle(usage.input_tokens + usage.output_tokens)
+        await self._emit(event)
 
     @staticmethod
     async def _emit(event: UsageEventData) -> None:

@@ -1,5 +1,7 @@
 """Django core: apps, middleware, templates, auth, i18n, static files."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .env import BASE_DIR, env
 
 DEBUG = env.bool("DEBUG", default=False)
@@ -199,7 +201,14 @@ GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=1024 * 1024)
 
 # Garbage collector thresholds of the ASGI server processes (aibaas/asgi.py explains; measured).
 # Empty: Python's defaults, nothing frozen.
-GC_THRESHOLDS = env.list("GC_THRESHOLDS", cast=int, default=[50_000, 20, 100])
+try:
+    GC_THRESHOLDS = env.list("GC_THRESHOLDS", cast=int, default=[50_000, 20, 100])
+except ValueError as _error:
+    raise ImproperlyConfigured(
+        f"GC_THRESHOLDS must be up to 3 whole numbers like 50000,20,100 (or empty): {_error}"
+    ) from None
+if len(GC_THRESHOLDS) > 3 or any(value < 1 for value in GC_THRESHOLDS):
+    raise ImproperlyConfigured("GC_THRESHOLDS must be 1 to 3 numbers of at least 1, or empty.")
 
 # --- Limits (metering/admission.py, limiter.py, quota.py).
 # Per client IP in front of the per-key limits, for /v1 inference (django-ratelimit rate;

@@ -27,13 +27,12 @@ from metering.quota.counter import (
     QuotaUnavailable,
     aquota_admit_in_thread,
     aquota_settle_in_thread,
-    decision_for,
     period_for,
     quota_admit,
     quota_reset,
     quota_settle,
     quota_usage,
-    utc,
+    uncounted,
 )
 
 __all__ = [
@@ -52,19 +51,11 @@ __all__ = [
     "quota_admit",
     "quota_reset",
     "quota_settle",
-    "quota_settle_soon",
     "quota_usage",
 ]
 
 
 _vendor: str | None = None
-
-
-def settles_without_waiting() -> bool:
-    """Whether quota_settle_soon returns without a database write of its own (PostgreSQL).
-    Elsewhere (SQLite) it writes in a worker thread: the caller should not run another
-    database write alongside it."""
-    return _batched()
 
 
 def _batched() -> bool:
@@ -88,17 +79,7 @@ def aquota_admit_start(
         raise ValueError("the token estimate cannot be negative")
     if request_limit is None and token_limit is None:
         done = asyncio.get_running_loop().create_future()
-        done.set_result(
-            decision_for(
-                now=utc(now),
-                request_limit=None,
-                token_limit=None,
-                allowed=True,
-                exceeded=None,
-                used=(0, 0),
-                counted=False,
-            )
-        )
+        done.set_result(uncounted(now))
         return done
     limits = {"request_limit": request_limit, "token_limit": token_limit}
     if _batched():
@@ -132,46 +113,24 @@ async def aquota_settle(
     period: date,
     token_delta: int = 0,
     request_delta: int = 0,
-) -> None:
-    """quota_settle for async code: returns once applied (raises QuotaUnavailable if not)."""
-    if not token_delta and not request_delta:
-        return
-    if _batched():
-        await batched.asettle(
-            organization_id,
-            period=period,
-            token_delta=token_delta,
-            request_delta=request_delta,
-            wait=True,
-        )
-        return
-    await aquota_settle_in_thread(
-        organization_id, period=period, token_delta=token_delta, request_delta=request_delta
-    )
-
-
-async def quota_settle_soon(
-    organization_id: int,
-    *,
-    period: date,
-    token_delta: int = 0,
-    request_delta: int = 0,
     leased: bool = False,
+    wait: bool = True,
 ) -> None:
-    """A settlement the caller does not wait for, on PostgreSQL: into this process's lease when
-    the admission came from it (`leased`), else it rides with the organization's next
-    statement (`aflush` waits for it). Elsewhere the same as aquota_settle."""
+    """quota_settle for async code. On PostgreSQL: into this process's lease when the admission
+    came from it (`leased`), else with the organization's next statement; `wait` returns once
+    applied (raises QuotaUnavailable if not), without it the caller goes on (`aflush` waits).
+    Elsewhere (SQLite) it is written in a worker thread either way."""
     if not token_delta and not request_delta:
         return
-    if _batched():
-        deltas = {"token_delta": token_delta, "request_delta": request_delta}
-        if leased and lease.settle(organization_id, period, **deltas):
-            return
-        batched.settle_start(organization_id, period=period, **deltas)
+    deltas = {"token_delta": token_delta, "request_delta": request_delta}
+    if not _batched():
+        await aquota_settle_in_thread(organization_id, period=period, **deltas)
         return
-    await aquota_settle_in_thread(
-        organization_id, period=period, token_delta=token_delta, request_delta=request_delta
-    )
+    if leased and lease.settle(organization_id, period, **deltas):
+        return
+    waiter = batched.settle_start(organization_id, period=period, **deltas)
+    if wait:
+        await asyncio.shield(waiter)
 
 
 def far_from_quota(

@@ -25,7 +25,7 @@ rollover; rows of past months kept. Two things differ.
    if it fits on the figures the ones before it left, exactly as admitting them one by one;
    then the final figures written and every step returned. Settlements (actual tokens minus the
    estimate) ride with the next flush: a request does not wait for its own
-   (`asettle(wait=False)`); `aquota_settle` waits.
+   (`settle_start`); `aquota_settle` waits for them unless told not to.
 
 A month without a row gets one (INSERT ... ON CONFLICT DO NOTHING) and the statement runs again.
 
@@ -46,6 +46,7 @@ import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from aibaas.loops import PerLoop, quiet_future
 from metering.quota.counter import (
     QuotaDecision,
     QuotaUnavailable,
@@ -340,26 +341,8 @@ class _Combiner:
                     )
 
 
-def _future(loop: asyncio.AbstractEventLoop) -> asyncio.Future:
-    future = loop.create_future()
-    # A caller cancelled while waiting leaves no "exception was never retrieved" behind.
-    future.add_done_callback(lambda f: f.cancelled() or f.exception())
-    return future
-
-
-_combiners: dict[int, _Combiner] = {}
-
-
-def _combiner() -> _Combiner:
-    loop = asyncio.get_running_loop()
-    combiner = _combiners.get(id(loop))
-    if combiner is None or combiner.loop is not loop:
-        for key, other in list(_combiners.items()):
-            if other.loop.is_closed():
-                other.connections.finish_all()
-                del _combiners[key]
-        combiner = _combiners[id(loop)] = _Combiner(loop)
-    return combiner
+_combiners: PerLoop[_Combiner] = PerLoop(_Combiner, close=lambda c: c.connections.finish_all())
+_combiner = _combiners.get
 
 
 # --- the calls --------------------------------------------------------------------------------
@@ -381,7 +364,7 @@ def admit_start(
     combiner = _combiner()
     period = period_for(now)
     month = combiner.month(organization_id, period)
-    ask = _Ask(tokens, count, request_limit, token_limit, now, _future(combiner.loop))
+    ask = _Ask(tokens, count, request_limit, token_limit, now, quiet_future(combiner.loop))
     month.asks.append(ask)
     combiner.kick(organization_id, period, month)
     return ask.future
@@ -416,32 +399,16 @@ def settle_start(
     month = combiner.month(organization_id, period)
     month.token_delta += token_delta
     month.request_delta += request_delta
-    waiter = _future(combiner.loop)
+    waiter = quiet_future(combiner.loop)
     month.waiters.append(waiter)
     combiner.kick(organization_id, period, month)
     return waiter
 
 
-async def asettle(
-    organization_id: int,
-    *,
-    period: date,
-    token_delta: int,
-    request_delta: int,
-    wait: bool,
-) -> None:
-    """settle_start; with `wait`, until it is applied (raises QuotaUnavailable if not)."""
-    waiter = settle_start(
-        organization_id, period=period, token_delta=token_delta, request_delta=request_delta
-    )
-    if wait:
-        await asyncio.shield(waiter)
-
-
 async def aflush() -> None:
     """Wait until this loop's pending admissions and settlements went to the database (or
     failed): tests, and the server's shutdown."""
-    combiner = _combiners.get(id(asyncio.get_running_loop()))
+    combiner = _combiners.current()
     while combiner is not None:
         tasks = [month.task for month in combiner.months.values() if month.task is not None]
         if not tasks:
@@ -452,7 +419,7 @@ async def aflush() -> None:
 async def aclose() -> None:
     """Flush, then close this loop's connections (the server's shutdown)."""
     await aflush()
-    combiner = _combiners.pop(id(asyncio.get_running_loop()), None)
+    combiner = _combiners.pop()
     if combiner is not None:
         combiner.connections.finish_all()
 
@@ -460,6 +427,4 @@ async def aclose() -> None:
 def close_all() -> None:
     """Close every loop's connections, from outside any loop (tests, before the test database
     is dropped). Pending settlements of closed loops are lost with them."""
-    for combiner in list(_combiners.values()):
-        combiner.connections.finish_all()
     _combiners.clear()

@@ -57,6 +57,7 @@ from django.utils import timezone
 from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
+from aibaas.db import when_unlocked
 from metering.models import QuotaCounter
 
 logger = logging.getLogger(__name__)
@@ -246,6 +247,23 @@ def decision_for(
     )
 
 
+def uncounted(
+    now: datetime | None = None,
+    request_limit: int | None = None,
+    token_limit: int | None = None,
+) -> QuotaDecision:
+    """Admitted with nothing counted: no quota, or QUOTA_FAIL_OPEN while the database fails."""
+    return decision_for(
+        now=utc(now),
+        request_limit=request_limit,
+        token_limit=token_limit,
+        allowed=True,
+        exceeded=None,
+        used=(0, 0),
+        counted=False,
+    )
+
+
 def unavailable(
     organization_id: int,
     error: Exception,
@@ -263,15 +281,7 @@ def unavailable(
             organization_id,
             error,
         )
-        return decision_for(
-            now=now,
-            request_limit=request_limit,
-            token_limit=token_limit,
-            allowed=True,
-            exceeded=None,
-            used=(0, 0),
-            counted=False,
-        )
+        return uncounted(now, request_limit, token_limit)
     logger.error(
         "monthly quota of organization %s not checked (database error: %s); request refused",
         organization_id,
@@ -291,14 +301,14 @@ def _admit(
 ) -> QuotaDecision:
     if tokens < 0:
         raise ValueError("the token estimate cannot be negative")
+    if request_limit is None and token_limit is None:
+        return uncounted(now)
     now = utc(now)
     limits = {"now": now, "request_limit": request_limit, "token_limit": token_limit}
-    if request_limit is None and token_limit is None:
-        return decision_for(**limits, allowed=True, exceeded=None, used=(0, 0), counted=False)
     args = (organization_id, period_for(now), now, request_limit, token_limit, tokens)
     try:
         try:
-            allowed, exceeded, used_requests, used_tokens = _admit_row(*args)
+            allowed, exceeded, used_requests, used_tokens = when_unlocked(lambda: _admit_row(*args))
         except _CONNECTION_ERRORS:
             if not retry_stale:
                 raise
@@ -307,7 +317,7 @@ def _admit(
             # lost, never one given away.
             with suppress(*_DB_ERRORS):
                 connection.close()
-            allowed, exceeded, used_requests, used_tokens = _admit_row(*args)
+            allowed, exceeded, used_requests, used_tokens = when_unlocked(lambda: _admit_row(*args))
     except _DB_ERRORS as error:
         return unavailable(organization_id, error, **limits)
     return decision_for(
@@ -352,13 +362,13 @@ def _settle(
     }
     try:
         try:
-            rows.update(**changes)
+            when_unlocked(lambda: rows.update(**changes))
         except _CONNECTION_ERRORS:
             if not retry_stale:
                 raise
             with suppress(*_DB_ERRORS):  # see _admit
                 connection.close()
-            rows.update(**changes)
+            when_unlocked(lambda: rows.update(**changes))
     except _DB_ERRORS as error:
         raise QuotaUnavailable(str(error)) from error
 
@@ -409,8 +419,6 @@ async def aquota_admit_in_thread(
 ) -> QuotaDecision:
     """quota_admit for async code, in a worker thread (not thread-sensitive: a request must not
     queue behind other requests' ORM calls): the path of databases other than PostgreSQL."""
-    if request_limit is None and token_limit is None:
-        return quota_admit(organization_id, request_limit=None, token_limit=None, now=now)
     return await sync_to_async(_admit_in_thread, thread_sensitive=False)(
         organization_id,
         request_limit=request_limit,

@@ -34,6 +34,7 @@ from datetime import date, datetime
 
 from django.conf import settings
 
+from aibaas.loops import PerLoop
 from metering.quota import batched
 from metering.quota.counter import QuotaDecision, decision_for, period_for, utc
 
@@ -121,18 +122,8 @@ class _Leases:
         lease.timer = self.loop.call_later(idle, check)
 
 
-_loops: dict[int, _Leases] = {}
-
-
-def _leases() -> _Leases:
-    loop = asyncio.get_running_loop()
-    leases = _loops.get(id(loop))
-    if leases is None or leases.loop is not loop:
-        for key, other in list(_loops.items()):
-            if other.loop.is_closed():
-                del _loops[key]
-        leases = _loops[id(loop)] = _Leases(loop)
-    return leases
+_loops: PerLoop[_Leases] = PerLoop(_Leases)
+_leases = _loops.get
 
 
 def far_from_quota(
@@ -285,7 +276,7 @@ def settle(organization_id: int, period: date, *, token_delta: int, request_delt
 
 def give_back_all() -> None:
     """Every lease of this loop back to the counter (shutdown, tests): then batched.aflush."""
-    state = _loops.get(id(asyncio.get_running_loop()))
+    state = _loops.current()
     if state is not None:
         for organization_id, period in list(state.leases):
             state.give_back(organization_id, period)

@@ -130,3 +130,10 @@ def test_the_asgi_server_process_tunes_garbage_collection(value, expected):
     result = run_python(["-c", code], production_env(GC_THRESHOLDS=value))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("value", ["lots", "50000,20,100,7", "0"])
+def test_bad_garbage_collector_thresholds_stop_the_start_with_a_clear_error(value):
+    result = run_python(["-c", SETUP], production_env(GC_THRESHOLDS=value))
+    assert result.returncode != 0
+    assert "GC_THRESHOLDS must be" in result.stderr

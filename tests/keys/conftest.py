@@ -27,16 +27,6 @@ def _fresh_key_process_state():
     touch.reset()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _close_touch_writer_connection(django_db_setup, django_db_blocker):
-    """The last-used writer thread keeps its own database connection; close it before the
-    test database is dropped (PostgreSQL refuses to drop a database in use)."""
-    yield
-    with django_db_blocker.unblock():
-        touch.flush()
-        touch.close_connections()
-
-
 @functools.cache
 def password_hash() -> str:
     """One real (argon2) hash of PASSWORD, shared by the users of these tests.

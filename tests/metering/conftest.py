@@ -39,16 +39,6 @@ def _fresh_process_state():
     usage_events.reset_breaker()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _close_touch_writer_connection(django_db_setup, django_db_blocker):
-    """The last-used writer thread holds its own database connection: close it before the test
-    database is dropped (PostgreSQL refuses to drop a database in use)."""
-    yield
-    with django_db_blocker.unblock():
-        touch.flush()
-        touch.close_connections()
-
-
 @pytest.fixture
 def org(db) -> Organization:
     return MembershipFactory().organization

@@ -106,3 +106,16 @@ def test_an_unreachable_redis_falls_back_to_counting_in_the_process(settings, ip
     assert [v == 0 for v in verdicts] == [True, True, True, False, False]
     assert limiter.backend_status()["backend"] == "local"
     assert "Redis unreachable" in caplog.text
+
+
+def test_an_address_is_counted_once_whatever_its_spelling(backend):
+    checks("192.0.2.77", [T0 + i for i in range(5)])
+    verdicts = checks("::ffff:192.0.2.77", [T0 + 10 + i for i in range(7)])
+    assert [v == 0 for v in verdicts] == [True] * 5 + [False] * 2
+
+
+def test_a_forwarded_header_that_is_no_address_is_still_counted_and_kept_short(backend):
+    garbage = "not-an-address," + "x" * 5000
+    verdicts = checks(garbage, [T0 + i for i in range(12)])
+    assert [v == 0 for v in verdicts] == [True] * 10 + [False] * 2
+    assert len(ip_limit._key(ip_limit._address(garbage), 1)) < 100

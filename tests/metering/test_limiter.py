@@ -717,3 +717,21 @@ def test_a_redis_outage_falls_back_to_limiting_per_process_and_recovers(settings
         assert any("Redis reachable again" in r.getMessage() for r in caplog.records)
         assert limiter._local.keys == {}
         limiter.reset("out")
+
+
+@pytest.mark.redis
+def test_the_servers_shutdown_sends_the_settlements_still_pending(key_id):
+    from aibaas.gateway.asgi import shutdown
+
+    limits = [tpm(10_000)]
+
+    async def run():
+        decision = await limiter.acheck(key_id, limits, tokens=300)
+        await limiter.asettle(key_id, limits, admitted_at_ms=decision.at_ms, token_delta=-200)
+        pending = key_id in limiter._pending.keys
+        await shutdown()  # before the settlement's own timer
+        return pending
+
+    assert asyncio.run(run())
+    assert key_id not in limiter._pending.keys
+    assert [w.used for w in limiter.peek(key_id, limits)] == [100]

@@ -16,7 +16,6 @@ from metering.quota import (
     aquota_admit,
     aquota_settle,
     batched,
-    quota_settle_soon,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -114,8 +113,8 @@ def test_settlements_ride_with_the_next_statement_and_aflush_waits_for_them(org,
     async def scenario():
         first = await admit(org, tokens_limit=1000, tokens=100)
         statements.clear()
-        await quota_settle_soon(org.pk, period=first.period, token_delta=-60)
-        await quota_settle_soon(org.pk, period=first.period, token_delta=-20)
+        await aquota_settle(org.pk, period=first.period, token_delta=-60, wait=False)
+        await aquota_settle(org.pk, period=first.period, token_delta=-20, wait=False)
         second = await admit(org, tokens_limit=1000, tokens=100)
         await aflush()
         return second
@@ -166,7 +165,7 @@ def test_organizations_are_batched_apart(org, other_org):
 
 
 def _backend_pid_of_kept_connection() -> int:
-    combiner = batched._combiners[id(asyncio.get_running_loop())]
+    combiner = batched._combiners.current()
     return combiner.connections.idle[0].info.backend_pid
 
 
@@ -241,7 +240,7 @@ def test_a_failed_settlement_stays_pending_for_the_next_statement(org, settings)
         first = await admit(org, tokens_limit=1000, tokens=100)
         database = connections["default"].settings_dict
         saved = database["PORT"]
-        combiner = batched._combiners[id(asyncio.get_running_loop())]
+        combiner = batched._combiners.current()
         combiner.connections.finish_all()  # the next statement needs a new connection...
         database["PORT"] = "1"  # ...which cannot be made
         settings.QUOTA_DB_TIMEOUT_SECONDS = 1
@@ -260,8 +259,8 @@ def test_a_failed_settlement_stays_pending_for_the_next_statement(org, settings)
 def test_aclose_flushes_and_closes_the_loops_connections(org):
     async def scenario():
         decision = await admit(org, tokens_limit=1000, tokens=10)
-        await quota_settle_soon(org.pk, period=decision.period, token_delta=5)
-        combiner = batched._combiners[id(asyncio.get_running_loop())]
+        await aquota_settle(org.pk, period=decision.period, token_delta=5, wait=False)
+        combiner = batched._combiners.current()
         conns = set(combiner.connections.all)
         await batched.aclose()
         return conns

@@ -10,7 +10,7 @@ import pytest
 from django.db import connections
 
 from metering.models import QuotaCounter
-from metering.quota import aflush, aquota_admit, batched, lease, quota_settle_soon
+from metering.quota import aflush, aquota_admit, aquota_settle, batched, lease
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -99,8 +99,8 @@ def test_settlements_of_leased_requests_go_into_the_lease(org):
         await admit(org, requests=100_000, tokens=100)
         leased = [await admit(org, requests=100_000, tokens=100) for _ in range(5)]
         for decision in leased:  # each used 40 tokens, not the 100 estimated
-            await quota_settle_soon(
-                org.pk, period=decision.period, token_delta=-60, leased=decision.leased
+            await aquota_settle(
+                org.pk, period=decision.period, token_delta=-60, leased=decision.leased, wait=False
             )
         await aflush(leases=True)
         return leased
