@@ -7,7 +7,15 @@ Behaviour per request, chosen by the upstream model name the gateway sends:
 - "fake-400"        answers 400 with an OpenAI-shaped error (passed on to the client);
 - "fake-echo-auth"  answers with the Authorization header it received as the content;
 - "fake-hang"       never answers (the gateway's read timeout must fire);
-- "fake-slow"       streams: first token after FIRST_TOKEN_DELAY s, then tokens over STREAM_SECONDS.
+- "fake-slow"       streams: first token after FIRST_TOKEN_DELAY s, then tokens over STREAM_SECONDS;
+- "fake-<status>"   (any other 4xx/5xx, e.g. "fake-401", "fake-429") answers that status with an
+                    OpenAI-shaped error whose message holds what must never reach a customer
+                    (UPSTREAM_SECRET and the key it received) and `param: "messages"`; each such
+                    answer is counted in `errors_served`;
+- "fake-json-stream", "fake-html-stream"  answer a stream request with a 200 JSON body / HTML page;
+- "fake-no-done"    streams the answer without usage and closes without `data: [DONE]`;
+- "fake-error-mid-stream"  streams two chunks, then an error event, and closes;
+- "fake-<kind>-usage" (negative, string, float, huge) reports that nonsense usage, both ways.
 Streaming honours `stream_options.include_usage`. Run it: `python -m aibaas.bench.fake_upstream
 --port 9100` (uvicorn), or in-process with `serve_in_thread()`.
 """
@@ -22,6 +30,19 @@ STREAM_SECONDS = 2.0
 STREAM_TOKENS = 20
 
 _REPLY = "The quick brown fox jumps over the lazy dog."
+_DONE = b"data: [DONE]\n\n"
+UPSTREAM_SECRET = "org-upstreamsecret"
+
+_BAD_USAGE = {
+    "fake-negative-usage": {"prompt_tokens": -500, "completion_tokens": 10, "total_tokens": -490},
+    "fake-string-usage": {"prompt_tokens": "12", "completion_tokens": "10", "total_tokens": "22"},
+    "fake-float-usage": {"prompt_tokens": 12.5, "completion_tokens": 10, "total_tokens": 22.5},
+    "fake-huge-usage": {"prompt_tokens": 10**12, "completion_tokens": 10, "total_tokens": 10**12},
+}
+_HTML = b"<!doctype html><html><body><h1>Welcome to nginx!</h1></body></html>"
+
+# "fake-<status>" model -> how many error answers it got (tests count the retries).
+errors_served: dict[str, int] = {}
 
 
 def _chat_body(model: str, with_usage: bool) -> bytes:
@@ -39,7 +60,9 @@ def _chat_body(model: str, with_usage: bool) -> bytes:
         ],
     }
     if with_usage:
-        body["usage"] = {"prompt_tokens": 12, "completion_tokens": 10, "total_tokens": 22}
+        body["usage"] = _BAD_USAGE.get(
+            model, {"prompt_tokens": 12, "completion_tokens": 10, "total_tokens": 22}
+        )
     return json.dumps(body).encode()
 
 
@@ -48,8 +71,31 @@ def _embedding_body(model: str, inputs: list) -> bytes:
         {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]}
         for i in range(len(inputs))
     ]
-    usage = {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)}
+    usage = _BAD_USAGE.get(model) or {
+        "prompt_tokens": 3 * len(inputs),
+        "total_tokens": 3 * len(inputs),
+    }
     return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()
+
+
+def _error_status(model: str) -> int | None:
+    status = model[5:] if model.startswith("fake-") else ""
+    return int(status) if status.isdigit() and 400 <= int(status) <= 599 else None
+
+
+async def _error(scope, send, model: str, status: int) -> None:
+    errors_served[model] = errors_served.get(model, 0) + 1
+    key = dict(scope["headers"]).get(b"authorization", b"").decode()
+    message = f"Upstream error {status} for {UPSTREAM_SECRET}, key {key!r}"
+    body = {"error": {"message": message, "type": "fake_error", "param": "messages", "code": None}}
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"x-upstream-org", b"secret")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 def _chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
@@ -110,6 +156,19 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 500, "headers": headers})
         await send({"type": "http.response.body", "body": b'{"error": {"message": "boom"}}'})
         return
+    if (status := _error_status(model)) is not None:
+        await _error(scope, send, model, status)
+        return
+    if request.get("stream") and model in ("fake-json-stream", "fake-html-stream"):
+        html = model == "fake-html-stream"
+        kind = b"text/html" if html else b"application/json"
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]}
+        )
+        await send(
+            {"type": "http.response.body", "body": _HTML if html else _chat_body(model, True)}
+        )
+        return
     if scope["path"].endswith("/embeddings"):
         inputs = request.get("input", "")
         inputs = inputs if isinstance(inputs, list) else [inputs]
@@ -124,6 +183,9 @@ async def app(scope, receive, send):
         return
 
     include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+    if model == "fake-error-mid-stream":
+        await _error_mid_stream(send, model)
+        return
     slow = model == "fake-slow"
     tokens = _REPLY.split(" ") if not slow else [f"tok{i} " for i in range(STREAM_TOKENS)]
     await send(
@@ -154,12 +216,15 @@ async def app(scope, receive, send):
         if slow:
             await asyncio.sleep(STREAM_SECONDS / STREAM_TOKENS)
     await send({"type": "http.response.body", "body": _chunk(model, {}, "stop"), "more_body": True})
-    if include_usage and model != "fake-no-usage":
-        usage = {
-            "prompt_tokens": 12,
-            "completion_tokens": len(tokens),
-            "total_tokens": 12 + len(tokens),
-        }
+    if include_usage and model not in ("fake-no-usage", "fake-no-done"):
+        usage = _BAD_USAGE.get(
+            model,
+            {
+                "prompt_tokens": 12,
+                "completion_tokens": len(tokens),
+                "total_tokens": 12 + len(tokens),
+            },
+        )
         payload = {
             "id": "chatcmpl-fake",
             "object": "chat.completion.chunk",
@@ -175,7 +240,16 @@ async def app(scope, receive, send):
                 "more_body": True,
             }
         )
-    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+    await send({"type": "http.response.body", "body": b"" if model == "fake-no-done" else _DONE})
+
+
+async def _error_mid_stream(send, model: str) -> None:
+    events = [_chunk(model, {"role": "assistant", "content": ""}), _chunk(model, {"content": "Hi"})]
+    error = {"error": {"message": f"CUDA out of memory on {UPSTREAM_SECRET}", "type": "server"}}
+    events.append(b"data: " + json.dumps(error).encode() + b"\n\n")
+    headers = [(b"content-type", b"text/event-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"".join(events)})
 
 
 class ThreadedServer:

@@ -1,7 +1,8 @@
 """Relaying a chat stream to the client, with exactly one usage event however it ends.
 
 The first chunk is awaited before the response starts, so a provider error before it is an
-ordinary JSON error (502/504). After it, a provider error becomes one final
+ordinary JSON error (502/504), and so is a provider stream that ends without a single chunk
+(never an empty 200 stream). After it, a provider error becomes one final
 `data: {"error": {...}}` event. The usage event is recorded when the stream ends: its last
 chunk, an upstream error, or the client hanging up (the generator is closed or its task
 cancelled; the event is then written by a task of its own that the cancellation cannot reach,
@@ -14,11 +15,19 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aibaas.errors import ApplicationError
-from aibaas.gateway.providers.base import ModelSpec, Provider, ProviderError, StreamUsage, Usage
+from aibaas.gateway.providers.base import (
+    UPSTREAM_ERROR,
+    ModelSpec,
+    Provider,
+    ProviderError,
+    StreamUsage,
+    Usage,
+)
 
 logger = logging.getLogger(__name__)
 
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client hung up mid-stream
+EMPTY_STREAM = "The model server sent an empty stream."
 
 # record(status, usage, upstream_latency_ms) -> awaitable: the request's usage event
 Record = Callable[..., Awaitable[None]]
@@ -40,7 +49,7 @@ async def open_stream(
     try:
         first = await chunks.__anext__()
     except StopAsyncIteration:
-        first = b""
+        raise ProviderError(UPSTREAM_ERROR, EMPTY_STREAM, 502) from None
     except BaseException:
         await chunks.aclose()  # type: ignore[attr-defined]
         raise

@@ -7,8 +7,10 @@ import time
 import pytest
 
 from aibaas.bench import fake_upstream
+from aibaas.errors import ApplicationError
 from aibaas.gateway.providers import openai_compatible as oc
 from aibaas.gateway.providers.base import ModelSpec, ProviderError, StreamUsage, UpstreamSpec
+from aibaas.gateway.tokenizer import count_tokens
 from tests.servers import free_port
 
 CHAT = {"messages": [{"role": "user", "content": "Say something about foxes."}]}
@@ -149,15 +151,16 @@ def test_a_hung_upstream_is_a_504_after_its_timeout(upstream):
     assert time.monotonic() - started < 3
 
 
-def test_upstream_4xx_is_passed_on_as_a_400_with_its_message(upstream):
-    with pytest.raises(ProviderError) as caught:
+def test_upstream_400_is_passed_on_as_a_400_with_its_message(upstream):
+    with pytest.raises(ApplicationError) as caught:
         run(
             lambda: oc.OpenAICompatibleProvider().chat(
                 spec(up(upstream.base_url, "fake-400")), CHAT
             )
         )
-    assert caught.value.status == 400
-    assert "max_tokens is too large" in caught.value.message
+    assert (caught.value.status, caught.value.code) == (400, "invalid_request_error")
+    assert caught.value.message == "max_tokens is too large"
+    assert caught.value.param is None
 
 
 def test_embeddings_pass_through_with_usage(upstream):
@@ -345,3 +348,220 @@ def test_an_upstream_event_without_end_is_a_502_not_an_unbounded_buffer(monkeypa
         crafted.close()
     assert raised.value.status == 502
     assert "too large" in raised.value.message
+
+
+# --- upstream failures: what the customer gets, what is recorded ------------------------------
+
+STREAM = dict(CHAT, stream=True)
+WITH_USAGE = dict(STREAM, stream_options={"include_usage": True})
+OPERATOR_SIDE = [401, 403, 404, 429, 502, 503]
+NONSENSE_USAGE = ["negative", "string", "float", "huge"]
+
+
+def chat(model: ModelSpec, stream: bool):
+    """The provider's answer to CHAT, non-stream or streamed to the end."""
+    if stream:
+        return run(lambda: collect(model, STREAM, StreamUsage()))
+    return run(lambda: oc.OpenAICompatibleProvider().chat(model, CHAT))
+
+
+@pytest.mark.parametrize("answer", ["fake-json-stream", "fake-html-stream"])
+def test_stream_answered_without_an_event_stream_is_a_502_before_the_first_chunk(upstream, answer):
+    stream = oc.OpenAICompatibleProvider().chat_stream(
+        spec(up(upstream.base_url, answer)), STREAM, StreamUsage()
+    )
+    with pytest.raises(ProviderError) as caught:
+        run(lambda: stream.__anext__())
+    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+    assert caught.value.message == oc.NOT_AN_EVENT_STREAM
+
+
+def test_stream_answered_without_an_event_stream_falls_back_to_the_next_upstream(upstream):
+    model = spec(
+        up(upstream.base_url, "fake-json-stream", weight=1000), up(upstream.base_url + "/")
+    )
+    usage = StreamUsage()
+    events = _events(run(lambda: collect(model, STREAM, usage)))
+    assert events[-1] == b"[DONE]" and usage.finished
+    assert oc.attempt_order(model.upstreams)[0].upstream_model == "fake"  # the other is sick
+
+
+def test_stream_closed_without_done_raises_a_502_after_the_chunks_and_estimates_usage(upstream):
+    usage = StreamUsage()
+    chunks = []
+
+    async def read():
+        stream = oc.OpenAICompatibleProvider().chat_stream(
+            spec(up(upstream.base_url, "fake-no-done")), WITH_USAGE, usage
+        )
+        async for chunk in stream:
+            chunks.append((0, chunk))
+
+    with pytest.raises(ProviderError) as caught:
+        run(read)
+    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+    assert caught.value.message == oc.STREAM_CUT_SHORT
+    events = _events(chunks)
+    assert b"[DONE]" not in events
+    assert all("usage" not in e for e in events)  # no usage chunk for a stream cut short
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    assert text == "The quick brown fox jumps over the lazy dog."
+    assert usage.finished is False and usage.usage.estimated is True
+    assert usage.usage.output_tokens == count_tokens(text)
+
+
+def test_upstream_error_event_mid_stream_is_our_502_without_its_message(upstream):
+    chunks = []
+
+    async def read():
+        stream = oc.OpenAICompatibleProvider().chat_stream(
+            spec(up(upstream.base_url, "fake-error-mid-stream")), STREAM, StreamUsage()
+        )
+        async for chunk in stream:
+            chunks.append((0, chunk))
+
+    with pytest.raises(ProviderError) as caught:
+        run(read)
+    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+    assert fake_upstream.UPSTREAM_SECRET not in caught.value.message
+    assert all("error" not in event for event in _events(chunks))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+@pytest.mark.parametrize("status", OPERATOR_SIDE)
+def test_operator_side_upstream_error_is_a_generic_502_logged_without_secrets(
+    upstream, monkeypatch, caplog, status, stream
+):
+    monkeypatch.setenv("FAKE_PROVIDER_KEY", "sk-upstream-secret")
+    model = spec(up(upstream.base_url, f"fake-{status}", api_key_env="FAKE_PROVIDER_KEY"))
+    with caplog.at_level("WARNING", logger=oc.__name__), pytest.raises(ProviderError) as caught:
+        chat(model, stream)
+    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+    assert caught.value.message == oc.UPSTREAM_FAILED.format(status=status)
+    assert caught.value.message == (
+        f"The model server answered HTTP {status}; the operator has been notified."
+    )
+    logged = [r for r in caplog.records if r.name == oc.__name__ and r.levelname == "WARNING"]
+    assert logged and str(status) in logged[0].getMessage()
+    assert fake_upstream.UPSTREAM_SECRET in logged[0].getMessage()  # the operator sees why
+    assert "sk-upstream-secret" not in caplog.text
+
+
+@pytest.mark.parametrize("status", OPERATOR_SIDE)
+def test_operator_side_upstream_error_falls_back_to_the_next_upstream(upstream, status):
+    model = spec(up(upstream.base_url, f"fake-{status}", weight=1000), up(upstream.base_url + "/"))
+    result = run(lambda: oc.OpenAICompatibleProvider().chat(model, CHAT))
+    assert result.usage.output_tokens == 10
+    # The failing upstream is skipped for a while: the healthy one comes first.
+    assert oc.attempt_order(model.upstreams)[0].upstream_model == "fake"
+
+
+@pytest.mark.parametrize("status, asked", [(401, 1), (429, 1), (503, 2)])
+def test_a_lone_upstream_is_retried_after_a_5xx_but_not_after_a_4xx(upstream, status, asked):
+    name = f"fake-{status}"
+    before = fake_upstream.errors_served.get(name, 0)
+    with pytest.raises(ProviderError):
+        chat(spec(up(upstream.base_url, name)), stream=False)
+    assert fake_upstream.errors_served[name] - before == asked
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+@pytest.mark.parametrize("status", [413, 422])
+def test_customer_side_upstream_error_is_a_400_with_its_message_and_param_without_fallback(
+    upstream, status, stream
+):
+    refusing, working = up(upstream.base_url, f"fake-{status}"), up(upstream.base_url + "/")
+    oc._unhealthy_until[working.base_url] = time.monotonic() + 60  # tried second, if at all
+    with pytest.raises(ApplicationError) as caught:
+        chat(spec(refusing, working), stream)
+    assert (caught.value.status, caught.value.code) == (400, "invalid_request_error")
+    assert caught.value.message.startswith(f"Upstream error {status} for")
+    assert caught.value.param == "messages"
+    assert refusing.base_url not in oc._unhealthy_until  # it answered: it is healthy
+
+
+@pytest.mark.parametrize("kind", NONSENSE_USAGE)
+def test_nonsense_upstream_usage_is_estimated_and_the_client_gets_the_estimate(upstream, kind):
+    result = run(
+        lambda: oc.OpenAICompatibleProvider().chat(
+            spec(up(upstream.base_url, f"fake-{kind}-usage")), CHAT
+        )
+    )
+    assert result.usage.estimated is True
+    assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
+    assert result.body["usage"] == {
+        "prompt_tokens": result.usage.input_tokens,
+        "completion_tokens": result.usage.output_tokens,
+        "total_tokens": result.usage.input_tokens + result.usage.output_tokens,
+    }
+
+
+@pytest.mark.parametrize("kind", NONSENSE_USAGE)
+def test_nonsense_upstream_usage_of_embeddings_is_estimated(upstream, kind):
+    model = ModelSpec(
+        name="public-embed",
+        kind="embeddings",
+        provider="openai_compatible",
+        context_window=8192,
+        test_mode_allowed=False,
+        response_cache_ttl=0,
+        upstreams=(up(upstream.base_url, f"fake-{kind}-usage"),),
+    )
+    result = run(lambda: oc.OpenAICompatibleProvider().embeddings(model, {"input": ["a fox"]}))
+    assert result.usage.estimated is True and result.usage.input_tokens > 0
+    assert result.body["usage"] == {
+        "prompt_tokens": result.usage.input_tokens,
+        "total_tokens": result.usage.input_tokens,
+    }
+
+
+@pytest.mark.parametrize("asked", [False, True], ids=["usage-not-asked", "usage-asked"])
+@pytest.mark.parametrize("kind", NONSENSE_USAGE)
+def test_nonsense_upstream_usage_in_a_stream_is_estimated_and_never_relayed(upstream, kind, asked):
+    usage = StreamUsage()
+    body = WITH_USAGE if asked else STREAM
+    events = _events(
+        run(lambda: collect(spec(up(upstream.base_url, f"fake-{kind}-usage")), body, usage))
+    )
+    assert events[-1] == b"[DONE]"
+    assert usage.finished and usage.usage.estimated
+    assert usage.usage.input_tokens > 0 and usage.usage.output_tokens > 0
+    relayed = [e["usage"] for e in events[:-1] if e.get("usage") is not None]
+    if asked:
+        assert relayed == [
+            {
+                "prompt_tokens": usage.usage.input_tokens,
+                "completion_tokens": usage.usage.output_tokens,
+                "total_tokens": usage.usage.input_tokens + usage.usage.output_tokens,
+            }
+        ]
+    else:
+        assert relayed == []
+
+
+def test_stream_without_upstream_usage_sends_an_estimated_usage_chunk_when_asked(upstream):
+    usage = StreamUsage()
+    events = _events(
+        run(lambda: collect(spec(up(upstream.base_url, "fake-no-usage")), WITH_USAGE, usage))
+    )
+    assert events[-1] == b"[DONE]"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2])
+    assert usage.usage.estimated and usage.usage.output_tokens == count_tokens(text)
+    last = events[-2]
+    assert set(last) == {"id", "object", "created", "model", "choices", "usage"}
+    assert (last["id"], last["object"], last["model"]) == (
+        events[0]["id"],
+        "chat.completion.chunk",
+        "public-model",
+    )
+    assert isinstance(last["created"], int) and last["choices"] == []
+    assert last["usage"] == {
+        "prompt_tokens": usage.usage.input_tokens,
+        "completion_tokens": usage.usage.output_tokens,
+        "total_tokens": usage.usage.input_tokens + usage.usage.output_tokens,
+    }
+    # Not asked: no usage chunk.
+    events = _events(
+        run(lambda: collect(spec(up(upstream.base_url, "fake-no-usage")), STREAM, StreamUsage()))
+    )
+    assert all(e.get("usage") is None for e in events[:-1])

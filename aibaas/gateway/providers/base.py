@@ -1,14 +1,21 @@
 """The provider interface the /v1 views call. One implementation per provider kind:
-`demo` (built in, no network) and `openai_compatible` (httpx to vLLM/Ollama/llama.cpp/OpenAI).
+`demo` (built in, no network) and `openai_compatible` (aiohttp to vLLM/Ollama/llama.cpp/OpenAI).
 
 Every call returns OpenAI-shaped data plus the token usage the request is billed for.
 Streaming calls yield raw SSE lines (bytes, each ending in b"\\n\\n") as they are produced,
 and fill `StreamUsage` as they go, so usage is known even when the client hangs up mid-stream.
+
+A model server that fails raises ProviderError (502 upstream_error, 504 upstream_timeout); one
+that refuses the customer's request as invalid (its 400/413/422) raises ApplicationError 400
+invalid_request_error with the server's message and param, as the gateway's own validation does.
 """
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+UPSTREAM_ERROR = "upstream_error"
+UPSTREAM_TIMEOUT = "upstream_timeout"
 
 
 @dataclass(frozen=True, slots=True)
