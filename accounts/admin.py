@@ -4,6 +4,7 @@ from django.db.models import Count
 
 from accounts.actors import Actor
 from accounts.models import AuditEvent, Membership, Organization, User
+from accounts.services import organization_set_plan
 from aibaas.admin import ReadOnlyAdminMixin
 from aibaas.http import client_ip, user_agent
 from metering.quota import quota_reset
@@ -81,6 +82,13 @@ class OrganizationAdmin(admin.ModelAdmin):
     @admin.display(description="members", ordering="member_total")
     def member_count(self, obj: Organization) -> int:
         return obj.member_total
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "plan" in form.changed_data:
+            # Through the service that owns plan changes, so the organization's keys re-read
+            # their limits on the next request (not after API_KEY_CONTEXT_TTL).
+            organization_set_plan(organization=obj, plan=obj.plan)
 
     def has_reset_quota_permission(self, request) -> bool:
         return request.user.has_perm("metering.change_quotacounter")

@@ -4,6 +4,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 _LIMIT_HELP = "Leave empty for unlimited."
+MAX_BURST_PERCENT = 1000  # 11x the per-minute rate at most
 
 
 def _limit_field(verbose_name: str) -> models.PositiveBigIntegerField:
@@ -36,17 +37,20 @@ class Plan(models.Model):
         "burst percent",
         default=0,
         db_default=0,  # rows written by older code (and the seed migration's model) get it too
+        validators=[MaxValueValidator(MAX_BURST_PERCENT)],
         help_text="Lets a key run this many percent above its per-minute limits, but never spend "
         "more than that raised rate allows in any burst window (see burst seconds). "
-        "0 = off: the per-minute limits are exact.",
+        f"0 = off: the per-minute limits are exact. At most {MAX_BURST_PERCENT}.",
     )
     burst_seconds = models.PositiveSmallIntegerField(
         "burst seconds",
         default=10,
         db_default=10,
+        # Shorter than the minute window, or it adds nothing (metering/limiter.py: limits_for).
         validators=[MinValueValidator(1), MaxValueValidator(59)],
         help_text="The burst window, used only when burst percent is above 0: at most "
-        "per-minute limit x (1 + burst percent / 100) x seconds / 60 in any this many seconds.",
+        "per-minute limit x (1 + burst percent / 100) x seconds / 60 in any this many seconds. "
+        "1 to 59.",
     )
     is_public = models.BooleanField(
         default=True, help_text="Shown to customers as a plan they can choose."

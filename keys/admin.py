@@ -7,6 +7,11 @@ from accounts.actors import Actor
 from keys.models import ApiKey, ApiKeyStatus
 from keys.services import api_key_clean_changes, api_key_revoke
 
+OVERRIDE_HELP = (
+    "Lowers the plan's limit for this key; at most the plan's value (the key gets the lower of "
+    "the two, so a later plan downgrade caps it too). Empty = the plan's limit."
+)
+
 
 def _service_field(form_field: str) -> str:
     return "models" if form_field == "allowed_models" else form_field
@@ -18,6 +23,7 @@ class ApiKeyAdminForm(forms.ModelForm):
     class Meta:
         model = ApiKey
         fields = ["name", "scopes", "allowed_models", "expires_at", *ApiKey.LIMIT_FIELDS]
+        help_texts = dict.fromkeys(ApiKey.LIMIT_FIELDS, OVERRIDE_HELP)
 
     def clean(self):
         cleaned = super().clean()
@@ -25,7 +31,7 @@ class ApiKeyAdminForm(forms.ModelForm):
             _service_field(field): cleaned[field] for field in self.changed_data if field in cleaned
         }
         try:
-            api_key_clean_changes(**changes)
+            api_key_clean_changes(plan=self.instance.organization.plan, **changes)
         except ValidationError as error:
             form_fields = {_service_field(field): field for field in self.fields}
             for field, errors in error.message_dict.items():
@@ -97,7 +103,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("organization", "name", "key_id", "hint", "status", "test_mode")}),
         ("Authorization", {"fields": ("scopes", "allowed_models", "expires_at")}),
-        ("Limit overrides (empty = plan default)", {"fields": ApiKey.LIMIT_FIELDS}),
+        (
+            "Limit overrides (only lower the plan's; empty = plan's)",
+            {"fields": ApiKey.LIMIT_FIELDS},
+        ),
         (
             "History",
             {

@@ -58,11 +58,23 @@ def _issued(issued) -> dict:
     return data
 
 
+_LIMIT_HELP = (
+    "Lowers the plan's {what} for this key: at most the plan's value (400 above it); the key "
+    "gets the lower of the two, also after a plan change. null = the plan's limit."
+)
+
+
+def _limit_field(what: str) -> serializers.IntegerField:
+    return serializers.IntegerField(
+        min_value=1, allow_null=True, required=False, help_text=_LIMIT_HELP.format(what=what)
+    )
+
+
 class _LimitsMixin(serializers.Serializer):
-    requests_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
-    requests_per_day = serializers.IntegerField(min_value=1, allow_null=True, required=False)
-    tokens_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
-    tokens_per_day = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    requests_per_minute = _limit_field("requests per minute")
+    requests_per_day = _limit_field("requests per day")
+    tokens_per_minute = _limit_field("tokens per minute")
+    tokens_per_day = _limit_field("tokens per day")
 
 
 class _OrgApi(APIView):
@@ -191,7 +203,8 @@ class KeyRotateApi(_OrgApi):
 
 
 class KeyInfoApi(RateLimitHeadersMixin, APIView):
-    """GET /v1/key: the calling key, its scopes, models and limits, and what remains of each
+    """GET /v1/key: the calling key, its scopes, models and limits as the limiter enforces them
+    (with a burst: the raised per-minute limits and the burst windows), what remains of each
     limit now (`remaining`, None = unlimited) and when it frees up (`reset_seconds`)."""
 
     authentication_classes = [ApiKeyAuthentication]
@@ -234,7 +247,6 @@ class KeyInfoApi(RateLimitHeadersMixin, APIView):
                 "models": list(context.models) if context.models is not None else None,
                 "expires_at": expires.isoformat().replace("+00:00", "Z") if expires else None,
                 "test_mode": context.test_mode,
-                "limits": context.limits,
-                **key_limit_status(context, request.limit_windows),
+                **key_limit_status(context, request.limit_windows),  # limits, remaining, ...
             }
         )

@@ -10,6 +10,8 @@ EXPIRY_CHOICES = [
     ("365d", "In 1 year"),
 ]
 
+LIMIT_HELP = "At most your plan's limit. Empty: the plan's limit."
+
 GRACE_CHOICES = [
     ("0", "Immediately"),
     ("1h", "After 1 hour"),
@@ -35,10 +37,19 @@ class KeyCreateForm(forms.Form):
     test_mode = forms.BooleanField(
         required=False, label="Test key (sk_test_…): demo models only, never billed"
     )
-    requests_per_minute = forms.IntegerField(required=False, min_value=1, label="Requests / minute")
-    requests_per_day = forms.IntegerField(required=False, min_value=1, label="Requests / day")
-    tokens_per_minute = forms.IntegerField(required=False, min_value=1, label="Tokens / minute")
-    tokens_per_day = forms.IntegerField(required=False, min_value=1, label="Tokens / day")
+    # Limit overrides only tighten the plan (keys/services.py checks it against the plan).
+    requests_per_minute = forms.IntegerField(
+        required=False, min_value=1, label="Requests / minute", help_text=LIMIT_HELP
+    )
+    requests_per_day = forms.IntegerField(
+        required=False, min_value=1, label="Requests / day", help_text=LIMIT_HELP
+    )
+    tokens_per_minute = forms.IntegerField(
+        required=False, min_value=1, label="Tokens / minute", help_text=LIMIT_HELP
+    )
+    tokens_per_day = forms.IntegerField(
+        required=False, min_value=1, label="Tokens / day", help_text=LIMIT_HELP
+    )
 
     def clean_models(self) -> list[str] | None:
         value = self.cleaned_data["models"]

@@ -19,6 +19,15 @@ class ApiKeyStatus(models.TextChoices):
     REVOKED = "revoked", "Revoked"
 
 
+def effective_limit(override: int | None, plan_value: int | None) -> int | None:
+    """A key's limit: its override can only lower the plan's (None = unlimited)."""
+    if override is None:
+        return plan_value
+    if plan_value is None:
+        return override
+    return min(override, plan_value)
+
+
 class ApiKey(models.Model):
     """A machine credential of one organization. Only an argon2id hash of the key is stored."""
 
@@ -36,16 +45,24 @@ class ApiKey(models.Model):
         null=True, blank=True, help_text="Model allow-list; empty means every model of the plan."
     )
     requests_per_minute = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="Override of the plan's limit; empty = plan default."
+        null=True,
+        blank=True,
+        help_text="Lower than the plan's limit for this key only; empty = the plan's.",
     )
     requests_per_day = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="Override of the plan's limit; empty = plan default."
+        null=True,
+        blank=True,
+        help_text="Lower than the plan's limit for this key only; empty = the plan's.",
     )
     tokens_per_minute = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="Override of the plan's limit; empty = plan default."
+        null=True,
+        blank=True,
+        help_text="Lower than the plan's limit for this key only; empty = the plan's.",
     )
     tokens_per_day = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="Override of the plan's limit; empty = plan default."
+        null=True,
+        blank=True,
+        help_text="Lower than the plan's limit for this key only; empty = the plan's.",
     )
     test_mode = models.BooleanField(default=False, help_text="sk_test_ key: demo models only.")
     created_by = models.ForeignKey(
@@ -97,10 +114,12 @@ class ApiKey(models.Model):
 
     def effective_limits(self, plan) -> dict:
         """The limits this key is held to under `plan` (its organization's): each per-key limit
-        is the key's override, else the plan's (None = unlimited); the monthly quotas and the
-        burst settings are the plan's. The shape of KeyContext.limits."""
+        is the lower of the key's override and the plan's value (None = unlimited on either
+        side), so an override only ever tightens, and a plan downgrade caps every key at once
+        however high an override was set before; the monthly quotas and the burst settings are
+        the plan's. The shape of KeyContext.limits."""
         limits = {
-            field: getattr(plan, field) if getattr(self, field) is None else getattr(self, field)
+            field: effective_limit(getattr(self, field), getattr(plan, field))
             for field in self.LIMIT_FIELDS
         }
         limits["monthly_request_quota"] = plan.monthly_request_quota

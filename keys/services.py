@@ -15,6 +15,7 @@ from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
 from aibaas.errors import ApplicationError
+from billing.models import Plan
 from keys import format as key_format
 from keys import verification
 from keys.hashing import hash_key
@@ -29,6 +30,9 @@ FORBIDDEN = "forbidden"
 
 MAX_MODELS = 100
 MAX_NAME = 100
+MAX_LIMIT = 10**15
+# A key's limit override may only tighten its plan's (ApiKey.effective_limits takes the lower).
+LIMIT_ABOVE_PLAN = "At most {limit:,}, the {plan} plan's {what}; ask for a bigger plan."
 
 
 @dataclass(frozen=True)
@@ -77,16 +81,43 @@ def _clean_models(models: list[str] | None) -> list[str] | None:
     return cleaned or None
 
 
-def _clean_limit(field: str, value) -> int | None:
+def _clean_limit(field: str, value, plan: Plan) -> int | None:
+    """A per-key limit override: a whole number that only tightens `plan`'s limit (a plan's
+    None is unlimited, and then any override applies as it is)."""
     if value is None or value == "":
         return None
     try:
         number = int(value)
     except (TypeError, ValueError):
         raise ValidationError({field: "A whole number, or empty for the plan's limit."}) from None
-    if number < 1 or number > 10**15:
+    if number < 1 or number > MAX_LIMIT:
         raise ValidationError({field: "Between 1 and 10^15, or empty for the plan's limit."})
+    plan_limit = getattr(plan, field)
+    if plan_limit is not None and number > plan_limit:
+        raise ValidationError(
+            {
+                field: LIMIT_ABOVE_PLAN.format(
+                    limit=plan_limit,
+                    plan=plan.name,
+                    what=Plan._meta.get_field(field).verbose_name,
+                )
+            }
+        )
     return number
+
+
+def _clean_limits(plan: Plan, **values) -> dict[str, int | None]:
+    """Every given limit override cleaned against `plan`; one ValidationError naming each bad
+    field."""
+    cleaned, errors = {}, {}
+    for field, value in values.items():
+        try:
+            cleaned[field] = _clean_limit(field, value, plan)
+        except ValidationError as error:
+            errors.update(error.message_dict)
+    if errors:
+        raise ValidationError(errors)
+    return cleaned
 
 
 def _clean_expiry(expires_at: datetime | None) -> datetime | None:
@@ -150,22 +181,30 @@ def api_key_create(
     rotated_from: ApiKey | None = None,
     check_quota: bool = True,
 ) -> IssuedKey:
-    """Issue a key. The plan caps live keys; the organization row is locked while counting."""
+    """Issue a key. The plan caps live keys; the organization row is locked while counting.
+
+    Limit overrides may only tighten the plan's limits (checked against the plan read under
+    the lock). A rotation's successor keeps its predecessor's overrides as they are: one set
+    under a bigger plan is capped by the current plan anyway (ApiKey.effective_limits).
+    """
     _require_manage(actor, None)
     fields = {
         "name": _clean_name(name),
         "scopes": _clean_scopes(scopes),
         "allowed_models": _clean_models(models),
-        "requests_per_minute": _clean_limit("requests_per_minute", requests_per_minute),
-        "requests_per_day": _clean_limit("requests_per_day", requests_per_day),
-        "tokens_per_minute": _clean_limit("tokens_per_minute", tokens_per_minute),
-        "tokens_per_day": _clean_limit("tokens_per_day", tokens_per_day),
         "expires_at": _clean_expiry(expires_at) if rotated_from is None else expires_at,
         "test_mode": bool(test_mode),
     }
     organization = (
         Organization.objects.select_for_update().select_related("plan").get(pk=organization.pk)
     )
+    limits = {
+        "requests_per_minute": requests_per_minute,
+        "requests_per_day": requests_per_day,
+        "tokens_per_minute": tokens_per_minute,
+        "tokens_per_day": tokens_per_day,
+    }
+    fields |= limits if rotated_from is not None else _clean_limits(organization.plan, **limits)
     cap = organization.plan.max_keys
     if check_quota and cap is not None and _live_keys(organization).count() >= cap:
         raise ApplicationError(
@@ -220,8 +259,9 @@ _CLEANERS = {
 }
 
 
-def api_key_clean_changes(**changes) -> dict[str, tuple[str, Any]]:
-    """Each change of an update cleaned, as {field: (model attribute, value)}.
+def api_key_clean_changes(*, plan: Plan, **changes) -> dict[str, tuple[str, Any]]:
+    """Each change of an update of a key of an organization on `plan` cleaned, as
+    {field: (model attribute, value)}.
 
     Raises a ValidationError naming every bad field. Forms that edit keys (the admin) call it
     from their clean() so that a bad value is a form error, not a failed save.
@@ -236,7 +276,7 @@ def api_key_clean_changes(**changes) -> dict[str, tuple[str, Any]]:
                 attr, clean = _CLEANERS[field]
                 cleaned[field] = (attr, clean(value))
             else:
-                cleaned[field] = (field, _clean_limit(field, value))
+                cleaned[field] = (field, _clean_limit(field, value, plan))
         except ValidationError as error:
             errors.update(error.message_dict)
     if errors:
@@ -246,10 +286,13 @@ def api_key_clean_changes(**changes) -> dict[str, tuple[str, Any]]:
 
 @transaction.atomic
 def api_key_update(*, api_key: ApiKey, actor: Actor, **changes) -> ApiKey:
-    """Change name, scopes, models, limit overrides or expiry. Only the given fields change."""
+    """Change name, scopes, models, limit overrides or expiry. Only the given fields change.
+
+    A limit override may only tighten the organization's current plan."""
     _require_manage(actor, api_key)
+    plan = Plan.objects.get(organizations__id=api_key.organization_id)
     diff = {}
-    for field, (attr, new) in api_key_clean_changes(**changes).items():
+    for field, (attr, new) in api_key_clean_changes(plan=plan, **changes).items():
         old = getattr(api_key, attr)
         if old != new:
             diff[field] = {

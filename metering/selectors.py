@@ -107,6 +107,7 @@ def usage_summary(
 
 WINDOW_LIMITS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "tokens_per_day")
 QUOTA_LIMITS = ("monthly_request_quota", "monthly_token_quota")
+BURST_LIMITS = ("burst_requests", "burst_tokens")  # metering/limiter.py: only with a burst
 
 
 def key_windows(context) -> list:
@@ -127,17 +128,24 @@ def key_rate_limit_headers(context, windows: list | None = None) -> dict[str, st
 
 
 def key_limit_status(context, windows: list | None = None) -> dict:
-    """What remains of each limit of a key (a keys.verification.KeyContext), for GET /v1/key:
-    `{"remaining": {limit: n | None}, "reset_seconds": {limit: s | None}}`, None = unlimited.
-    Reads the windows without counting (one Redis round trip) and the month's quota row."""
-    from metering import quota
+    """Each limit of a key (a keys.verification.KeyContext) and what remains of it, for GET
+    /v1/key: `{"limits": {limit: n | None}, "remaining": {...}, "reset_seconds": {...}}`, None =
+    unlimited. `limits` are the ones the limiter enforces: with a burst, the raised per-minute
+    limits, and the burst windows (`burst_requests`, `burst_tokens`) beside them, so each
+    `remaining` counts against the limit shown next to it. Reads the windows without counting
+    (one Redis round trip) and the month's quota row."""
+    from metering import limiter, quota
 
-    remaining: dict[str, int | None] = dict.fromkeys((*WINDOW_LIMITS, *QUOTA_LIMITS))
-    reset: dict[str, int | None] = dict.fromkeys((*WINDOW_LIMITS, *QUOTA_LIMITS))
+    limits: dict[str, int | None] = dict(context.limits)
+    for enforced in limiter.limits_for(context.limits):
+        limits[enforced.name] = enforced.limit  # raised per-minute limits; burst windows
+    names = [*WINDOW_LIMITS, *QUOTA_LIMITS, *(b for b in BURST_LIMITS if b in limits)]
+    remaining: dict[str, int | None] = dict.fromkeys(names)
+    reset: dict[str, int | None] = dict.fromkeys(names)
     for window in key_windows(context) if windows is None else windows:
         name = window.limit.name
         if name not in remaining:
-            continue  # a burst window: the per-minute limit it shapes is reported
+            continue
         remaining[name] = window.remaining
         reset[name] = -(-window.reset_ms // 1000)
     request_quota = context.limits.get("monthly_request_quota")
@@ -152,7 +160,7 @@ def key_limit_status(context, windows: list | None = None) -> dict:
         if token_quota is not None:
             remaining["monthly_token_quota"] = max(0, token_quota - used_tokens)
             reset["monthly_token_quota"] = until_month_end
-    return {"remaining": remaining, "reset_seconds": reset}
+    return {"limits": limits, "remaining": remaining, "reset_seconds": reset}
 
 
 def organization_limit_overview(organization: Organization) -> dict:

@@ -1,8 +1,11 @@
 import pytest
+from django.test import Client
 from django.urls import reverse
 
+from accounts.actors import Actor
 from accounts.models import Membership, Organization, User
 from billing.models import Plan
+from keys.services import api_key_create
 from tests.factories import PASSWORD, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -240,3 +243,40 @@ def test_admin_is_closed_to_customers_and_to_staff_without_permissions(client, i
     client.force_login(UserFactory(is_staff=is_staff, password=None))
     response = client.get(reverse("admin:accounts_organization_changelist"))
     assert response.status_code in (302, 403)
+
+
+# --- plan changes reach the keys at once -------------------------------------------------------
+
+
+def _v1_limits(raw_key: str) -> dict:
+    response = Client().get("/v1/key", HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    assert response.status_code == 200, response.content
+    return response.json()["limits"]
+
+
+def test_changing_an_organizations_plan_in_admin_applies_to_its_keys_on_the_next_request(
+    operator_client, tenants, django_capture_on_commit_callbacks
+):
+    alpha, _ = tenants
+    organization = alpha.organization
+    raw_key = api_key_create(
+        organization=organization, name="prod", actor=Actor.for_system("tests")
+    ).raw_key
+    assert _v1_limits(raw_key)["requests_per_minute"] == 10  # free; the context is now cached
+    pro = Plan.objects.get(slug="pro")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = operator_client.post(
+            reverse("admin:accounts_organization_change", args=[organization.pk]),
+            {
+                "name": organization.name,
+                "slug": organization.slug,
+                "plan": pro.pk,
+                **EMPTY_MEMBERSHIP_INLINE,
+            },
+        )
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert Organization.objects.get(pk=organization.pk).plan == pro
+    limits = _v1_limits(raw_key)
+    assert (limits["requests_per_minute"], limits["requests_per_day"]) == (300, 10_000)

@@ -5,7 +5,16 @@ from datetime import UTC, datetime
 import pytest
 
 from aibaas.errors import ApplicationError
-from metering.selectors import INVALID_MONTH, INVALID_MONTH_MESSAGE, month_period, usage_summary
+from billing.models import Plan
+from keys import verification
+from metering import limiter
+from metering.selectors import (
+    INVALID_MONTH,
+    INVALID_MONTH_MESSAGE,
+    key_limit_status,
+    month_period,
+    usage_summary,
+)
 from tests.metering.conftest import expected_june
 
 pytestmark = pytest.mark.django_db
@@ -133,3 +142,51 @@ def test_bad_month_is_an_invalid_request_naming_the_param(month):
     error = raised.value
     assert (error.code, error.status, error.param) == (INVALID_MONTH, 400, "month")
     assert error.message == INVALID_MONTH_MESSAGE
+
+
+# --- key_limit_status: GET /v1/key's limits ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("burst_percent", "expected"),
+    [
+        (0, {"requests_per_minute": 60, "tokens_per_minute": 6_000}),
+        (
+            20,
+            {
+                "requests_per_minute": 72,
+                "tokens_per_minute": 7_200,
+                "burst_requests": 6,  # ceil(72 x 5 / 60)
+                "burst_tokens": 600,
+            },
+        ),
+    ],
+    ids=["no-burst", "burst"],
+)
+def test_key_limit_status_shows_the_limits_the_limiter_enforces(
+    org, make_key, burst_percent, expected
+):
+    org.plan = Plan.objects.create(
+        slug=f"burst-{burst_percent}",
+        name="Burst",
+        requests_per_minute=60,
+        tokens_per_minute=6_000,
+        burst_percent=burst_percent,
+        burst_seconds=5,
+    )
+    org.save()
+    context = verification.authenticate_key(make_key(org).raw_key)
+    limiter.reset(context.key_id)
+    status = key_limit_status(context)
+    windows = ("requests_per_minute", "tokens_per_minute", "burst_requests", "burst_tokens")
+    assert {name: status["limits"][name] for name in windows if name in status["limits"]} == (
+        expected
+    )
+    assert (status["limits"]["burst_percent"], status["limits"]["burst_seconds"]) == (
+        burst_percent,
+        5,
+    )
+    # Nothing used: every window remains whole, against the limit shown.
+    assert {name: status["remaining"][name] for name in expected} == expected
+    assert set(status["remaining"]) == set(status["reset_seconds"])
+    assert set(status["remaining"]) >= set(expected)

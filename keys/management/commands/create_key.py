@@ -22,10 +22,18 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True)
         parser.add_argument("--scopes", help="Comma-separated (default: inference).")
         parser.add_argument("--models", help="Comma-separated model allow-list (default: all).")
-        parser.add_argument("--rpm", type=int, help="Requests per minute (default: plan).")
-        parser.add_argument("--rpd", type=int, help="Requests per day (default: plan).")
-        parser.add_argument("--tpm", type=int, help="Tokens per minute (default: plan).")
-        parser.add_argument("--tpd", type=int, help="Tokens per day (default: plan).")
+        parser.add_argument(
+            "--rpm", type=int, help="Requests per minute, at most the plan's (default: plan)."
+        )
+        parser.add_argument(
+            "--rpd", type=int, help="Requests per day, at most the plan's (default: plan)."
+        )
+        parser.add_argument(
+            "--tpm", type=int, help="Tokens per minute, at most the plan's (default: plan)."
+        )
+        parser.add_argument(
+            "--tpd", type=int, help="Tokens per day, at most the plan's (default: plan)."
+        )
         parser.add_argument("--expires-in", type=duration, help="e.g. 30d, 12h (default: never).")
         parser.add_argument("--test", action="store_true", help="A sk_test_ key: demo models only.")
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
