@@ -22,7 +22,7 @@ run: venv
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py bootstrap
 	@echo "aibaas on http://$(HOST):$(PORT)/  (dashboard: /dashboard/, admin: /admin/)"
-	$(BIN)/uvicorn aibaas.asgi:application --host $(HOST) --port $(PORT) --lifespan off
+	$(BIN)/uvicorn aibaas.asgi:application --host $(HOST) --port $(PORT) --lifespan on
 
 test: venv
 	$(BIN)/python -m pytest

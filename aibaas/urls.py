@@ -31,3 +31,6 @@ urlpatterns = [
     path("v1/", include(v1_patterns)),
     path("admin/", admin.site.urls),
 ]
+
+handler404 = "aibaas.error_views.not_found"
+handler500 = "aibaas.error_views.server_error"

@@ -34,7 +34,7 @@ from django.db import connections
 from aibaas.db import when_unlocked
 from aibaas.errors import ApplicationError
 from metering import limiter, quota
-from metering.ip_limit import ip_check_finish, ip_check_start
+from metering.ip_limit import current_rate, ip_check_finish, ip_check_start
 
 logger = logging.getLogger(__name__)
 
@@ -153,13 +153,23 @@ class Admission:
 
 
 def _ip_refusal(retry: int) -> ApplicationError:
+    limit = str((current_rate() or (0, 0))[0])
     return ApplicationError(
         RATE_LIMIT_EXCEEDED,
         f"Too many requests from your address (limit {settings.GATEWAY_IP_RATE} per IP). "
         f"Retry in {retry} s.",
         status=429,
         extra={"retry_after": retry},
-        headers={"Retry-After": str(retry)},
+        # The address's limit is the tightest one here: the headers say so, as for a key's.
+        headers={
+            "Retry-After": str(retry),
+            "X-RateLimit-Limit": limit,
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(retry),
+            "x-ratelimit-limit-requests": limit,
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": duration(retry * 1000),
+        },
     )
 
 

@@ -125,15 +125,21 @@ def _key(ip: str, window: int) -> str:
 
 
 def _address(ip: str) -> str:
-    """The address as counted: canonical when it is one (::ffff:1.2.3.4 and 1.2.3.4 alike),
-    else (a forwarded-for header with something else in it) its first 64 characters: still
-    counted, never a key as long as the header."""
+    """The address as counted: canonical when it is one (::ffff:1.2.3.4 and 1.2.3.4 alike), an
+    IPv6 address as its network of RATELIMIT_IPV6_MASK bits (django-ratelimit's setting,
+    default 64: one customer line gets a whole /64 and could cycle through it), else its first
+    64 characters: still counted, never a key as long as a header."""
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
         return ip.strip()[:64]
     mapped = getattr(address, "ipv4_mapped", None)
-    return str(mapped or address)
+    if mapped is not None:
+        return str(mapped)
+    if address.version == 6:
+        mask = getattr(settings, "RATELIMIT_IPV6_MASK", 64)
+        return str(ipaddress.ip_network(f"{address}/{mask}", strict=False).network_address)
+    return str(address)
 
 
 class IpStarted:

@@ -47,7 +47,7 @@ def server_process(extra_env: dict | None = None, startup_timeout: float = 30.0)
         "--port",
         str(port),
         "--lifespan",
-        "off",
+        "on",
         "--log-level",
         "warning",
     ]

@@ -15,7 +15,7 @@ budget of 2 ms and 1,000 requests/s. This handler keeps what the Django path gav
   redirected as SecurityMiddleware would, and HSTS / nosniff / Referrer-Policy headers are set.
 - X-Request-ID on every response (aibaas/gateway/middleware.py's rules).
 - The body read up to GATEWAY_MAX_BODY_BYTES (413 beyond, without reading the rest).
-- The client address from the same trusted source as the rate limiters (RATELIMIT_IP_META_KEY).
+- The client address from the same trusted source as the rate limiters (aibaas/http.py).
 - A client that hangs up cancels the request (upstream call or stream included): the pipeline
   then records its usage event with status 499.
 - Lifespan: on shutdown the usage events of closing streams are awaited and the upstream
@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -35,6 +36,7 @@ from django.http.request import split_domain_port, validate_host
 from aibaas.errors import ApplicationError
 from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
+from aibaas.http import pick_client_ip
 from keys.authentication import MAX_HEADER
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class _Disconnected(Exception):
 
 def _ip_header() -> bytes | None:
     """The header that holds the client address (None: the socket's peer address)."""
-    meta_key = settings.RATELIMIT_IP_META_KEY
+    meta_key = settings.CLIENT_IP_META_KEY
     if meta_key == "REMOTE_ADDR" or not meta_key.startswith("HTTP_"):
         return None
     return meta_key[5:].lower().replace("_", "-").encode("latin-1")
@@ -119,7 +121,24 @@ setting_changed.connect(reset_config, dispatch_uid="gateway-asgi-config")
 
 
 def _json(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (from an upstream's reply): JSON's escapes carry it as it came.
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+INTERNAL_ERROR = "internal_error"
+MODELS_PREFIX = "/v1/models/"
+
+
+def _route(path: str) -> tuple[bytes, Handler] | None:
+    route = ROUTES.get(path)
+    if route is None and path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
+        # GET /v1/models/{model} (model names may hold a slash: "org/model").
+        return b"GET", partial(pipeline.models_retrieve, name=path[len(MODELS_PREFIX) :])
+    return route
 
 
 class GatewayApplication:
@@ -131,7 +150,7 @@ class GatewayApplication:
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
         if kind == "http":
-            route = ROUTES.get(scope["path"])
+            route = _route(scope["path"])
             if route is not None:
                 await self.handle(scope, receive, send, *route)
                 return
@@ -254,7 +273,21 @@ class GatewayApplication:
             pass  # the client hung up while we were sending; the pipeline recorded it
 
     async def _run(self, send, handler: Handler, inbound, common) -> None:
-        reply = await handler(inbound)
+        try:
+            reply = await handler(inbound)
+        except Exception:
+            # A bug: the pipeline recorded the request's usage event (status 500); the client
+            # still gets JSON in OpenAI's shape, with the id to quote, never a traceback.
+            logger.exception("unhandled error in %s", handler)
+            request_id = common[0][1].decode()
+            error = ApplicationError(
+                INTERNAL_ERROR,
+                "The server had an error while processing your request. Contact the operator "
+                f"with the request id {request_id} if it persists.",
+                status=500,
+            )
+            await self._send_json(send, 500, error.as_dict(), common)
+            return
         if reply.after is not None:
             # The usage event goes alongside the sending: the client does not wait for it, and
             # a client hanging up from here on cannot cancel it.
@@ -342,13 +375,12 @@ class GatewayApplication:
 
     @staticmethod
     def _client_ip(scope, headers, cfg: _Config) -> str | None:
+        client = scope.get("client")
+        peer = client[0] if client else None
         if cfg.ip_header is None:
-            client = scope.get("client")
-            return client[0] if client else None
+            return peer
         value = headers.get(cfg.ip_header, b"").decode("latin-1")
-        if cfg.forwarded_for:
-            value = value.split(",")[0]
-        return value.strip() or None
+        return pick_client_ip(value, peer, forwarded_for=cfg.forwarded_for)
 
     @staticmethod
     def _secure(scope, headers, cfg: _Config) -> bool:

@@ -137,6 +137,11 @@ class Call:
             return
         self.recorded = True
         usage = usage or Usage()
+        if usage.input_tokens < 0 or usage.output_tokens < 0:
+            # Never a reason to lose the event (usage is money): providers validate what an
+            # upstream reports; this is the last guard.
+            logger.warning("negative usage %s for %s counted as 0", usage, self.inbound.request_id)
+            usage = Usage(max(usage.input_tokens, 0), max(usage.output_tokens, 0), estimated=True)
         cost = Decimal(0).quantize(COST_QUANTUM)
         if not self.key.test_mode and (usage.input_tokens or usage.output_tokens):
             cost = await acost_for(
@@ -150,7 +155,7 @@ class Call:
             organization_id=self.key.organization_id,
             api_key_id=self.key.pk,
             key_id=self.key.key_id,
-            model=self.model[:200],
+            model=self.model,
             endpoint=self.endpoint,
             status_code=status,
             input_tokens=usage.input_tokens,
@@ -186,16 +191,28 @@ def _body(inbound: Inbound) -> dict[str, Any]:
     return validation.parse_json_body(inbound.content_type, raw, limit)
 
 
+def _model_not_found(name: str) -> ApplicationError:
+    return ApplicationError(
+        MODEL_NOT_FOUND,
+        f"The model '{name}' does not exist or is not available. GET /v1/models lists the "
+        "models this key may use.",
+        status=404,
+        param="model",
+    )
+
+
+def _call_model(body: dict[str, Any]) -> str:
+    """The model name a usage event is recorded under, whatever the body says."""
+    model = body.get("model")
+    if isinstance(model, str) and model.strip():
+        return model.strip()[:200]
+    return UNKNOWN_MODEL
+
+
 async def _model(call: Call, name: str, kind: str) -> ModelSpec:
     spec = await amodel_spec(name)
     if spec is None:
-        raise ApplicationError(
-            MODEL_NOT_FOUND,
-            f"The model '{name}' does not exist or is not available. GET /v1/models lists "
-            "the models this key may use.",
-            status=404,
-            param="model",
-        )
+        raise _model_not_found(name)
     require_model(call.key, name)
     if not key_may_use(call.key, spec):
         raise ApplicationError(
@@ -231,9 +248,15 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
         reply.headers.update(call.headers)
         return reply
     except (ApplicationError, ProviderError) as error:
-        if (refusal := await gate.refusal()) is not None:
+        if call.admission is None:
+            # Refused before admission (bad body, unknown model): the key's windows are read
+            # without counting, for the headers every /v1 answer to a key carries.
+            refusal, headers = await _peek(key, gate)
+        else:
+            refusal, headers = await gate.refusal(), call.headers
+        if refusal is not None:
             return error_reply(refusal)
-        reply = error_reply(error, call.headers)
+        reply = error_reply(error, headers)
         reply.after = partial(call.record, error.status)
         return reply
     except BaseException as error:
@@ -243,26 +266,72 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
         raise
 
 
-async def models_list(inbound: Inbound) -> Reply:
-    """GET /v1/models: the models this key may use, in OpenAI's list shape."""
+async def _peek(key, gate: IpGate) -> tuple[ApplicationError | None, dict[str, str]]:
+    """The per-IP refusal of this request, if any, and the rate-limit headers of the key's
+    windows read without counting. The windows' read is issued before the per-IP check is
+    awaited: both go in one round trip. A failing read costs the headers, not the answer."""
+    gate.start()
+    windows = None
+    if not gate.retry:  # not refused already (admission may have asked it)
+        try:
+            windows = limiter.peek_start(key.key_id, limiter.limits_for(key.limits))
+        except Exception:
+            logger.warning("rate-limit windows unreadable for the headers", exc_info=True)
+    refusal = await gate.refusal()
+    headers: dict[str, str] = {}
+    if windows is not None:
+        # Awaited even when refused: the read carries the key's pending settlements, which
+        # must not be left in a call nobody finishes.
+        try:
+            headers = rate_limit_headers(await limiter.peek_finish(windows))
+        except Exception:
+            logger.warning("rate-limit windows unreadable for the headers", exc_info=True)
+    return refusal, {} if refusal is not None else headers
+
+
+def _model_object(spec: ModelSpec) -> dict[str, Any]:
+    return {"id": spec.name, "object": "model", "created": 0, "owned_by": "aibaas"}
+
+
+async def _informational(inbound: Inbound, answer: Callable[[Any], Awaitable[Reply]]) -> Reply:
+    """A GET of the inference scope that counts against nothing: auth, per-IP check, headers."""
     gate = IpGate(inbound.client_ip)
     try:
         key = await authenticate(inbound)
         require_scope(key, INFERENCE_SCOPE)
     except ApplicationError as error:
         return error_reply(await gate.refusal() or error)
-    # The key's windows, read without counting, for the rate-limit headers; issued before the
-    # per-IP check is awaited, both go in one round trip.
-    gate.start()
-    windows = limiter.peek_start(key.key_id, limiter.limits_for(key.limits))
-    if (refusal := await gate.refusal()) is not None:
+    refusal, headers = await _peek(key, gate)
+    if refusal is not None:
         return error_reply(refusal)
-    headers = rate_limit_headers(await limiter.peek_finish(windows))
-    data = [
-        {"id": spec.name, "object": "model", "created": 0, "owned_by": "aibaas"}
-        for spec in sorted(await amodels_for_key(key), key=lambda spec: spec.name)
-    ]
-    return Reply(body={"object": "list", "data": data}, headers=headers)
+    try:
+        reply = await answer(key)
+    except ApplicationError as error:
+        return error_reply(error, headers)
+    reply.headers.update(headers)
+    return reply
+
+
+async def models_list(inbound: Inbound) -> Reply:
+    """GET /v1/models: the models this key may use, in OpenAI's list shape."""
+
+    async def answer(key) -> Reply:
+        specs = sorted(await amodels_for_key(key), key=lambda spec: spec.name)
+        return Reply(body={"object": "list", "data": [_model_object(spec) for spec in specs]})
+
+    return await _informational(inbound, answer)
+
+
+async def models_retrieve(inbound: Inbound, name: str) -> Reply:
+    """GET /v1/models/{model}: one model this key may use (the SDK's models.retrieve)."""
+
+    async def answer(key) -> Reply:
+        for spec in await amodels_for_key(key):
+            if spec.name == name:
+                return Reply(body=_model_object(spec))
+        raise _model_not_found(name)
+
+    return await _informational(inbound, answer)
 
 
 async def chat(inbound: Inbound) -> Reply:
@@ -270,8 +339,7 @@ async def chat(inbound: Inbound) -> Reply:
 
     async def work(call: Call) -> Reply:
         body = _body(inbound)
-        if isinstance(body.get("model"), str):
-            call.model = body["model"]
+        call.model = _call_model(body)
         name = validation.validate_chat(body)
         spec = await _model(call, name, "chat")
         await call.admit(estimate_chat_tokens(body, spec.context_window))
@@ -309,8 +377,7 @@ async def embeddings(inbound: Inbound) -> Reply:
 
     async def work(call: Call) -> Reply:
         body = _body(inbound)
-        if isinstance(body.get("model"), str):
-            call.model = body["model"]
+        call.model = _call_model(body)
         name = validation.validate_embeddings(body)
         spec = await _model(call, name, "embeddings")
         await call.admit(estimate_embedding_tokens(body))

@@ -27,6 +27,8 @@ def cacheable(spec: ModelSpec, body: dict[str, Any]) -> bool:
 
 
 def cache_key(organization_id: int, model: str, body: dict[str, Any]) -> str:
+    # Only temperature 0 is cached, and 0, 0.0 and -0.0 ask for the same thing.
+    body = {**body, "temperature": 0}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(f"{organization_id}\0{model}\0{canonical}".encode()).hexdigest()
     return PREFIX + digest

@@ -20,6 +20,7 @@ MAX_STOP = 4
 MAX_N = 128
 MAX_EMBEDDING_INPUTS = 2048
 ENCODING_FORMATS = ("float", "base64")
+MAX_TOKEN_ID = 2**31 - 1
 
 
 def invalid(param: str | None, message: str, code: str = INVALID_REQUEST) -> ApplicationError:
@@ -41,9 +42,25 @@ def parse_json_body(content_type: str, raw: bytes, max_bytes: int) -> dict[str, 
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise invalid(None, "The request body is not valid JSON.", INVALID_JSON) from None
+    except RecursionError:
+        raise invalid(None, "The request body is nested too deeply.", INVALID_JSON) from None
     if not isinstance(body, dict):
         raise invalid(None, "The request body must be a JSON object.")
+    if b"\\ud" in raw or b"\\uD" in raw:
+        _refuse_lone_surrogates(body)
     return body
+
+
+def _refuse_lone_surrogates(body: dict[str, Any]) -> None:
+    """JSON may escape half of a UTF-16 pair ("\\ud800") on its own: Python decodes it to a
+    string that cannot be encoded, which would fail far from here (hashing a prompt, writing a
+    reply or a usage event). Only a body with such an escape pays for this check."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(
+            None, "The request body contains invalid Unicode (an unpaired surrogate).", INVALID_JSON
+        ) from None
 
 
 def too_large(max_bytes: int) -> ApplicationError:
@@ -146,6 +163,11 @@ def validate_chat(body: dict[str, Any]) -> str:
     return model
 
 
+def _token_ids(param: str, ids: list[int]) -> None:
+    if any(x < 0 or x > MAX_TOKEN_ID for x in ids):
+        raise invalid(param, f"'{param}' holds a token id outside 0..{MAX_TOKEN_ID}.")
+
+
 def validate_embeddings(body: dict[str, Any]) -> str:
     """Check an embeddings request; return its model name."""
     model = _model(body)
@@ -157,12 +179,13 @@ def validate_embeddings(body: dict[str, Any]) -> str:
         if len(raw) > MAX_EMBEDDING_INPUTS:
             raise invalid("input", f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items.")
         if all(_is_int(x) for x in raw):
-            pass  # one text as token ids
+            _token_ids("input", raw)  # one text as token ids
         else:
             for index, item in enumerate(raw):
                 if isinstance(item, str) and item:
                     continue
                 if isinstance(item, list) and item and all(_is_int(x) for x in item):
+                    _token_ids(f"input[{index}]", item)
                     continue
                 param = f"input[{index}]"
                 raise invalid(

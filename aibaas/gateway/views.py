@@ -86,6 +86,13 @@ async def models_list(request):
 
 
 @csrf_exempt
+async def models_retrieve(request, model: str):
+    if request.method != "GET":
+        return _wrong_method("GET")
+    return await _response(request, await pipeline.models_retrieve(_inbound(request), model))
+
+
+@csrf_exempt
 async def chat_completions(request):
     if request.method != "POST":
         return _wrong_method("POST")

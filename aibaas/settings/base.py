@@ -112,9 +112,19 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 RATELIMIT_LOGIN = env.str("RATELIMIT_LOGIN", default="10/m")
 RATELIMIT_SIGNUP = env.str("RATELIMIT_SIGNUP", default="5/m")
 RATELIMIT_VIEW = "accounts.views.ratelimited"
-# Behind a reverse proxy set RATELIMIT_IP_META_KEY=HTTP_X_FORWARDED_FOR (django-ratelimit takes
-# the first address of the list); the default trusts the socket peer only.
-RATELIMIT_IP_META_KEY = env.str("RATELIMIT_IP_META_KEY", default="REMOTE_ADDR")
+# Where client addresses come from (rate limits, audit log, usage events): the socket peer by
+# default. Behind a reverse proxy: RATELIMIT_IP_META_KEY=HTTP_X_FORWARDED_FOR (or e.g.
+# HTTP_X_REAL_IP), and CLIENT_IP_PROXIES = how many of your proxies append to X-Forwarded-For
+# (the address is the one that many entries from the right: the left ones are the client's).
+CLIENT_IP_META_KEY = env.str("RATELIMIT_IP_META_KEY", default="REMOTE_ADDR")
+CLIENT_IP_PROXIES = env.int("CLIENT_IP_PROXIES", default=1)
+if CLIENT_IP_PROXIES < 1:
+    raise ImproperlyConfigured("CLIENT_IP_PROXIES must be 1 or more.")
+RATELIMIT_IP_META_KEY = "aibaas.http.ratelimit_ip"  # django-ratelimit: the same address
+# Per-IP limits count an IPv6 address as its network of this many bits (django-ratelimit's).
+RATELIMIT_IPV6_MASK = env.int("RATELIMIT_IPV6_MASK", default=64)
+if not 1 <= RATELIMIT_IPV6_MASK <= 128:
+    raise ImproperlyConfigured("RATELIMIT_IPV6_MASK must be from 1 to 128.")
 
 LOGGING = {
     "version": 1,

@@ -131,6 +131,24 @@ def test_fourth_login_post_from_one_ip_gets_the_friendly_429_other_ips_still_pas
 
 
 @time_machine.travel(FROZEN_NOW, tick=False)
+def test_behind_a_proxy_login_limits_count_the_address_the_proxy_saw(client, owner, settings):
+    """X-Forwarded-For's left entries are the client's own words: a client that writes a new
+    one each time is still counted by the address our proxy appended (and a list of addresses
+    is no 500)."""
+    settings.RATELIMIT_LOGIN = "3/m"
+    settings.CLIENT_IP_META_KEY = "HTTP_X_FORWARDED_FOR"
+    for i in range(3):
+        forwarded = f"198.51.100.{i}, 203.0.113.9"
+        response = login(client, owner.user.email, "wrong", HTTP_X_FORWARDED_FOR=forwarded)
+        assert response.status_code == 200
+    spoofed = "198.51.100.99, 203.0.113.9"
+    blocked = login(client, owner.user.email, PASSWORD, HTTP_X_FORWARDED_FOR=spoofed)
+    assert blocked.status_code == 429
+    other = login(client, owner.user.email, PASSWORD, HTTP_X_FORWARDED_FOR="203.0.113.10")
+    assert other.status_code == 302
+
+
+@time_machine.travel(FROZEN_NOW, tick=False)
 def test_login_form_page_itself_is_not_rate_limited(client, settings):
     settings.RATELIMIT_LOGIN = "1/m"
     for _ in range(3):

@@ -8,6 +8,7 @@ sharing PostgreSQL and Redis (uvicorn running aibaas.asgi:application, as in pro
 - Redis stopped mid-run: the server keeps limiting (per process) and goes back to Redis.
 """
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from accounts.actors import Actor
+from accounts.models import AuditAction, AuditEvent
 from aibaas.gateway.models import AIModel
 from billing.models import Plan
 from keys.services import api_key_create
@@ -60,7 +62,6 @@ def _fire(bases: list[str], key: str, count: int, threads: int = 32, body=BODY) 
         return response.status_code, response.headers, response.json()
 
     try:
-        # Warm the key on every process first: the test is about the limiter, not cold keys.
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(one, range(count)))
     finally:
@@ -83,6 +84,8 @@ def _check_refusals(results, limit: int):
         assert headers["X-RateLimit-Remaining"] == "0"
         assert headers["x-ratelimit-limit-requests"] == "50"
         assert headers["x-ratelimit-remaining-requests"] == "0"
+        assert 1 <= int(headers["X-RateLimit-Reset"]) <= 61
+        assert re.fullmatch(r"(\d+m)?\d+s", headers["x-ratelimit-reset-requests"])
     remaining = sorted(int(h["X-RateLimit-Remaining"]) for _, h, _ in ok)
     assert remaining == list(range(limit))  # each admitted request saw its own count
 
@@ -95,8 +98,17 @@ def test_200_requests_from_32_threads_on_a_50_per_minute_key_admit_exactly_50(ch
 
 def test_two_server_processes_sharing_redis_admit_exactly_50_together(chat_model):
     key = _key(_org(requests_per_minute=50))
+    started = time.time()
     with server_process(SERVER_ENV) as a, server_process(SERVER_ENV) as b:
         _check_refusals(_fire([a, b], key, 200), 50)
+        minutes = len({int(started // 60), int(time.time() // 60)})
+        # 150 refusals on two processes: one audit event per key and minute, not per process.
+        refused = AuditEvent.objects.filter(action=AuditAction.RATE_LIMIT_REFUSED)
+        deadline = time.monotonic() + 10
+        while not refused.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a second process's duplicate, if there were one, would be in by now
+        assert 1 <= refused.count() <= minutes
 
 
 def test_a_monthly_quota_of_100_hit_by_300_concurrent_requests_admits_exactly_100(chat_model):

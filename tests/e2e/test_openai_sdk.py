@@ -57,17 +57,38 @@ def demo_models(db):
     ModelPriceFactory(model=embed, input_per_million=Decimal("0.10"), output_per_million=0)
 
 
+@pytest.fixture(
+    params=[
+        "wsgi",
+        pytest.param("uvicorn", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
+def base_url(request, demo_models):
+    """Where aibaas answers: pytest-django's live server (threaded WSGI, every test mode), or
+    a `uvicorn aibaas.asgi:application` process, the production path (PostgreSQL + Redis)."""
+    if request.param == "wsgi":
+        request.getfixturevalue("_live_server_db_connections_per_request")
+        yield request.getfixturevalue("live_server").url
+        return
+    with server_process() as base:
+        yield base
+
+
 @pytest.fixture
-def sdk(live_server, _live_server_db_connections_per_request, issued, demo_models):
-    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=issued.raw_key, max_retries=0)
+def sdk(base_url, issued):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=issued.raw_key, max_retries=0)
     yield client
     # Hang up before the live server stops: a request thread still holding a keep-alive
     # connection would close the shared in-memory SQLite connection after the test released it.
     client.close()
 
 
-def test_the_openai_sdk_works_unchanged_against_the_demo_models(sdk, live_server):
+def test_the_openai_sdk_works_unchanged_against_the_demo_models(sdk, base_url):
     assert {m.id for m in sdk.models.list()} == {"demo-chat", "demo-embed"}
+    assert sdk.models.retrieve("demo-embed").id == "demo-embed"
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.models.retrieve("gpt-17")
+    assert missing.value.code == "model_not_found"
 
     completion = sdk.chat.completions.create(model="demo-chat", messages=HELLO)
     assert "fox" in completion.choices[0].message.content
@@ -88,13 +109,17 @@ def test_the_openai_sdk_works_unchanged_against_the_demo_models(sdk, live_server
     embeddings = sdk.embeddings.create(model="demo-embed", input=["a fox", "a dog"])
     assert len(embeddings.data) == 2 and len(embeddings.data[0].embedding) > 0
 
-    bad = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="sk_live_wrong", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as bad_request:
+        sdk.chat.completions.create(model="demo-chat", messages=[{"role": "robot", "content": ""}])
+    assert bad_request.value.param == "messages[0].role"
+
+    bad = openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk_live_wrong", max_retries=0)
     with bad, pytest.raises(openai.AuthenticationError) as caught:
         bad.models.list()
     assert caught.value.code == "invalid_api_key"
 
 
-def test_usage_api_equals_the_sum_of_what_the_responses_reported(sdk, live_server, issued):
+def test_usage_api_equals_the_sum_of_what_the_responses_reported(sdk, base_url, issued):
     prompt = completion = 0
     for i in range(5):
         if i % 2:
@@ -112,8 +137,10 @@ def test_usage_api_equals_the_sum_of_what_the_responses_reported(sdk, live_serve
         prompt += usage.prompt_tokens
         completion += usage.completion_tokens
     embed = sdk.embeddings.create(model="demo-embed", input="fox").usage.prompt_tokens
+    # Usage events are written after the reply is sent (on uvicorn): the last may lag a little.
+    _wait_for_events(issued, 6)
     response = httpx.get(
-        f"{live_server.url}/v1/usage", headers={"Authorization": f"Bearer {issued.raw_key}"}
+        f"{base_url}/v1/usage", headers={"Authorization": f"Bearer {issued.raw_key}"}
     )
     totals = response.json()["totals"]
     assert totals["requests"] == 6

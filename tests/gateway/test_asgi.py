@@ -151,16 +151,31 @@ def test_https_redirect_and_hsts_follow_the_security_settings(client, raw_key, s
     assert secure["Strict-Transport-Security"].startswith("max-age=3600")
 
 
-def test_client_address_comes_from_the_configured_header(client, raw_key, settings):
-    settings.RATELIMIT_IP_META_KEY = "HTTP_X_FORWARDED_FOR"
+@pytest.mark.parametrize(
+    ("proxies", "forwarded_for", "expected"),
+    [
+        # One proxy of ours appends what it saw; what the client wrote before it is not trusted.
+        (1, "198.51.100.66, 203.0.113.7", "203.0.113.7"),
+        # Two proxies: the outer one saw the client, the inner one saw the outer proxy.
+        (2, "198.51.100.66, 203.0.113.7, 10.0.0.1", "203.0.113.7"),
+        (3, "203.0.113.7", "203.0.113.7"),  # fewer hops than proxies: the leftmost
+        (1, "not-an-address", "127.0.0.1"),  # garbage: the socket peer
+        (1, " 2001:DB8::0:1 ", "2001:db8::1"),  # canonical form
+    ],
+)
+def test_client_address_comes_from_the_configured_header(
+    client, raw_key, settings, proxies, forwarded_for, expected
+):
+    settings.CLIENT_IP_META_KEY = "HTTP_X_FORWARDED_FOR"
+    settings.CLIENT_IP_PROXIES = proxies
     client.post(
         CHAT,
         BODY,
         content_type="application/json",
-        HTTP_X_FORWARDED_FOR="203.0.113.7, 10.0.0.1",
+        HTTP_X_FORWARDED_FOR=forwarded_for,
         **auth(raw_key),
     )
-    assert UsageEvent.objects.get().client_ip == "203.0.113.7"
+    assert UsageEvent.objects.get().client_ip == expected
 
 
 def test_lifespan_startup_and_shutdown_complete():

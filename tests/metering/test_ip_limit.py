@@ -33,7 +33,7 @@ def backend(request, settings):
 
 @pytest.fixture
 def ip() -> str:
-    return f"2001:db8::{uuid.uuid4().hex[:4]}"
+    return f"2001:db8:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}::1"
 
 
 def checks(ip: str, times: list[int]) -> list[int]:
@@ -87,7 +87,8 @@ def test_a_refusal_says_when_the_estimate_is_back_under_the_limit(backend, ip):
 
 def test_addresses_are_counted_apart(backend, ip):
     checks(ip, [T0 + i for i in range(10)])
-    assert checks(ip + "1", [T0 + 20])[0] == 0
+    other_network = ip.replace("2001:db8:", "2001:db9:", 1)
+    assert checks(other_network, [T0 + 20])[0] == 0
 
 
 def test_no_address_or_no_rate_is_never_limited(settings, ip):
@@ -119,3 +120,19 @@ def test_a_forwarded_header_that_is_no_address_is_still_counted_and_kept_short(b
     verdicts = checks(garbage, [T0 + i for i in range(12)])
     assert [v == 0 for v in verdicts] == [True] * 10 + [False] * 2
     assert len(ip_limit._key(ip_limit._address(garbage), 1)) < 100
+
+
+def test_ipv6_addresses_of_one_64_network_share_a_budget(backend, ip):
+    """One customer line gets a whole /64: cycling through it does not escape the layer."""
+    network = ip.rsplit("::", 1)[0]
+    neighbours = [f"{network}:{i:x}:{i:x}:{i:x}:{i:x}" for i in range(11)]
+    verdicts = [checks(address, [T0 + i])[0] for i, address in enumerate(neighbours)]
+    assert verdicts[:10] == [0] * 10
+    assert verdicts[10] >= 1
+
+
+def test_the_ipv6_mask_is_django_ratelimits_setting(backend, ip, settings):
+    settings.RATELIMIT_IPV6_MASK = 128
+    network = ip.rsplit("::", 1)[0]
+    neighbours = [f"{network}:{i:x}:{i:x}:{i:x}:{i:x}" for i in range(11)]
+    assert all(checks(address, [T0])[0] == 0 for address in neighbours)

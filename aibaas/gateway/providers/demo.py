@@ -30,10 +30,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aibaas.gateway.models import DEFAULT_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS
+from aibaas.gateway.models import DEFAULT_EMBEDDING_DIMENSIONS
 from aibaas.gateway.providers.base import ModelSpec, ProviderResult, StreamUsage, Usage
 from aibaas.gateway.registry import setting_float
 from aibaas.gateway.tokenizer import count_chat_tokens, count_tokens, tokenize
+from aibaas.gateway.validation import invalid
 
 FINGERPRINT = "fp_aibaas_demo"
 MAX_CHOICES = 128  # OpenAI's limit on `n`
@@ -280,7 +281,13 @@ class DemoProvider:
         started = time.perf_counter()
         dimensions = model.embedding_dimensions or DEFAULT_EMBEDDING_DIMENSIONS
         requested = _int_or_none(body.get("dimensions"))
-        if requested is not None and 1 <= requested <= MAX_EMBEDDING_DIMENSIONS:
+        if requested is not None:
+            if not 1 <= requested <= dimensions:
+                # OpenAI's rule: a shorter vector may be asked for, never a longer one.
+                raise invalid(
+                    "dimensions",
+                    f"'dimensions' must be from 1 to {dimensions} for the model '{model.name}'.",
+                )
             dimensions = requested
         as_base64 = body.get("encoding_format") == "base64"
         data = []
