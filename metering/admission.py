@@ -25,7 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 
 from django.conf import settings
 from django.core.cache import cache
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
 INSUFFICIENT_QUOTA = "insufficient_quota"
 QUOTA_UNAVAILABLE = "quota_unavailable"
+QUOTA_UNAVAILABLE_RETRY_SECONDS = 5
 IP_GROUP = "gateway-ip"
 
 _LIMIT_WORDS = {
@@ -110,6 +111,7 @@ class Admission:
     decision: "limiter.Decision | None" = None
     quota_period: date | None = None
     quota_leased: bool = False
+    quota_generation: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
 
@@ -139,6 +141,7 @@ class Admission:
                     period=self.quota_period,
                     token_delta=delta,
                     leased=self.quota_leased,
+                    generation=self.quota_generation,
                     wait=False,
                 )
             except Exception:
@@ -320,7 +323,8 @@ def _quota_refusal(context, verdict, request_quota, token_quota, headers, client
             QUOTA_UNAVAILABLE,
             "The monthly quota cannot be checked right now; retry shortly.",
             status=503,
-            headers={**headers, "Retry-After": "5"},
+            extra={"retry_after": QUOTA_UNAVAILABLE_RETRY_SECONDS},
+            headers={**headers, "Retry-After": str(QUOTA_UNAVAILABLE_RETRY_SECONDS)},
         )
     limit = request_quota if verdict.exceeded == "requests" else token_quota
     used = verdict.requests_used if verdict.exceeded == "requests" else verdict.tokens_used
@@ -332,10 +336,21 @@ def _quota_refusal(context, verdict, request_quota, token_quota, headers, client
         verdict.retry_after,
         client_ip,
     )
+    month_left = (verdict.resets_at - datetime.now(UTC)).total_seconds()
+    if verdict.retry_after < month_left - 1:
+        # The last room is held by another server's lease, which goes back within seconds.
+        message = (
+            f"Monthly quota nearly spent: {used} of {limit} {verdict.exceeded} used or held by "
+            f"your organization's requests in flight. Retry in {verdict.retry_after} s."
+        )
+    else:
+        message = (
+            f"Monthly quota exceeded: {used} of {limit} {verdict.exceeded} used this month by "
+            f"your organization. It resets at {resets}; upgrade your plan for more."
+        )
     return ApplicationError(
         INSUFFICIENT_QUOTA,
-        f"Monthly quota exceeded: {used} of {limit} {verdict.exceeded} used this month by "
-        f"your organization. It resets at {resets}; upgrade your plan for more.",
+        message,
         status=429,
         extra={"retry_after": verdict.retry_after},
         headers={**headers, "Retry-After": str(verdict.retry_after)},
@@ -406,12 +421,14 @@ async def aadmit(
                     request_delta=-1,
                     token_delta=-tokens,
                     leased=verdict.leased,
+                    generation=verdict.generation,
                     wait=False,
                 )
             raise error
         if _counted(verdict):
             admission.quota_period = verdict.period
             admission.quota_leased = verdict.leased
+            admission.quota_generation = verdict.generation
         return admission
     except asyncio.CancelledError:
         # The client hung up while its request was being admitted: what admitted it keeps the
@@ -448,6 +465,7 @@ async def _abandoned(admission: Admission, windows, pending_quota, tokens: int) 
                 period=verdict.period,
                 token_delta=-tokens,
                 leased=verdict.leased,
+                generation=verdict.generation,
                 wait=False,
             )
     except Exception:

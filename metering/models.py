@@ -62,8 +62,8 @@ class UsageEvent(models.Model):
 
 class QuotaCounter(models.Model):
     """What an organization used of its monthly quota in one calendar month (UTC). Written only
-    by metering/quota.py: one conditional UPDATE per admitted request, lazily created on the
-    first request of a month. Rows of past months stay as history."""
+    by metering/quota/: one conditional UPDATE per admitted request (or lease), lazily created
+    on the first request of a month. Rows of past months stay as history."""
 
     organization = models.ForeignKey(
         "accounts.Organization", on_delete=models.CASCADE, related_name="quota_counters"
@@ -74,6 +74,30 @@ class QuotaCounter(models.Model):
         default=0, help_text="Tokens used this month (estimates, settled to actual counts)."
     )
     updated_at = models.DateTimeField(default=timezone.now, help_text="Last admission or change.")
+    # db_default: the quota's statements are raw SQL, and a process of the previous release
+    # still inserts rows without these columns while the migration rolls out.
+    generation = models.PositiveIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Bumped by every reset: settlements and lease give-backs of admissions "
+        "counted before a reset apply only to their own generation.",
+    )
+    leased_requests = models.PositiveBigIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Part of `requests` reserved by processes' leases not yet given back.",
+    )
+    leased_tokens = models.PositiveBigIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Part of `tokens` reserved by processes' leases not yet given back.",
+    )
+    leased_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When every lease counted in leased_* is to have been given back; after "
+        "that instant they are leases of processes that died (lost for the month).",
+    )
 
     class Meta:
         ordering = ["-period", "organization_id"]

@@ -236,9 +236,10 @@ QUOTA_DB_TIMEOUT_SECONDS = env.float("QUOTA_DB_TIMEOUT_SECONDS", default=5.0)
 QUOTA_DB_PREPARED = env.bool("QUOTA_DB_PREPARED", default=True)
 # Quota leases (metering/quota/lease.py): far from its quota, a process reserves up to this many
 # requests at once (never more than 1/64 of what remains) and gives back what it did not use
-# after this many idle seconds.
+# after this many idle seconds, or this many seconds after reserving it even when busy.
 QUOTA_LEASE_REQUESTS = env.int("QUOTA_LEASE_REQUESTS", default=64)
 QUOTA_LEASE_IDLE_SECONDS = env.float("QUOTA_LEASE_IDLE_SECONDS", default=1.0)
+QUOTA_LEASE_MAX_AGE_SECONDS = env.float("QUOTA_LEASE_MAX_AGE_SECONDS", default=1.0)
 # After a Redis failure the limiter limits per process and tries Redis again after this long.
 RATE_LIMIT_REDIS_RETRY_SECONDS = env.float("RATE_LIMIT_REDIS_RETRY_SECONDS", default=2.0)
 # Connections per event loop of the asyncio Redis pool (usage stream, limiter).

@@ -115,14 +115,17 @@ async def aquota_settle(
     request_delta: int = 0,
     leased: bool = False,
     wait: bool = True,
+    generation: int | None = None,
 ) -> None:
     """quota_settle for async code. On PostgreSQL: into this process's lease when the admission
     came from it (`leased`), else with the organization's next statement; `wait` returns once
     applied (raises QuotaUnavailable if not), without it the caller goes on (`aflush` waits).
-    Elsewhere (SQLite) it is written in a worker thread either way."""
+    Elsewhere (SQLite) it is written in a worker thread either way. `generation`: the
+    admission's (QuotaDecision.generation); the settlement then does nothing once the counter
+    was reset since (see lease.py)."""
     if not token_delta and not request_delta:
         return
-    deltas = {"token_delta": token_delta, "request_delta": request_delta}
+    deltas = {"token_delta": token_delta, "request_delta": request_delta, "generation": generation}
     if not _batched():
         await aquota_settle_in_thread(organization_id, period=period, **deltas)
         return

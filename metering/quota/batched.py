@@ -25,7 +25,14 @@ rollover; rows of past months kept. Two things differ.
    if it fits on the figures the ones before it left, exactly as admitting them one by one;
    then the final figures written and every step returned. Settlements (actual tokens minus the
    estimate) ride with the next flush: a request does not wait for its own
-   (`settle_start`); `aquota_settle` waits for them unless told not to.
+   (`settle_start`); `aquota_settle` waits for them unless told not to. A settlement given the
+   generation its request was counted in applies only if the row still has it (no reset
+   since); the statement returns the row's generation with every decision.
+
+Leases (lease.py) are asks like the others, with the part reserved for the lease counted in
+the row's leased_requests / leased_tokens until given back, and leased_until moved to when that
+is due; a refusal that only this room causes gets a Retry-After of those few seconds
+(counter.lease_retry_after).
 
 A month without a row gets one (INSERT ... ON CONFLICT DO NOTHING) and the statement runs again.
 
@@ -40,7 +47,7 @@ import asyncio
 import logging
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import psycopg
 from django.conf import settings
@@ -52,6 +59,8 @@ from metering.quota.counter import (
     QuotaUnavailable,
     decision_for,
     exceeded_limit,
+    lease_hold_seconds,
+    lease_retry_after,
     period_for,
     unavailable,
     utc,
@@ -62,48 +71,77 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONNECTIONS = 4
 DEFAULT_TIMEOUT_SECONDS = 5.0
 
-# %(dr)s / %(dt)s: pending settlements (requests, tokens), applied first, never below 0.
+# %(sg)s, %(sdr)s, %(sdt)s, %(slr)s, %(slt)s: pending settlements, one per generation (-1: any),
+# of requests, tokens and the leased columns; those of the row's generation (and any) are
+# applied first, never below 0. Leased figures past leased_until are of leases whose process
+# died: they count as 0 from then on.
 # %(counts)s / %(estimates)s: the batch's asks in arrival order, each a number of requests (1,
 # or a lease's reservation: lease.py) and their tokens; a step admits an ask when it fits:
 # requests + count <= %(rl)s and tokens + max(estimate, 1) <= %(tl)s (NULL = no limit; an
-# estimate of 0 is checked as 1, as in counter.py).
+# estimate of 0 is checked as 1, as in counter.py). %(lcounts)s / %(lestimates)s: the part of
+# each ask reserved for a lease (0 for a request alone), added to the leased columns when
+# admitted, and then leased_until moved to %(lease_until)s if later.
 _FITS = (
     "(%(rl)s::bigint IS NULL OR walk.r + est.n <= %(rl)s::bigint) AND "
     "(%(tl)s::bigint IS NULL OR walk.t + greatest(est.v, 1) <= %(tl)s::bigint)"
 )
+# The row is read, locked, in `cur` alone: what comes after is computed from the row as it is
+# once locked (after a concurrent reset, its new generation).
 _STATEMENT = f"""
 WITH RECURSIVE
 cur AS (
-    SELECT id, greatest(requests + %(dr)s::bigint, 0) AS r,
-           greatest(tokens + %(dt)s::bigint, 0) AS t
+    SELECT id, generation AS g, requests, tokens, leased_requests, leased_tokens, leased_until
     FROM metering_quotacounter
     WHERE organization_id = %(org)s AND period = %(period)s
     FOR UPDATE
 ),
+sett AS (
+    SELECT coalesce(sum(u.dr), 0)::bigint AS dr, coalesce(sum(u.dt), 0)::bigint AS dt,
+           coalesce(sum(u.dlr), 0)::bigint AS dlr, coalesce(sum(u.dlt), 0)::bigint AS dlt
+    FROM cur, unnest(%(sg)s::bigint[], %(sdr)s::bigint[], %(sdt)s::bigint[],
+                     %(slr)s::bigint[], %(slt)s::bigint[]) AS u(g, dr, dt, dlr, dlt)
+    WHERE u.g < 0 OR u.g = cur.g
+),
+base AS (
+    SELECT greatest(cur.requests + sett.dr, 0) AS r, greatest(cur.tokens + sett.dt, 0) AS t,
+           CASE WHEN cur.leased_until > %(now)s::timestamptz
+                THEN greatest(cur.leased_requests + sett.dlr, 0) ELSE 0 END AS lr,
+           CASE WHEN cur.leased_until > %(now)s::timestamptz
+                THEN greatest(cur.leased_tokens + sett.dlt, 0) ELSE 0 END AS lt
+    FROM cur, sett
+),
 est AS (
-    SELECT ord::int AS ord, n, v
-    FROM unnest(%(counts)s::bigint[], %(estimates)s::bigint[]) WITH ORDINALITY AS u(n, v, ord)
+    SELECT ord::int AS ord, n, v, ln, lv
+    FROM unnest(%(counts)s::bigint[], %(estimates)s::bigint[], %(lcounts)s::bigint[],
+                %(lestimates)s::bigint[]) WITH ORDINALITY AS u(n, v, ln, lv, ord)
 ),
 walk AS (
-    SELECT 0 AS ord, r, t, true AS ok FROM cur
+    SELECT 0 AS ord, r, t, lr, lt, true AS ok FROM base
     UNION ALL
     SELECT est.ord,
            walk.r + CASE WHEN {_FITS} THEN est.n ELSE 0 END,
            walk.t + CASE WHEN {_FITS} THEN est.v ELSE 0 END,
+           walk.lr + CASE WHEN {_FITS} THEN est.ln ELSE 0 END,
+           walk.lt + CASE WHEN {_FITS} THEN est.lv ELSE 0 END,
            {_FITS}
     FROM walk JOIN est ON est.ord = walk.ord + 1
 ),
-last AS (SELECT r, t FROM walk ORDER BY ord DESC LIMIT 1),
+last AS (SELECT r, t, lr, lt FROM walk ORDER BY ord DESC LIMIT 1),
 steps AS (
     SELECT array_agg(ok ORDER BY ord) AS ok, array_agg(r ORDER BY ord) AS r,
-           array_agg(t ORDER BY ord) AS t
+           array_agg(t ORDER BY ord) AS t, array_agg(lr ORDER BY ord) AS lr,
+           array_agg(lt ORDER BY ord) AS lt
     FROM walk WHERE ord > 0
 )
 UPDATE metering_quotacounter AS q
-SET requests = last.r, tokens = last.t, updated_at = %(now)s
-FROM cur, last, steps
+SET requests = last.r, tokens = last.t, leased_requests = last.lr, leased_tokens = last.lt,
+    leased_until = CASE WHEN last.lr + last.lt > base.lr + base.lt
+                        THEN greatest(q.leased_until, %(lease_until)s::timestamptz)
+                        ELSE q.leased_until END,
+    updated_at = %(now)s
+FROM cur, base, last, steps
 WHERE q.id = cur.id
-RETURNING steps.ok, steps.r, steps.t
+RETURNING steps.ok, steps.r, steps.t, steps.lr, steps.lt, q.generation, q.leased_until
 """  # noqa: S608 (constant SQL: every value is bound by the driver)
 _INSERT = (
     "INSERT INTO metering_quotacounter (organization_id, period, requests, tokens, updated_at) "
@@ -195,6 +233,20 @@ class _Ask:
     token_limit: int | None
     now: datetime
     future: asyncio.Future
+    lease: tuple[int, int] = (0, 0)  # the part of (count, estimate) reserved for a lease
+
+
+ANY_GENERATION = -1
+# Pending settlements of one organization-month by generation (ANY_GENERATION: whatever the
+# row's): [requests, tokens, leased_requests, leased_tokens] to add.
+_Settlements = dict[int, list[int]]
+
+
+def _merge(into: _Settlements, settlements: _Settlements) -> None:
+    for generation, deltas in settlements.items():
+        pending = into.setdefault(generation, [0, 0, 0, 0])
+        for index, delta in enumerate(deltas):
+            pending[index] += delta
 
 
 @dataclass(slots=True)
@@ -202,13 +254,12 @@ class _Month:
     """What one organization-month of one loop waits to send."""
 
     asks: list[_Ask] = field(default_factory=list)
-    request_delta: int = 0
-    token_delta: int = 0
+    settlements: _Settlements = field(default_factory=dict)
     waiters: list[asyncio.Future] = field(default_factory=list)
     task: asyncio.Task | None = None
 
     def has_work(self) -> bool:
-        return bool(self.asks or self.request_delta or self.token_delta)
+        return bool(self.asks) or any(any(d) for d in self.settlements.values())
 
 
 class _Combiner:
@@ -236,13 +287,11 @@ class _Combiner:
             while month.has_work():
                 asks, month.asks = month.asks, []
                 waiters, month.waiters = month.waiters, []
-                request_delta, token_delta = month.request_delta, month.token_delta
-                month.request_delta = month.token_delta = 0
+                settlements, month.settlements = month.settlements, {}
                 try:
-                    await self._apply(organization_id, period, asks, request_delta, token_delta)
+                    await self._apply(organization_id, period, asks, settlements)
                 except Exception as error:
-                    month.request_delta += request_delta  # settlements wait for the next flush
-                    month.token_delta += token_delta
+                    _merge(month.settlements, settlements)  # they wait for the next flush
                     self._fail(organization_id, asks, waiters, error)
                     if not month.asks:
                         break  # nothing waits on the database: do not spin while it is down
@@ -280,8 +329,7 @@ class _Combiner:
         organization_id: int,
         period: date,
         asks: list[_Ask],
-        request_delta: int,
-        token_delta: int,
+        settlements: _Settlements,
     ) -> None:
         # One statement per set of limits: all of a batch's, unless the plan changed meanwhile.
         groups: dict[tuple[int | None, int | None], list[_Ask]] = {}
@@ -289,56 +337,83 @@ class _Combiner:
             groups.setdefault((ask.request_limit, ask.token_limit), []).append(ask)
         if not groups:  # settlements only
             groups[(None, None)] = []
+        pending = [(g, *d) for g, d in settlements.items() if any(d)]
         for (request_limit, token_limit), group in groups.items():
+            leasing = [ask.now for ask in group if ask.lease != (0, 0)]
             params = {
                 "org": organization_id,
                 "period": period,
                 "now": max((ask.now for ask in group), default=None) or utc(None),
-                "dr": request_delta,
-                "dt": token_delta,
+                "sg": [s[0] for s in pending],
+                "sdr": [s[1] for s in pending],
+                "sdt": [s[2] for s in pending],
+                "slr": [s[3] for s in pending],
+                "slt": [s[4] for s in pending],
                 "counts": [ask.count for ask in group],
                 "estimates": [ask.estimate for ask in group],
+                "lcounts": [ask.lease[0] for ask in group],
+                "lestimates": [ask.lease[1] for ask in group],
+                "lease_until": (
+                    max(leasing) + timedelta(seconds=lease_hold_seconds()) if leasing else None
+                ),
                 "rl": request_limit,
                 "tl": token_limit,
             }
-            request_delta = token_delta = 0  # applied by the first statement
+            had_settlements, pending = bool(pending), []  # applied by the first statement
             row = await self.connections.fetchone(_STATEMENT, params)
             if row is None and group:  # the month's first request: create its row
                 await self.connections.fetchone(_INSERT, params)
                 row = await self.connections.fetchone(_STATEMENT, params)
             if row is None:
-                if params["dr"] or params["dt"]:
+                if had_settlements:
                     logger.warning(
                         "quota settlement of organization %s for %s dropped: no counter row",
                         organization_id,
                         period,
                     )
                 continue
-            oks, requests, tokens = (row[0] or [], row[1] or [], row[2] or [])
-            for ask, ok, used_requests, used_tokens in zip(
-                group, oks, requests, tokens, strict=True
-            ):
-                exceeded = None
-                if not ok:
-                    exceeded = exceeded_limit(
-                        used_requests + ask.count - 1,
-                        used_tokens,
-                        request_limit,
-                        token_limit,
-                        max(ask.estimate, 1),
+            self._decide(group, row, request_limit, token_limit)
+
+    @staticmethod
+    def _decide(group: list[_Ask], row: tuple, request_limit, token_limit) -> None:
+        """Each ask's QuotaDecision from the statement's steps."""
+        oks, requests, tokens = (row[0] or [], row[1] or [], row[2] or [])
+        leased_requests, leased_tokens = (row[3] or [], row[4] or [])
+        generation, leased_until = row[5], row[6]
+        steps = zip(group, oks, requests, tokens, leased_requests, leased_tokens, strict=True)
+        for ask, ok, used_requests, used_tokens, lr, lt in steps:
+            exceeded = retry_after = None
+            if not ok:
+                limits = (request_limit, token_limit)
+                checked_tokens = max(ask.estimate, 1)
+                used = (used_requests, used_tokens)
+                exceeded = exceeded_limit(
+                    used_requests + ask.count - 1, used_tokens, *limits, checked_tokens
+                )
+                retry_after = lease_retry_after(
+                    now=ask.now,
+                    used=used,
+                    leased=(lr, lt),
+                    leased_until=leased_until,
+                    request_limit=request_limit,
+                    token_limit=token_limit,
+                    count=ask.count,
+                    checked_tokens=checked_tokens,
+                )
+            if not ask.future.done():
+                ask.future.set_result(
+                    decision_for(
+                        now=ask.now,
+                        request_limit=request_limit,
+                        token_limit=token_limit,
+                        allowed=bool(ok),
+                        exceeded=exceeded,
+                        used=(used_requests, used_tokens),
+                        counted=bool(ok),
+                        generation=generation,
+                        retry_after=retry_after,
                     )
-                if not ask.future.done():
-                    ask.future.set_result(
-                        decision_for(
-                            now=ask.now,
-                            request_limit=request_limit,
-                            token_limit=token_limit,
-                            allowed=bool(ok),
-                            exceeded=exceeded,
-                            used=(used_requests, used_tokens),
-                            counted=bool(ok),
-                        )
-                    )
+                )
 
 
 _combiners: PerLoop[_Combiner] = PerLoop(_Combiner, close=lambda c: c.connections.finish_all())
@@ -356,15 +431,17 @@ def admit_start(
     tokens: int,
     now: datetime | None,
     count: int = 1,
+    lease: tuple[int, int] = (0, 0),
 ) -> asyncio.Future:
     """Queue one admission of `count` requests (1; more for a lease) and `tokens` with the
     organization's others of this loop (module docstring); the future of its QuotaDecision (or
-    QuotaUnavailable), whose figures are the counter's after it."""
+    QuotaUnavailable), whose figures are the counter's after it. `lease`: the part of the
+    requests and tokens reserved for a lease (lease.py), counted as leased in the row."""
     now = utc(now)
     combiner = _combiner()
     period = period_for(now)
     month = combiner.month(organization_id, period)
-    ask = _Ask(tokens, count, request_limit, token_limit, now, quiet_future(combiner.loop))
+    ask = _Ask(tokens, count, request_limit, token_limit, now, quiet_future(combiner.loop), lease)
     month.asks.append(ask)
     combiner.kick(organization_id, period, month)
     return ask.future
@@ -391,14 +468,22 @@ async def aadmit(
 
 
 def settle_start(
-    organization_id: int, *, period: date, token_delta: int, request_delta: int
+    organization_id: int,
+    *,
+    period: date,
+    token_delta: int,
+    request_delta: int,
+    generation: int | None = None,
+    leased_delta: tuple[int, int] = (0, 0),
 ) -> asyncio.Future:
     """Add a settlement to the organization-month's next flush, now; the future says when it
-    is applied (or QuotaUnavailable: it stays pending for the next flush)."""
+    is applied (or QuotaUnavailable: it stays pending for the next flush). With `generation`
+    it applies only if the row still has it (no reset since). `leased_delta`: what a lease's
+    give-back takes off the row's leased columns."""
     combiner = _combiner()
     month = combiner.month(organization_id, period)
-    month.token_delta += token_delta
-    month.request_delta += request_delta
+    key = ANY_GENERATION if generation is None else generation
+    _merge(month.settlements, {key: [request_delta, token_delta, *leased_delta]})
     waiter = quiet_future(combiner.loop)
     month.waiters.append(waiter)
     combiner.kick(organization_id, period, month)

@@ -26,6 +26,15 @@ estimate error of the requests in flight when it is reached (each was admitted w
 on its estimate). A request is admitted only while some token quota remains: an estimate of 0 is
 checked as 1.
 
+A refusal's `retry_after` runs to the end of the month, unless only room that leases of other
+processes reserved and may not use refuses it (`leased_requests` / `leased_tokens` of the row,
+until `leased_until`): then it is the few seconds until those leases are given back
+(lease.py).
+
+Resets (`quota_reset`) zero the row and bump its `generation`. Every admission is counted in
+one generation (`QuotaDecision.generation`); a settlement given that generation applies only
+while the row still has it, so nothing counted before a reset moves the figures after it.
+
 When the database fails during admission the default is to refuse (`QuotaUnavailable`, which
 the gateway answers with 503): an unmetered request is money given away, and a database outage
 is loud anyway. `QUOTA_FAIL_OPEN = True` admits instead, logs an ERROR and returns a decision
@@ -53,6 +62,7 @@ from django.db import (
 from django.db.models import F, PositiveBigIntegerField, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from accounts.actors import Actor
 from accounts.audit import audit_record
@@ -72,6 +82,21 @@ _CONNECTION_ERRORS = (OperationalError, InterfaceError)
 # A limit read between a refused UPDATE and the read of the row may have changed (a reset, a
 # settlement giving tokens back): the admission is tried again, this many times at most.
 _ATTEMPTS = 3
+
+# How long a lease (lease.py) admits after its reservation before it is settled and a new one
+# reserved (QUOTA_LEASE_MAX_AGE_SECONDS), and the margin given to its give-back's statement:
+# the row's leased_until is the reservation's instant plus both.
+LEASE_MAX_AGE_SECONDS = 1.0
+LEASE_SETTLE_MARGIN_SECONDS = 1.0
+
+
+def lease_max_age() -> float:
+    return float(getattr(settings, "QUOTA_LEASE_MAX_AGE_SECONDS", LEASE_MAX_AGE_SECONDS))
+
+
+def lease_hold_seconds() -> float:
+    """At most how long a lease's reservation stays in the row: its age plus the margin."""
+    return lease_max_age() + LEASE_SETTLE_MARGIN_SECONDS
 
 
 class QuotaUnavailable(Exception):
@@ -95,6 +120,9 @@ class QuotaDecision:
     # Admitted from this process's lease (lease.py): settle it with lease.settle, and its
     # figures are those of the lease's last reservation.
     leased: bool = False
+    # The counter's generation (bumped by every reset) the request was counted in: pass it to
+    # the settlement, which then does nothing once the counter was reset.
+    generation: int = 0
 
 
 def utc(now: datetime | None) -> datetime:
@@ -126,9 +154,10 @@ _UPDATE = (
 )
 _REQUEST_CHECK = " AND requests + 1 <= %s"
 _TOKEN_CHECK = " AND tokens + %s <= %s"
-_RETURNING = " RETURNING requests, tokens"
+_RETURNING = " RETURNING requests, tokens, generation"
 _SELECT = (
-    "SELECT requests, tokens FROM metering_quotacounter WHERE organization_id = %s AND period = %s"
+    "SELECT requests, tokens, generation, leased_requests, leased_tokens, leased_until "
+    "FROM metering_quotacounter WHERE organization_id = %s AND period = %s"
 )
 _INSERT = (
     "INSERT INTO metering_quotacounter (organization_id, period, requests, tokens, updated_at) "
@@ -160,6 +189,49 @@ def exceeded_limit(
     return None
 
 
+def lease_retry_after(
+    *,
+    now: datetime,
+    used: tuple[int, int],
+    leased: tuple[int, int],
+    leased_until: datetime | None,
+    request_limit: int | None,
+    token_limit: int | None,
+    count: int,
+    checked_tokens: int,
+) -> int | None:
+    """Whole seconds until the leases counted in the row are given back, when the room they
+    reserved is all that refuses an ask of `count` requests (their unused part may come back);
+    None when the quota refuses it anyway, or when those leases are overdue (their processes
+    died: the room is lost for the month). At most lease_hold_seconds(): another server's clock
+    may be ahead."""
+    if leased_until is None or now >= leased_until or not (leased[0] or leased[1]):
+        return None
+    without_leases = (used[0] - leased[0] + count - 1, used[1] - leased[1])
+    if exceeded_limit(*without_leases, request_limit, token_limit, checked_tokens) is not None:
+        return None
+    wait = min((leased_until - now).total_seconds(), lease_hold_seconds())
+    return max(1, math.ceil(wait))
+
+
+def _aware(value) -> datetime | None:
+    """A datetime read by a raw cursor: SQLite gives its text."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class _Row:
+    """What one admission found in the database."""
+
+    admitted: bool
+    exceeded: str | None
+    used: tuple[int, int]
+    generation: int = 0
+    retry_after: int | None = None  # None: until the month ends
+
+
 def _admit_row(
     organization_id: int,
     period: date,
@@ -167,8 +239,8 @@ def _admit_row(
     request_limit: int | None,
     token_limit: int | None,
     tokens: int,
-) -> tuple[bool, str | None, int, int]:
-    """(admitted, exceeded, requests, tokens) from the database. See the module docstring."""
+) -> _Row:
+    """The admission in the database. See the module docstring."""
     ops = connection.ops
     db_period = ops.adapt_datefield_value(period)
     db_now = ops.adapt_datetimefield_value(now)
@@ -179,25 +251,37 @@ def _admit_row(
         update_params.append(request_limit)
     if token_limit is not None:
         update_params += [checked_tokens, token_limit]
-    current: tuple[int, int] = (0, 0)
+    current = _Row(False, None, (0, 0))
     with connection.cursor() as cursor:
         for _ in range(_ATTEMPTS):
             cursor.execute(update, update_params)
             row = cursor.fetchone()
             if row is not None:
-                return True, None, row[0], row[1]
+                return _Row(True, None, (row[0], row[1]), row[2])
             cursor.execute(_SELECT, [organization_id, db_period])
             row = cursor.fetchone()
             if row is None:  # the first request of the month: create the row, then count
                 cursor.execute(_INSERT, [organization_id, db_period, db_now])
                 continue
-            current = (row[0], row[1])
-            exceeded = exceeded_limit(*current, request_limit, token_limit, checked_tokens)
-            if exceeded is not None:
-                return False, exceeded, *current
+            current.used, current.generation = (row[0], row[1]), row[2]
+            current.retry_after = lease_retry_after(
+                now=now,
+                used=current.used,
+                leased=(row[3], row[4]),
+                leased_until=_aware(row[5]),
+                request_limit=request_limit,
+                token_limit=token_limit,
+                count=1,
+                checked_tokens=checked_tokens,
+            )
+            current.exceeded = exceeded_limit(
+                *current.used, request_limit, token_limit, checked_tokens
+            )
+            if current.exceeded is not None:
+                return current
     # Figures kept moving under us (resets, settlements): refuse on the last ones read.
-    exceeded = exceeded_limit(*current, request_limit, token_limit, checked_tokens)
-    return False, exceeded or (REQUESTS if request_limit is not None else TOKENS), *current
+    current.exceeded = REQUESTS if request_limit is not None else TOKENS
+    return current
 
 
 # --- admission -----------------------------------------------------------------------------------
@@ -227,11 +311,17 @@ def decision_for(
     used: tuple[int, int],
     counted: bool,
     leased: bool = False,
+    generation: int = 0,
+    retry_after: int | None = None,
 ) -> QuotaDecision:
-    """The QuotaDecision of one admission at `now` (UTC) with these figures."""
+    """The QuotaDecision of one admission at `now` (UTC) with these figures. A refusal's
+    `retry_after` runs to the month's end unless given (lease_retry_after)."""
     period = period_for(now)
     resets_at = _next_period_start(period)
-    retry_after = 0 if allowed else max(1, math.ceil((resets_at - now).total_seconds()))
+    if allowed:
+        retry_after = 0
+    elif retry_after is None:
+        retry_after = max(1, math.ceil((resets_at - now).total_seconds()))
     return QuotaDecision(
         allowed=allowed,
         exceeded=exceeded,
@@ -244,6 +334,7 @@ def decision_for(
         retry_after=retry_after,
         counted=counted,
         leased=leased,
+        generation=generation,
     )
 
 
@@ -308,7 +399,7 @@ def _admit(
     args = (organization_id, period_for(now), now, request_limit, token_limit, tokens)
     try:
         try:
-            allowed, exceeded, used_requests, used_tokens = when_unlocked(lambda: _admit_row(*args))
+            row = when_unlocked(lambda: _admit_row(*args))
         except _CONNECTION_ERRORS:
             if not retry_stale:
                 raise
@@ -317,15 +408,17 @@ def _admit(
             # lost, never one given away.
             with suppress(*_DB_ERRORS):
                 connection.close()
-            allowed, exceeded, used_requests, used_tokens = when_unlocked(lambda: _admit_row(*args))
+            row = when_unlocked(lambda: _admit_row(*args))
     except _DB_ERRORS as error:
         return unavailable(organization_id, error, **limits)
     return decision_for(
         **limits,
-        allowed=allowed,
-        exceeded=exceeded,
-        used=(used_requests, used_tokens),
-        counted=allowed,
+        allowed=row.admitted,
+        exceeded=row.exceeded,
+        used=row.used,
+        counted=row.admitted,
+        generation=row.generation,
+        retry_after=row.retry_after,
     )
 
 
@@ -335,12 +428,15 @@ def quota_settle(
     period: date,
     token_delta: int = 0,
     request_delta: int = 0,
+    generation: int | None = None,
 ) -> None:
     """After the call: move the month's counter of the period the request was admitted in by
     `token_delta` (actual tokens minus the admitted estimate; may be negative) and
     `request_delta` (-1 gives back a request refused after its admission). Never below 0.
+    With the `generation` the request was counted in (QuotaDecision.generation), nothing
+    happens once the counter was reset since; without it, whatever the counter holds moves.
     Raises QuotaUnavailable when the database fails."""
-    _settle(organization_id, period, token_delta, request_delta, retry_stale=False)
+    _settle(organization_id, period, token_delta, request_delta, generation, retry_stale=False)
 
 
 def _settle(
@@ -348,6 +444,7 @@ def _settle(
     period: date,
     token_delta: int,
     request_delta: int,
+    generation: int | None = None,
     *,
     retry_stale: bool,
 ) -> None:
@@ -355,6 +452,8 @@ def _settle(
         return
     counter = PositiveBigIntegerField()
     rows = QuotaCounter.objects.filter(organization_id=organization_id, period=period)
+    if generation is not None:
+        rows = rows.filter(generation=generation)
     changes = {
         "requests": Greatest(F("requests") + request_delta, Value(0), output_field=counter),
         "tokens": Greatest(F("tokens") + token_delta, Value(0), output_field=counter),
@@ -434,12 +533,17 @@ async def aquota_settle_in_thread(
     period: date,
     token_delta: int = 0,
     request_delta: int = 0,
+    generation: int | None = None,
 ) -> None:
     """quota_settle for async code, in a worker thread (see aquota_admit_in_thread)."""
     if not token_delta and not request_delta:
         return
     await sync_to_async(_settle_in_thread, thread_sensitive=False)(
-        organization_id, period=period, token_delta=token_delta, request_delta=request_delta
+        organization_id,
+        period=period,
+        token_delta=token_delta,
+        request_delta=request_delta,
+        generation=generation,
     )
 
 
@@ -461,7 +565,11 @@ def quota_usage(organization_id: int, now: datetime | None = None) -> tuple[date
 @transaction.atomic
 def quota_reset(organization: Organization, *, actor: Actor, reason: str = "") -> None:
     """Zero the organization's counter of the current month (earlier months stay as they are)
-    and record a "quota.reset" audit event with the figures it had."""
+    and record a "quota.reset" audit event with the figures it had.
+
+    The reset starts a new generation of the counter: settlements and lease give-backs of
+    admissions counted before it no longer move it, and processes stop admitting from leases
+    reserved before it within QUOTA_LEASE_MAX_AGE_SECONDS (lease.py)."""
     now = timezone.now()
     period = period_for(now)
     # The row lock makes the figures in the audit event exactly the ones zeroed.
@@ -471,8 +579,17 @@ def quota_reset(organization: Organization, *, actor: Actor, reason: str = "") -
         .first()
     )
     requests, tokens = (counter.requests, counter.tokens) if counter else (0, 0)
+    generation = counter.generation + 1 if counter else 0
     if counter is not None:
-        QuotaCounter.objects.filter(pk=counter.pk).update(requests=0, tokens=0, updated_at=now)
+        QuotaCounter.objects.filter(pk=counter.pk).update(
+            requests=0,
+            tokens=0,
+            leased_requests=0,
+            leased_tokens=0,
+            leased_until=None,
+            generation=F("generation") + 1,
+            updated_at=now,
+        )
     audit_record(
         action=AuditAction.QUOTA_RESET,
         actor=actor,
@@ -483,6 +600,7 @@ def quota_reset(organization: Organization, *, actor: Actor, reason: str = "") -
             "period": period.isoformat(),
             "requests_before": requests,
             "tokens_before": tokens,
+            "generation": generation,
             "reason": reason,
         },
     )

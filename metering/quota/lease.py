@@ -6,9 +6,13 @@ same conditional statement as a single request (batched.py: an ask of N requests
 admitted whole or refused whole), so the sum of every process's leases and admissions never
 passes the quota. A request that fits its process's lease is admitted at once, with no I/O.
 Settlements (actual tokens minus the estimate) and give-backs (a request another check refused)
-change the lease, not the row. What a lease did not use goes back to the row (one settlement)
-when it has been idle for QUOTA_LEASE_IDLE_SECONDS (1 s), when the plan's limits change, and at
-shutdown (`aclose`).
+change the lease, not the row. What a lease did not use goes back to the row (one settlement,
+riding with the organization's next statement): when it has been idle for
+QUOTA_LEASE_IDLE_SECONDS (1 s), when it is QUOTA_LEASE_MAX_AGE_SECONDS (1 s) old even if busy,
+when it is spent and a new one is reserved, when the plan's limits change, and at shutdown
+(`aclose`). While it is out, the row's leased_requests / leased_tokens hold its reservation and
+leased_until the instant by which it is due back (its reservation + max age + 1 s): a request
+refused only because of that room gets a Retry-After of those 1-2 s, not the month's end.
 
 Size, from the counter's figures this loop saw last: QUOTA_LEASE_REQUESTS (64) requests, or as
 many as are waiting for a lease being reserved (a burst is served by one more reservation, not
@@ -17,11 +21,28 @@ never more than 1/64 of what remains of either limit. While a reservation is in 
 requests that find no room wait for it instead of reserving one each. Near the quota, leases
 shrink to nothing and each request is one ask, exactly as without leases: the last requests of
 a month are admitted one by one, and concurrent requests on a nearly spent quota admit exactly
-what remains. With P processes at most about P/64 of what
-remained is reserved and unused at any moment, for about a second (the dashboard's "used"
-includes it meanwhile). A process that dies holding a lease loses its unused part for the month
-(quota lost, never given away). A reset (quota_reset) while leases are out: their unused parts
-are given back later, to the reset counter, never below 0.
+what remains. With P processes at most about P/64 of what remained is reserved and unused at
+any moment, for at most a second or two (the dashboard's "used" includes it meanwhile). A
+process that dies holding a lease loses its unused part for the month (quota lost, never given
+away); once its leased_until has passed, refusals no longer count on it coming back.
+
+Resets, and what "exact" means. A reset (quota_reset) zeroes the row and bumps its generation.
+Every admission is counted in one generation: a single ask in the row's generation when its
+statement ran, a leased one in the generation its lease was reserved in (QuotaDecision.
+generation). Then:
+- in each generation, what was admitted never passes the quota, and once every lease of the
+  generation is back (and settled with their generation), the row holds exactly what the
+  generation admitted. A lease's give-back, and any settlement given its generation, applies
+  only while the row still has that generation (UPDATE ... WHERE generation = the lease's):
+  nothing reserved before a reset lowers or raises the counter after it;
+- a lease reserved before a reset may still admit after it, but only from room that was counted
+  before the reset (the figures the reset zeroed and audited), and for at most
+  QUOTA_LEASE_MAX_AGE_SECONDS after its reservation, so at most that long after the reset (and
+  less: the first statement of the loop that returns the new generation forgets the lease at
+  once). With P processes, the month can so admit, within that second after a reset, at most
+  the P leases' unused parts on top of the new generation's quota: what the reset forgave.
+A settlement without a generation (a caller that does not pass QuotaDecision.generation) moves
+whatever the row holds, as before resets had generations.
 
 Per event loop, like the combiner: a loop without history (the first request of a process, a
 test's own loop) asks exactly until it has seen the counter's figures.
@@ -36,7 +57,7 @@ from django.conf import settings
 
 from aibaas.loops import PerLoop
 from metering.quota import batched
-from metering.quota.counter import QuotaDecision, decision_for, period_for, utc
+from metering.quota.counter import QuotaDecision, decision_for, lease_max_age, period_for, utc
 
 LEASE_REQUESTS = 64
 LEASE_FRACTION = 64
@@ -48,8 +69,13 @@ LEASE_MAX = 4096
 class _Lease:
     request_limit: int | None
     token_limit: int | None
+    generation: int  # the counter's, when the lease was reserved
     requests: int  # left to admit
     tokens: int  # left to admit (negative: owed after settlements above the estimates)
+    reserved: tuple[int, int]  # what its reservation put in the row's leased columns
+    # Monotonic: when its reservation was asked plus QUOTA_LEASE_MAX_AGE_SECONDS; from then on
+    # it admits nothing (read once here: no settings lookup per admission).
+    expires: float
     last_use: float
     timer: asyncio.TimerHandle | None = None
 
@@ -92,34 +118,55 @@ class _Leases:
     def far(self, key, request_limit, token_limit, tokens: int) -> bool:
         return self.size(key, request_limit, token_limit, tokens)[0] > 1
 
+    def seen(self, key, decision: QuotaDecision) -> None:
+        """A statement's decision: its figures, and its generation. A lease of an earlier
+        generation is forgotten: the counter was reset since, and zeroed the lease with it
+        (nothing to give back)."""
+        self.figures[key] = (decision.requests_used, decision.tokens_used)
+        lease = self.leases.get(key)
+        if lease is not None and lease.generation < decision.generation:
+            self.forget(key)
+
+    def forget(self, key) -> _Lease | None:
+        lease = self.leases.pop(key, None)
+        if lease is not None and lease.timer is not None:
+            lease.timer.cancel()
+        return lease
+
     def give_back(self, organization_id: int, period: date) -> None:
-        """The lease's unused part back to the counter (rides with the next statement)."""
-        lease = self.leases.pop((organization_id, period), None)
+        """The lease's unused part back to the counter, and its reservation off the row's
+        leased columns, if the counter has not been reset since (rides with the next
+        statement)."""
+        lease = self.forget((organization_id, period))
         if lease is None:
             return
-        if lease.timer is not None:
-            lease.timer.cancel()
-        if lease.requests or lease.tokens:
+        if lease.requests or lease.tokens or any(lease.reserved):
             batched.settle_start(
                 organization_id,
                 period=period,
                 request_delta=-lease.requests,
                 token_delta=-lease.tokens,
+                generation=lease.generation,
+                leased_delta=(-lease.reserved[0], -lease.reserved[1]),
             )
 
     def watch(self, organization_id: int, period: date, lease: _Lease) -> None:
+        """Give the lease back once idle for QUOTA_LEASE_IDLE_SECONDS or at its max age."""
         idle = float(getattr(settings, "QUOTA_LEASE_IDLE_SECONDS", LEASE_IDLE_SECONDS))
+
+        def due_in() -> float:
+            return min(lease.last_use + idle, lease.expires) - time.monotonic()
 
         def check() -> None:
             if self.leases.get((organization_id, period)) is not lease:
                 return
-            waited = time.monotonic() - lease.last_use
-            if waited >= idle:
+            wait = due_in()
+            if wait <= 0:
                 self.give_back(organization_id, period)
             else:
-                lease.timer = self.loop.call_later(idle - waited, check)
+                lease.timer = self.loop.call_later(wait, check)
 
-        lease.timer = self.loop.call_later(idle, check)
+        lease.timer = self.loop.call_later(max(due_in(), 0), check)
 
 
 _loops: PerLoop[_Leases] = PerLoop(_Leases)
@@ -155,16 +202,17 @@ def admit_start(
     period = period_for(now)
     key = (organization_id, period)
     lease = state.leases.get(key)
-    if lease is not None and (lease.request_limit, lease.token_limit) != (
-        request_limit,
-        token_limit,
+    clock = time.monotonic()
+    if lease is not None and (
+        (lease.request_limit, lease.token_limit) != (request_limit, token_limit)  # plan changed
+        or clock >= lease.expires
     ):
-        state.give_back(organization_id, period)  # the plan changed
+        state.give_back(organization_id, period)
         lease = None
     if lease is not None and lease.fits(tokens):
         lease.requests -= 1
         lease.tokens -= tokens
-        lease.last_use = time.monotonic()
+        lease.last_use = clock
         figures = state.figures[key]
         return _done(
             decision_for(
@@ -176,6 +224,7 @@ def admit_start(
                 used=figures,
                 counted=True,
                 leased=True,
+                generation=lease.generation,
             )
         )
     limits = {"request_limit": request_limit, "token_limit": token_limit, "now": now}
@@ -191,9 +240,14 @@ def admit_start(
         return asyncio.ensure_future(
             _after(state, key, reserving, organization_id, request_limit, token_limit, tokens, now)
         )
-    reservation = batched.admit_start(organization_id, **limits, tokens=reserve, count=count)
+    # The spent lease goes back in the same statement as the new one's reservation.
+    state.give_back(organization_id, period)
+    part = (count - 1, reserve - tokens)  # this request takes one of them, and its tokens
+    reservation = batched.admit_start(
+        organization_id, **limits, tokens=reserve, count=count, lease=part
+    )
     task = asyncio.ensure_future(
-        _leased(state, organization_id, period, reservation, count, reserve, tokens, limits)
+        _leased(state, organization_id, period, reservation, part, tokens, limits, clock)
     )
     state.reserving[key] = task
     task.add_done_callback(lambda done: _reserved(state, key, done))
@@ -227,47 +281,54 @@ async def _after(state, key, reserving, organization_id, request_limit, token_li
 def _seen(state: _Leases, key, done: asyncio.Future) -> None:
     if not done.cancelled() and done.exception() is None:
         decision = done.result()
-        if decision.counted:
-            state.figures[key] = (decision.requests_used, decision.tokens_used)
+        if decision.counted or not decision.allowed:  # the database's figures
+            state.seen(key, decision)
 
 
-async def _leased(state, organization_id, period, reservation, count, reserve, tokens, limits):
+async def _leased(state, organization_id, period, reservation, part, tokens, limits, asked_at):
     """This request and a new lease, reserved together; alone if the lease does not fit."""
     key = (organization_id, period)
     decision = await reservation
     if not decision.counted:  # QUOTA_FAIL_OPEN admitted it unmetered
         return decision
+    state.seen(key, decision)
     if decision.allowed:
-        state.figures[key] = (decision.requests_used, decision.tokens_used)
-        request_limit, token_limit = limits["request_limit"], limits["token_limit"]
-        lease = state.leases.get(key)
-        if lease is not None and (lease.request_limit, lease.token_limit) != (
-            request_limit,
-            token_limit,
-        ):
-            state.give_back(organization_id, period)
-            lease = None
-        if lease is None:
-            lease = state.leases[key] = _Lease(request_limit, token_limit, 0, 0, time.monotonic())
-            state.watch(organization_id, period, lease)
-        lease.requests += count - 1  # this request took one of them, and its tokens
-        lease.tokens += reserve - tokens
-        lease.last_use = time.monotonic()
+        # A lease that came meanwhile (none does: requests wait for this one) goes back.
+        state.give_back(organization_id, period)
+        lease = state.leases[key] = _Lease(
+            request_limit=limits["request_limit"],
+            token_limit=limits["token_limit"],
+            generation=decision.generation,
+            requests=part[0],
+            tokens=part[1],
+            reserved=part,
+            expires=asked_at + lease_max_age(),
+            last_use=time.monotonic(),
+        )
+        state.watch(organization_id, period, lease)
         decision.leased = True
         return decision
     # Others spent the room meanwhile: this request alone.
     decision = await batched.admit_start(organization_id, **limits, tokens=tokens)
-    if decision.counted:
-        state.figures[key] = (decision.requests_used, decision.tokens_used)
+    if decision.counted or not decision.allowed:
+        state.seen(key, decision)
     return decision
 
 
-def settle(organization_id: int, period: date, *, token_delta: int, request_delta: int) -> bool:
+def settle(
+    organization_id: int,
+    period: date,
+    *,
+    token_delta: int,
+    request_delta: int,
+    generation: int | None = None,
+) -> bool:
     """Settle a leased admission into this loop's lease; False when the lease is gone (given
-    back meanwhile: the caller settles with the counter)."""
+    back meanwhile: the caller settles with the counter) or of another generation than the
+    admission's, when given."""
     state = _leases()
     lease = state.leases.get((organization_id, period))
-    if lease is None:
+    if lease is None or (generation is not None and generation != lease.generation):
         return False
     lease.requests -= request_delta
     lease.tokens -= token_delta

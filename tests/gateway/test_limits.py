@@ -327,11 +327,6 @@ def test_an_unreachable_quota_database_gets_503_quota_unavailable(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="metering/admission.py's 503 quota_unavailable has Retry-After but no retry_after "
-    "in its body yet (extra={'retry_after': ...} in _quota_refusal)",
-)
 def test_the_503_quota_unavailable_body_says_retry_after_as_its_header_does(
     client, quota_key, quota_database_down
 ):

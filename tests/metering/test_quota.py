@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -215,6 +215,35 @@ def test_refusal_says_when_the_quota_resets(org, now, resets_at, retry_after):
     assert refused.retry_after == retry_after
 
 
+MONTH_END = int((datetime(2026, 12, 1, tzinfo=UTC) - NOV).total_seconds())
+
+
+@pytest.mark.parametrize(
+    ("limit", "leased_requests", "due_in", "retry_after"),
+    [
+        (5, 3, timedelta(seconds=1.5), 2),  # only the leases' room refuses: back within 2 s
+        (5, 3, timedelta(seconds=0.2), 1),
+        (5, 3, timedelta(minutes=5), 2),  # another server's clock ahead: never past the bound
+        (5, 3, -timedelta(seconds=1), MONTH_END),  # overdue: their processes died
+        (5, 0, timedelta(seconds=1.5), MONTH_END),  # no lease out
+        (3, 2, timedelta(seconds=1.5), MONTH_END),  # spent even if the leases were all unused
+    ],
+)
+def test_a_refusal_says_retry_in_seconds_only_when_leases_hold_the_room(
+    org, limit, leased_requests, due_in, retry_after
+):
+    """Other processes' leases (lease.py) hold part of what is used until leased_until: a
+    request refused only because of them may fit once they are given back."""
+    for _ in range(5):
+        admit(org, requests=5)
+    QuotaCounter.objects.filter(organization=org).update(
+        leased_requests=leased_requests, leased_until=NOV + due_in
+    )
+    refused = admit(org, requests=limit)
+    assert not refused.allowed and refused.exceeded == "requests"
+    assert refused.retry_after == retry_after
+
+
 # --- settlement ---------------------------------------------------------------------------------
 
 
@@ -405,7 +434,8 @@ def test_reset_zeroes_this_month_only_and_is_audited(org, november):
     quota_reset(org, actor=Actor.for_system("tests"), reason="goodwill")
     assert counter(org, NOV_1) == (0, 0)
     assert counter(org, date(2026, 10, 1)) == (1, 5)
-    assert admit(org, requests=10).requests_used == 1
+    after = admit(org, requests=10)
+    assert (after.requests_used, after.generation) == (1, 1)
     [event] = reset_events(org)
     assert event.actor_label == "tests"
     assert (event.target_type, event.target_id) == ("quota", "2026-11")
@@ -413,6 +443,7 @@ def test_reset_zeroes_this_month_only_and_is_audited(org, november):
         "period": "2026-11-01",
         "requests_before": 4,
         "tokens_before": 100,
+        "generation": 1,
         "reason": "goodwill",
     }
 

@@ -123,6 +123,7 @@ def test_settlements_ride_with_the_next_statement_and_aflush_waits_for_them(org,
     # Both settlements and the admission were pending when the flush ran: one statement.
     assert statements == ["admit"]
     assert second.tokens_used == 100 - 60 - 20 + 100
+    assert type(second.tokens_used) is int and type(second.requests_used) is int
     assert counter(org) == (2, 120)
 
 

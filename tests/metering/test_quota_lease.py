@@ -1,13 +1,17 @@
 """Quota leases (metering/quota/lease.py): far from its quota a process reserves a slice of it
 and admits from that slice without a statement each; near the quota every request is asked
-alone; the counter ends equal to what was used once the leases are given back."""
+alone; the counter ends equal to what was used once the leases are given back; a lease goes
+back when idle or old; a refusal that only other processes' leases cause says to retry in a
+second or two. Resets while leases are out: tests/metering/test_quota_reset.py."""
 
 import asyncio
 import threading
-from datetime import UTC, date, datetime
+import time
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.db import connections
+from django.db.models import F
 
 from metering.models import QuotaCounter
 from metering.quota import aflush, aquota_admit, aquota_settle, batched, lease
@@ -43,6 +47,20 @@ def statements(monkeypatch):
 @pytest.fixture(autouse=True)
 def _long_idle(settings):
     settings.QUOTA_LEASE_IDLE_SECONDS = 60  # given back only when a test says so
+    settings.QUOTA_LEASE_MAX_AGE_SECONDS = 60
+
+
+def holds_lease(org) -> bool:
+    """Whether the running loop holds a lease of the organization's November."""
+    return (org.pk, NOV_1) in lease._leases().leases
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    """Wait for condition() to hold: as long as the machine needs, never a fixed guess."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 def admit(org, *, requests=None, tokens_limit=None, tokens=10):
@@ -115,22 +133,89 @@ def test_an_idle_lease_goes_back_by_itself(org, settings):
 
     async def scenario():
         await admit(org, requests=100_000)
-        await admit(org, requests=100_000)
-        reserved = await asyncio.get_running_loop().run_in_executor(None, _counter_now, org)
-        await asyncio.sleep(0.4)
+        reserving = await admit(org, requests=100_000)
+        assert holds_lease(org)
+        await until(lambda: not holds_lease(org))
         await aflush()
-        return reserved
+        return reserving
 
-    reserved = asyncio.run(scenario())
-    assert reserved == (65, 650)  # the lease's 64, in the counter while held
+    reserving = asyncio.run(scenario())
+    # The counter as the reservation's own statement left it (a read of the row afterwards
+    # could come after the give-back): the lease's 64 in it while held.
+    assert (reserving.requests_used, reserving.tokens_used) == (65, 650)
     assert counter(org) == (2, 20)
 
 
-def _counter_now(org):
+def _row_now(org):
     try:
-        return counter(org)
+        row = QuotaCounter.objects.get(organization=org, period=NOV_1)
+        return row.requests, row.leased_requests, row.leased_tokens, row.leased_until
     finally:
         connections.close_all()
+
+
+def test_a_lease_is_in_the_leased_columns_until_given_back(org):
+    async def scenario():
+        await admit(org, requests=100_000)
+        await admit(org, requests=100_000)
+        loop = asyncio.get_running_loop()
+        held = await loop.run_in_executor(None, _row_now, org)
+        await aflush(leases=True)
+        return held, await loop.run_in_executor(None, _row_now, org)
+
+    held, back = asyncio.run(scenario())
+    # Reserved: 64 requests and 640 tokens, of which the reserving request took 1 and 10.
+    assert held == (65, 63, 630, NOV + timedelta(seconds=60 + 1))
+    assert back[:3] == (2, 0, 0)
+
+
+def test_a_busy_lease_goes_back_at_its_max_age_and_a_new_one_is_reserved(org, settings, statements):
+    """Never idle (a request every 20 ms), the lease still goes back once
+    QUOTA_LEASE_MAX_AGE_SECONDS old, before it is spent."""
+    settings.QUOTA_LEASE_MAX_AGE_SECONDS = 0.3
+
+    async def scenario():
+        await admit(org, requests=100_000)
+        await admit(org, requests=100_000)  # reserves the lease
+        reserved_at = time.monotonic()
+        statements.clear()
+        for _ in range(5):  # from the lease at once: no statement, no wait
+            await admit(org, requests=100_000)
+        admitted = 5
+        while not statements:
+            assert time.monotonic() - reserved_at < 10, "the lease never went back"
+            await asyncio.sleep(0.02)
+            await admit(org, requests=100_000)
+            admitted += 1
+        age = time.monotonic() - reserved_at
+        await aflush(leases=True)
+        return admitted, age
+
+    admitted, age = asyncio.run(scenario())
+    assert age >= 0.3
+    # All but the last came from the old lease, which was not spent when it went back.
+    assert 5 <= admitted - 1 < 63
+    assert statements[0] == [(64, 640)]  # the next reservation
+    assert counter(org) == (2 + admitted, 10 * (2 + admitted))
+
+
+def test_a_lease_past_its_max_age_admits_nothing_more(org, settings, statements):
+    settings.QUOTA_LEASE_MAX_AGE_SECONDS = 0  # every lease is too old for the next request
+
+    async def scenario():
+        await admit(org, requests=100_000)
+        first = await admit(org, requests=100_000)
+        second = await admit(org, requests=100_000)
+        await aflush(leases=True)
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    # Each request reserves a new lease: the old one went back (with the new reservation's
+    # statement, or alone by its timer).
+    assert statements == [[(1, 10)], [(64, 640)], [(64, 640)]]
+    assert first.leased and second.leased
+    assert second.requests_used == 1 + 1 + 64
+    assert counter(org) == (3, 30)
 
 
 def test_a_plan_change_gives_the_lease_back(org):
@@ -204,3 +289,47 @@ def test_a_burst_is_served_by_a_lease_sized_to_the_requests_waiting(org, stateme
     # fit, and the next one reserves for itself and the 135 still waiting: two statements.
     assert statements == [[(64, 640)], [(136, 1360)]]
     assert counter(org) == (201, 2010)
+
+
+def test_near_the_quota_a_refusal_while_another_process_holds_a_lease_says_retry_in_seconds(
+    org, settings
+):
+    """Process A holds a lease when the rest of the quota is spent: process B is refused, but
+    with the leases' Retry-After (max age + 1 s), not the month's end; once A gives its lease
+    back, B is admitted."""
+    settings.QUOTA_LEASE_MAX_AGE_SECONDS = 1
+    held = threading.Event()
+    give_back = threading.Event()
+
+    def process_a() -> None:
+        async def run():
+            await admit(org, requests=1_000)
+            await admit(org, requests=1_000)  # a lease of 999 // 64 = 15
+            held.set()
+            give_back.wait(30)  # blocks this loop: its timers cannot give the lease back
+            await aflush(leases=True)
+
+        try:
+            asyncio.run(run())
+        finally:
+            connections.close_all()
+
+    async def process_b():
+        return await admit(org, requests=1_000)
+
+    a = threading.Thread(target=process_a)
+    a.start()
+    try:
+        assert held.wait(30)
+        # Others spend what remains: 2 used and 14 in A's lease, 984 more.
+        QuotaCounter.objects.filter(organization=org).update(requests=F("requests") + 984)
+        refused = asyncio.run(process_b())
+    finally:
+        give_back.set()
+        a.join(30)
+    assert not refused.allowed and refused.exceeded == "requests"
+    assert refused.retry_after == 2
+    assert refused.resets_at == datetime(2026, 12, 1, tzinfo=UTC)  # the month's end, still
+    admitted = asyncio.run(process_b())
+    assert admitted.allowed
+    assert counter(org) == (987, 30)  # 984, and A's 2 and B's 1 requests of 10 tokens
