@@ -336,7 +336,7 @@ def test_events_split_across_reads_and_a_last_line_without_newline_are_relayed()
 
 
 def test_an_upstream_event_without_end_is_a_502_not_an_unbounded_buffer(monkeypatch):
-    monkeypatch.setattr(oc, "MAX_EVENT_BYTES", 1000)
+    monkeypatch.setattr(oc.stream, "MAX_EVENT_BYTES", 1000)  # read where the relay runs
     crafted = _CraftedStream(
         [b"data: " + _chunk("ok") + b"\n\n", b"data: " + b"x" * 600, b"y" * 600]
     )

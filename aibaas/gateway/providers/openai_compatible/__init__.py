@@ -1,0 +1,66 @@
+"""The OpenAI-compatible upstream provider: vLLM, Ollama, llama.cpp's server, OpenAI itself.
+
+- `provider`: `OpenAICompatibleProvider`, chat and embeddings answered in one piece.
+- `stream`: the SSE relay of a streamed chat completion, event by event as it arrives.
+- `upstreams`: weighted choice among a model's healthy upstreams, fallback to the next one,
+  the provider key from the environment; the one place that sends a request upstream.
+- `errors`: upstream failures split by whose fault they are (the customer's request: our 400;
+  the operator's side: a generic 502, the body logged with keys masked), and their messages.
+- `usage`: the upstream's usage when believable, else the gateway tokenizer's estimate.
+- `sessions`: one pooled aiohttp session per event loop; `close_sessions` at shutdown.
+
+The names below are what the rest of the gateway and the tests use. The constants are here to
+be read: a test that changes one patches the module that uses it (`stream.MAX_EVENT_BYTES`).
+"""
+
+import logging
+
+from aibaas.gateway.providers.openai_compatible.errors import (
+    CUSTOMER_SIDE,
+    INVALID_REQUEST,
+    LOGGED_BODY_BYTES,
+    LOGGED_BODY_SECONDS,
+    NOT_AN_EVENT_STREAM,
+    STREAM_CUT_SHORT,
+    STREAM_FAILED,
+    UPSTREAM_FAILED,
+    UPSTREAM_REFUSED,
+)
+from aibaas.gateway.providers.openai_compatible.provider import OpenAICompatibleProvider
+from aibaas.gateway.providers.openai_compatible.sessions import MAX_CONNECTIONS, close_sessions
+from aibaas.gateway.providers.openai_compatible.stream import MAX_EVENT_BYTES
+from aibaas.gateway.providers.openai_compatible.upstreams import (
+    UNHEALTHY_SECONDS,
+    attempt_order,
+)
+from aibaas.gateway.providers.openai_compatible.upstreams import (
+    _unhealthy_until as _unhealthy_until,  # the tests reset upstream health through it
+)
+from aibaas.gateway.providers.openai_compatible.usage import (
+    CHAT_MIN_PROMPT_TOKENS,
+    MAX_REPORTED_TOKENS,
+)
+
+# The logger every module of the provider logs to (they name it by `__package__`).
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHAT_MIN_PROMPT_TOKENS",
+    "CUSTOMER_SIDE",
+    "INVALID_REQUEST",
+    "LOGGED_BODY_BYTES",
+    "LOGGED_BODY_SECONDS",
+    "MAX_CONNECTIONS",
+    "MAX_EVENT_BYTES",
+    "MAX_REPORTED_TOKENS",
+    "NOT_AN_EVENT_STREAM",
+    "STREAM_CUT_SHORT",
+    "STREAM_FAILED",
+    "UNHEALTHY_SECONDS",
+    "UPSTREAM_FAILED",
+    "UPSTREAM_REFUSED",
+    "OpenAICompatibleProvider",
+    "attempt_order",
+    "close_sessions",
+    "logger",
+]

@@ -1,0 +1,167 @@
+"""Choosing and asking a model's upstreams: the one place that sends a request upstream.
+
+Weighted random choice among the model's healthy upstreams; the others follow as fallbacks.
+An upstream that failed (connection error, an operator-side HTTP error, a stream request
+answered without an event stream) is skipped for UNHEALTHY_SECONDS unless nothing else is left.
+Operator-side HTTP errors (see `errors`), connection errors and a stream request answered with
+something that is not `text/event-stream` are retried on the next upstream before the first
+byte; a single-upstream model is retried once after a connection error or 5xx (asking again
+after a 4xx would only get the same answer). A customer-side refusal is passed on at once. A
+read timeout is final: 504 upstream_timeout (retrying a hung upstream would only double the
+wait).
+
+Provider keys come from the environment variable the upstream names, never the database.
+"""
+
+import json
+import logging
+import os
+import random
+import time
+from typing import Any
+
+import aiohttp
+
+from aibaas.gateway.providers.base import UPSTREAM_ERROR, ModelSpec, ProviderError, UpstreamSpec
+from aibaas.gateway.providers.openai_compatible.errors import (
+    CUSTOMER_SIDE,
+    NOT_AN_EVENT_STREAM,
+    _operator_side,
+    _refused,
+    _timed_out,
+    _unreachable,
+    _where,
+)
+from aibaas.gateway.providers.openai_compatible.sessions import _session
+
+# The package's name, as before it was split: log configuration and filters keep working.
+logger = logging.getLogger(__package__)
+
+UNHEALTHY_SECONDS = 10.0
+
+# base url -> monotonic time until which the upstream counts as unhealthy
+_unhealthy_until: dict[str, float] = {}
+
+# Errors that mean "this upstream did not take the request": try the next one.
+_CONNECT_ERRORS = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+)
+
+
+def _headers(upstream: UpstreamSpec) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    secret = os.environ.get(upstream.api_key_env, "") if upstream.api_key_env else ""
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    return headers
+
+
+def _timeout(upstream: UpstreamSpec) -> aiohttp.ClientTimeout:
+    # sock_read bounds the wait for the first byte and then between bytes (a hung upstream).
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=upstream.connect_timeout_seconds,
+        sock_read=upstream.timeout_seconds,
+    )
+
+
+def attempt_order(upstreams: tuple[UpstreamSpec, ...], rng=random) -> list[UpstreamSpec]:
+    """Healthy upstreams in weighted random order, then the unhealthy ones; a lone upstream
+    is tried twice (one retry)."""
+    now = time.monotonic()
+    healthy = [u for u in upstreams if _unhealthy_until.get(u.base_url, 0.0) <= now]
+    sick = [u for u in upstreams if u not in healthy]
+    ordered: list[UpstreamSpec] = []
+    pool = list(healthy)
+    while pool:
+        pick = rng.choices(pool, weights=[max(1, u.weight) for u in pool])[0]
+        ordered.append(pick)
+        pool.remove(pick)
+    ordered.extend(sick)
+    if len(ordered) == 1:
+        ordered.append(ordered[0])
+    return ordered
+
+
+def _mark(upstream: UpstreamSpec, healthy: bool) -> None:
+    if healthy:
+        _unhealthy_until.pop(upstream.base_url, None)
+    else:
+        _unhealthy_until[upstream.base_url] = time.monotonic() + UNHEALTHY_SECONDS
+
+
+async def _open(
+    model: ModelSpec, path: str, body: dict[str, Any], *, stream: bool = False
+) -> tuple[aiohttp.ClientResponse, float]:
+    """Send to the first upstream that takes the request and answers 2xx/3xx (with an event
+    stream when `stream`); return the open response (the caller reads and releases it) and
+    the time to its headers in ms. Raises ApplicationError for a customer-side refusal."""
+    last_error: ProviderError | None = None
+    done_with: set[UpstreamSpec] = set()  # asking these again would get the same answer
+    for upstream in attempt_order(model.upstreams):
+        if upstream in done_with:
+            continue
+        payload = json.dumps(dict(body, model=upstream.upstream_model))
+        started = time.perf_counter()
+        try:
+            response = await _session().post(
+                upstream.base_url.rstrip("/") + path,
+                data=payload,
+                headers=_headers(upstream),
+                timeout=_timeout(upstream),
+            )
+        except _CONNECT_ERRORS:
+            _mark(upstream, healthy=False)
+            last_error = _unreachable()
+            continue
+        except TimeoutError:
+            raise _timed_out() from None
+        status = response.status
+        if status in CUSTOMER_SIDE:
+            _mark(upstream, healthy=True)
+            raise _refused(status, await _read_text(response))
+        if status >= 400:
+            _mark(upstream, healthy=False)
+            last_error = await _operator_side(upstream, response)
+            if status < 500:
+                done_with.add(upstream)
+            continue
+        if stream and response.content_type != "text/event-stream":
+            response.close()
+            _mark(upstream, healthy=False)
+            logger.warning(
+                "upstream %s answered a stream request with %s, not an event stream",
+                _where(upstream),
+                response.content_type,
+            )
+            last_error = ProviderError(UPSTREAM_ERROR, NOT_AN_EVENT_STREAM, 502)
+            done_with.add(upstream)
+            continue
+        _mark(upstream, healthy=True)
+        return response, (time.perf_counter() - started) * 1000
+    raise last_error or ProviderError(UPSTREAM_ERROR, "No model server is configured.", 502)
+
+
+async def _read_text(response: aiohttp.ClientResponse) -> str:
+    try:
+        return await response.text()
+    except TimeoutError:
+        raise _timed_out() from None
+    except aiohttp.ClientError:
+        raise ProviderError(UPSTREAM_ERROR, "The model server broke the connection.", 502) from None
+    finally:
+        response.release()
+
+
+async def _read_json(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    text = await _read_text(response)
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        raise ProviderError(UPSTREAM_ERROR, "The model server sent invalid JSON.", 502) from None
+    if not isinstance(payload, dict):
+        raise ProviderError(UPSTREAM_ERROR, "The model server sent an unexpected body.", 502)
+    return payload
