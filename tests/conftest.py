@@ -82,6 +82,17 @@ def _clear_cache():
         cache.clear()
 
 
+@pytest.fixture(scope="module")
+def upstream():
+    """The fake OpenAI-compatible model server (aibaas/bench/fake_upstream.py) in a thread."""
+    from aibaas.bench import fake_upstream
+    from tests.servers import free_port
+
+    server = fake_upstream.serve_in_thread(free_port())
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def password() -> str:
     return PASSWORD

@@ -14,6 +14,7 @@ import tempfile
 from urllib.parse import urlsplit
 
 import pytest
+from django.core.servers.basehttp import ThreadedWSGIServer
 from django.db import connections
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
@@ -70,6 +71,28 @@ def browser():
         if driver is not None:
             driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _live_server_threads_leave_the_shared_sqlite_connection_alone():
+    """pytest-django's live server (session-wide) lends its request threads the test thread's
+    in-memory SQLite connection. A thread serving a keep-alive connection (Chromium's, an SDK's)
+    ends when the client drops the socket, which can be minutes and many tests later, and then
+    closes every connection it holds: for the lent one that is a no-op at best and a
+    "DatabaseWrapper objects created in a thread can only be used in that same thread" error
+    at worst, reported against whatever test runs then (two at once fail it). Django marks this
+    method as the place to change in tests: close the thread's own connections only."""
+    original = ThreadedWSGIServer._close_connections
+
+    def close_own_connections(server) -> None:
+        lent = set((server.connections_override or {}).values())
+        for connection in connections.all(initialized_only=True):
+            if connection not in lent:
+                connection.close()
+
+    ThreadedWSGIServer._close_connections = close_own_connections
+    yield
+    ThreadedWSGIServer._close_connections = original
 
 
 @pytest.fixture(scope="session")

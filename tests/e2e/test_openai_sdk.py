@@ -152,13 +152,6 @@ def test_usage_api_equals_the_sum_of_what_the_responses_reported(sdk, base_url, 
 # --- a model behind the fake upstream, on real ASGI server processes ---------------------------
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    server = fake_upstream.serve_in_thread(free_port())
-    yield server
-    server.stop()
-
-
 DOWN = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
 
 

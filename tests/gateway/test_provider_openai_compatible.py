@@ -16,13 +16,6 @@ from tests.servers import free_port
 CHAT = {"messages": [{"role": "user", "content": "Say something about foxes."}]}
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    server = fake_upstream.serve_in_thread(free_port())
-    yield server
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
 def _healthy_again():
     oc._unhealthy_until.clear()

@@ -23,19 +23,11 @@ from keys import touch, verification
 from keys.services import api_key_create
 from metering.models import UsageEvent
 from tests.factories import AIModelFactory, MembershipFactory, ModelPriceFactory, UpstreamFactory
-from tests.servers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HELLO = [{"role": "user", "content": "Tell me about foxes."}]
 REPLY = "The quick brown fox jumps over the lazy dog."
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server = fake_upstream.serve_in_thread(free_port())
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)
