@@ -126,7 +126,7 @@ def limits_for(limits: dict) -> list[Limit]:
     burst percent, the per-minute limits are raised and burst windows added (module docstring;
     a burst window of 60 s or more would add nothing to the raised minute limit). The list is
     shared by every key with the same limits: do not change it."""
-    signature = tuple(limits.get(name) for name in _LIMIT_NAMES)
+    signature = tuple(map(limits.get, _LIMIT_NAMES))
     windows = _limits_cache.get(signature)
     if windows is None:
         if len(_limits_cache) > 10_000:

@@ -83,11 +83,24 @@ def error_reply(
     return Reply(status=error.status, body=error.as_dict(), headers=headers)
 
 
+_addresses: dict[str, str | None] = {}
+
+
 def _ip(value: str | None) -> str | None:
-    try:
-        return str(ipaddress.ip_address(value)) if value else None
-    except ValueError:
+    """The address as a usage event stores it (None if it is none): remembered, as clients
+    repeat themselves and parsing one costs more than the rest of the event."""
+    if not value:
         return None
+    address = _addresses.get(value, "")
+    if address == "":
+        try:
+            address = str(ipaddress.ip_address(value))
+        except ValueError:
+            address = None
+        if len(_addresses) >= 10_000:
+            _addresses.clear()
+        _addresses[value] = address
+    return address
 
 
 async def authenticate(inbound: Inbound):

@@ -68,6 +68,24 @@ def _timeout(upstream: UpstreamSpec) -> aiohttp.ClientTimeout:
     )
 
 
+# upstream -> (base URL, headers, timeout): built once per upstream of a registry snapshot,
+# not per request (the environment and the spec do not change while the process runs).
+_options: dict[UpstreamSpec, tuple[str, dict[str, str], aiohttp.ClientTimeout]] = {}
+
+
+def _request_options(upstream: UpstreamSpec) -> tuple[str, dict[str, str], aiohttp.ClientTimeout]:
+    options = _options.get(upstream)
+    if options is None:
+        if len(_options) >= 1000:  # old snapshots' upstreams
+            _options.clear()
+        options = _options[upstream] = (
+            upstream.base_url.rstrip("/"),
+            _headers(upstream),
+            _timeout(upstream),
+        )
+    return options
+
+
 def attempt_order(upstreams: tuple[UpstreamSpec, ...], rng=random) -> list[UpstreamSpec]:
     """Healthy upstreams in weighted random order, then the unhealthy ones; a lone upstream
     is tried twice (one retry)."""
@@ -104,14 +122,12 @@ async def _open(
     for upstream in attempt_order(model.upstreams):
         if upstream in done_with:
             continue
-        payload = json.dumps(dict(body, model=upstream.upstream_model))
+        payload = json.dumps(dict(body, model=upstream.upstream_model)).encode()
+        base, headers, timeout = _request_options(upstream)
         started = time.perf_counter()
         try:
             response = await _session().post(
-                upstream.base_url.rstrip("/") + path,
-                data=payload,
-                headers=_headers(upstream),
-                timeout=_timeout(upstream),
+                base + path, data=payload, headers=headers, timeout=timeout
             )
         except _CONNECT_ERRORS:
             _mark(upstream, healthy=False)
