@@ -124,7 +124,24 @@ def _key(ip: str, window: int) -> str:
     return f"ip:{{{ip}}}:{window}"
 
 
+_addresses: dict[tuple[str, int], str] = {}
+
+
 def _address(ip: str) -> str:
+    """_counted_as, remembered: clients repeat their addresses, and parsing one costs more
+    than the rest of the check."""
+    mask = getattr(settings, "RATELIMIT_IPV6_MASK", 64)
+    if len(ip) > 64:  # not an address (addresses are canonical by now): not worth keeping
+        return _counted_as(ip, mask)
+    address = _addresses.get((ip, mask))
+    if address is None:
+        if len(_addresses) >= 10_000:
+            _addresses.clear()
+        address = _addresses[(ip, mask)] = _counted_as(ip, mask)
+    return address
+
+
+def _counted_as(ip: str, mask: int) -> str:
     """The address as counted: canonical when it is one (::ffff:1.2.3.4 and 1.2.3.4 alike), an
     IPv6 address as its network of RATELIMIT_IPV6_MASK bits (django-ratelimit's setting,
     default 64: one customer line gets a whole /64 and could cycle through it), else its first
@@ -137,7 +154,6 @@ def _address(ip: str) -> str:
     if mapped is not None:
         return str(mapped)
     if address.version == 6:
-        mask = getattr(settings, "RATELIMIT_IPV6_MASK", 64)
         return str(ipaddress.ip_network(f"{address}/{mask}", strict=False).network_address)
     return str(address)
 
@@ -212,3 +228,4 @@ def reset_state() -> None:
     """Forget the in-process counters (tests)."""
     _local.clear()
     _parsed.clear()
+    _addresses.clear()

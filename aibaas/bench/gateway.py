@@ -10,10 +10,12 @@ and aibaas all share this machine.
 """
 
 import asyncio
+import gc
 import json
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ LOG_DIR = ROOT / ".bench"  # the servers' logs of the last run (git-ignored)
 WORKERS = int(os.environ.get("BENCH_GATEWAY_WORKERS", "2"))
 DURATION = float(os.environ.get("BENCH_DURATION", "8"))
 STREAMS = int(os.environ.get("BENCH_STREAMS", "500"))
+STREAM_ROUNDS = int(os.environ.get("BENCH_STREAM_ROUNDS", "3"))
 BODY = {"model": "bench-fake", "messages": [{"role": "user", "content": "Say hello."}]}
 
 
@@ -400,53 +403,66 @@ def run() -> None:
 
         slow = dict(BODY, model="bench-fake-slow")
         # A server carrying 500 concurrent streams keeps ~500 upstream connections open and
-        # reuses them; one untimed round warms aibaas's pool to that steady state (the load
-        # generator's own connections are new in both timed rounds).
+        # reuses them; one untimed round warms aibaas's upstream pool to that steady state (the
+        # load generator's own connections are new in every timed round).
         asyncio.run(_load(gateway_url, auth, slow, STREAMS, 0, stream=True, requests=STREAMS))
-        direct = asyncio.run(
-            _load(
-                direct_url,
-                plain,
-                dict(slow, model="fake-slow"),
-                STREAMS,
-                0,
-                stream=True,
-                requests=STREAMS,
+        # The load generator's own garbage collector, out of the timed rounds' way: what the
+        # rounds above left (hundreds of thousands of latencies) would be scanned again and
+        # again in the middle of a round, and the stall counted against whichever path ran.
+        gc.collect()
+        gc.freeze()
+        # Paired rounds, direct then through aibaas: on this shared 2-core VM one round's p50
+        # moves by several percent from one minute to the next, so the verdict is the median
+        # of the rounds' added latency, and every round is printed.
+        rows, added_by_round, errors_seen, short = [], [], 0, False
+        for number in range(1, STREAM_ROUNDS + 1):
+            direct = asyncio.run(
+                _load(
+                    direct_url,
+                    plain,
+                    dict(slow, model="fake-slow"),
+                    STREAMS,
+                    0,
+                    stream=True,
+                    requests=STREAMS,
+                )
             )
-        )
-        through = asyncio.run(
-            _load(gateway_url, auth, slow, STREAMS, 0, stream=True, requests=STREAMS)
-        )
-        ds = summary([x * 1000 for x in direct[0]])
-        ts = summary([x * 1000 for x in through[0]])
-        dfirst = summary([x * 1000 for x in _FIRST_BYTES.get(direct_url, [])])
-        tfirst = summary([x * 1000 for x in _FIRST_BYTES.get(gateway_url, [])])
+            direct_first = _FIRST_BYTES.get(direct_url, [])
+            through = asyncio.run(
+                _load(gateway_url, auth, slow, STREAMS, 0, stream=True, requests=STREAMS)
+            )
+            through_first = _FIRST_BYTES.get(gateway_url, [])
+            ds = summary([x * 1000 for x in direct[0]])
+            ts = summary([x * 1000 for x in through[0]])
+            for label, result, stats, first in (
+                ("direct upstream", direct, ds, direct_first),
+                ("through aibaas", through, ts, through_first),
+            ):
+                rows.append(
+                    [
+                        number,
+                        label,
+                        stats["n"],
+                        f"{summary([x * 1000 for x in first])['p50']:.0f}",
+                        f"{stats['p50']:.0f}",
+                        f"{stats['p95']:.0f}",
+                        f"{stats['p99']:.0f}",
+                        sum(result[1].values()),
+                    ]
+                )
+            errors_seen += sum(through[1].values()) + sum(direct[1].values())
+            short = short or ts["n"] != STREAMS
+            if ds["n"] and ts["n"]:
+                added_by_round.append((ts["p50"] - ds["p50"]) / ds["p50"] * 100)
         table(
-            f"{STREAMS} concurrent streams (1 s to first token, 2 s streaming; total ms)",
-            ["path", "streams ok", "first chunk p50", "p50", "p95", "p99", "errors"],
-            [
-                [
-                    "direct upstream",
-                    ds["n"],
-                    f"{dfirst['p50']:.0f}",
-                    f"{ds['p50']:.0f}",
-                    f"{ds['p95']:.0f}",
-                    f"{ds['p99']:.0f}",
-                    sum(direct[1].values()),
-                ],
-                [
-                    "through aibaas",
-                    ts["n"],
-                    f"{tfirst['p50']:.0f}",
-                    f"{ts['p50']:.0f}",
-                    f"{ts['p95']:.0f}",
-                    f"{ts['p99']:.0f}",
-                    sum(through[1].values()),
-                ],
-            ],
+            f"{STREAMS} concurrent streams (1 s to first token, 2 s streaming; total ms), "
+            f"{STREAM_ROUNDS} paired rounds",
+            ["round", "path", "streams ok", "first chunk p50", "p50", "p95", "p99", "errors"],
+            rows,
         )
-        added = (ts["p50"] - ds["p50"]) / ds["p50"] * 100 if ds["n"] and ts["n"] else float("nan")
+        added = statistics.median(added_by_round) if added_by_round else float("nan")
         print(
-            f"added total latency p50: {added:.1f}% (budget <= 5%, 0 errors): "
-            f"{'PASS' if added <= 5 and not through[1] and ts['n'] == STREAMS else 'FAIL'}"
+            f"added total latency p50: median {added:.1f}% over the rounds "
+            f"({', '.join(f'{a:.1f}%' for a in added_by_round)}) (budget <= 5%, 0 errors): "
+            f"{'PASS' if added <= 5 and not errors_seen and not short else 'FAIL'}"
         )

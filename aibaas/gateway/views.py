@@ -13,7 +13,7 @@ from django.http.request import RawPostDataException
 from django.views.decorators.csrf import csrf_exempt
 
 from aibaas.errors import ApplicationError
-from aibaas.gateway import pipeline
+from aibaas.gateway import pipeline, streaming
 from aibaas.gateway.middleware import assign_request_id
 from aibaas.gateway.validation import too_large
 from aibaas.http import client_ip
@@ -61,6 +61,7 @@ async def _response(request, reply: pipeline.Reply) -> HttpResponse | StreamingH
             # an event loop of its own that no longer owns the provider's generator; buffer it
             # here, in the loop that started it.
             stream = iter([chunk async for chunk in stream])
+            await streaming.drain_background()  # its usage event, before this loop ends
         response = StreamingHttpResponse(stream, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"

@@ -1,7 +1,9 @@
 """The OpenAI-compatible provider against a real local HTTP server (the fake upstream)."""
 
 import asyncio
+import http.server
 import json
+import threading
 import time
 
 import pytest
@@ -261,8 +263,6 @@ class _CraftedStream:
     own (a chunked HTTP response), to exercise the relay's line handling."""
 
     def __init__(self, pieces: list[bytes]) -> None:
-        import http.server
-        import threading
 
         outer = self
 
@@ -558,3 +558,52 @@ def test_stream_without_upstream_usage_sends_an_estimated_usage_chunk_when_asked
         run(lambda: collect(spec(up(upstream.base_url, "fake-no-usage")), STREAM, StreamUsage()))
     )
     assert all(e.get("usage") is None for e in events[:-1])
+
+
+def test_a_cookie_set_by_a_model_server_never_rides_on_the_next_request():
+    """One pooled session serves every customer: an upstream's Set-Cookie must not be sent
+    back on another customer's request."""
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(self.headers.get("Cookie"))
+            body = json.dumps(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": "fake",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Set-Cookie", "session=customer-a-secret; Path=/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    # By name: aiohttp's default jar would keep cookies of a host name, not of an IP address.
+    model = spec(up(f"http://localhost:{server.server_address[1]}/v1"))
+
+    async def twice():
+        provider = oc.OpenAICompatibleProvider()
+        await provider.chat(model, dict(CHAT))
+        await provider.chat(model, dict(CHAT))
+
+    try:
+        run(twice)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [None, None]

@@ -1,5 +1,6 @@
 """Raw key -> KeyContext: cheap refusals, a warm path without SQL or argon2, prompt changes."""
 
+import asyncio
 import threading
 from datetime import timedelta
 
@@ -479,3 +480,68 @@ def test_another_process_sees_a_revocation_within_the_local_ttl(issued, settings
     assert cache.get(verification.context_cache_key(key_id)) is None
     verification.clear_local()  # the other process, once its local entry has run out
     assert rejected(issued.raw_key).code == KEY_REVOKED
+
+
+# --- the async path: one load per key at a time ----------------------------------------------
+
+
+@pytest.fixture
+def thread_loads(monkeypatch) -> list[str]:
+    """Raw keys loaded in a worker thread by aauthenticate_key from now on (still for real)."""
+    loads: list[str] = []
+    original = verification._authenticate_in_thread
+
+    def spy(raw: str):
+        loads.append(raw)
+        return original(raw)
+
+    monkeypatch.setattr(verification, "_authenticate_in_thread", spy)
+    return loads
+
+
+async def _burst(*raws: str) -> list:
+    return await asyncio.gather(
+        *(verification.aauthenticate_key(raw) for raw in raws), return_exceptions=True
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_on_a_key_whose_local_entry_expired_loads_it_once(issued, thread_loads):
+    verification.clear_local()
+    results = asyncio.run(_burst(*[issued.raw_key] * 50))
+    assert [r.key_id for r in results] == [issued.api_key.key_id] * 50
+    assert len(thread_loads) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_a_burst_a_wrong_secret_is_refused_and_the_right_ones_pass(issued, thread_loads):
+    verification.clear_local()
+    wrong = other_secret(issued.api_key.key_id)
+    results = asyncio.run(_burst(wrong, issued.raw_key, wrong, issued.raw_key))
+    assert isinstance(results[0], KeyRejected) and results[0].code == INVALID_API_KEY
+    assert isinstance(results[2], KeyRejected)
+    assert results[1].key_id == results[3].key_id == issued.api_key.key_id
+    assert len(thread_loads) == 1  # the verifier was cached: the first load served them all
+
+
+@pytest.mark.django_db(transaction=True)
+def test_when_the_first_load_brings_nothing_the_others_load_on_their_own(
+    make_key, owner, thread_loads, argon2_runs
+):
+    """A cold key (no cached verifier) whose first request has a wrong secret: that load
+    stores nothing, and the right key behind it still gets in."""
+    issued = make_key(owner.organization, prime=False)
+    wrong = other_secret(issued.api_key.key_id)
+    results = asyncio.run(_burst(wrong, issued.raw_key))
+    assert isinstance(results[0], KeyRejected)
+    assert results[1].key_id == issued.api_key.key_id
+    assert len(thread_loads) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revoked_key_is_refused_to_every_request_of_a_burst(issued, thread_loads):
+    api_key_revoke(api_key=issued.api_key, actor=SYSTEM, reason="leaked")
+    verification.clear_local()
+    results = asyncio.run(_burst(*[issued.raw_key] * 10))
+    assert {r.code for r in results} == {KEY_REVOKED}
+    assert len(thread_loads) == 1

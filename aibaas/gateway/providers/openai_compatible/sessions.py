@@ -24,7 +24,12 @@ def _session() -> aiohttp.ClientSession:
             limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300
         )
         session = _sessions[loop_id] = aiohttp.ClientSession(
-            connector=connector, raise_for_status=False, auto_decompress=True
+            connector=connector,
+            raise_for_status=False,
+            auto_decompress=True,
+            # One session serves every customer: a cookie a model server sets must not ride
+            # along on another customer's request (and no jar to filter per request).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
     return session
 
