@@ -1,9 +1,10 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from aibaas import health
+from aibaas import error_views, health
 from keys.apis import KeyInfoApi
 from metering.apis import UsageApi
 
@@ -18,6 +19,9 @@ v1_patterns = [
     path("key", KeyInfoApi.as_view(), name="v1-key"),
     path("usage", UsageApi.as_view(), name="v1-usage"),
     path("", include("aibaas.gateway.urls")),
+    # Anything else under /v1 is OpenAI-shaped JSON too, DEBUG or not (an SDK on `make run`
+    # would otherwise get Django's HTML debug page).
+    re_path(r"^.*$", csrf_exempt(error_views.not_found)),
 ]
 
 urlpatterns = [

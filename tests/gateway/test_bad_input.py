@@ -190,3 +190,10 @@ def test_a_bug_is_a_json_500_with_the_request_id_and_its_usage_event(key, client
     assert response["X-Request-ID"] in body["error"]["message"]
     assert "a bug" not in body["error"]["message"]
     assert UsageEvent.objects.get().status_code == 500
+
+
+def test_an_unknown_v1_path_is_json_on_the_development_server_too(key, client, settings):
+    settings.DEBUG = True  # `make run`: Django would answer with its HTML debug page
+    response = post(client, "/v1/completions", {"model": "demo-chat", "prompt": "hi"}, key.raw_key)
+    assert response.status_code == 404
+    assert error(response)["code"] == "unknown_url"
