@@ -837,7 +837,7 @@ async def peek_finish(started: CheckStarted) -> list[WindowState]:
 
 
 def reset(*key_ids: str) -> None:
-    """Delete the windows of these keys (operators' reset_usage), here and in Redis. Raises
+    """Delete the windows of these keys (tests and the benchmarks), here and in Redis. Raises
     redis.RedisError if Redis is configured and cannot be reached: the counts there remain."""
     _local.forget(key_ids)
     _pending.forget(key_ids)

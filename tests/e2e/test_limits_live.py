@@ -159,7 +159,8 @@ def test_redis_stopped_mid_run_keeps_limiting_and_recovers(chat_model):
 
             redis_server.start()
             time.sleep(0.6)
-            # Back on Redis, whose window still holds the first 5: refused at once.
+            # Back on Redis (restarted empty): the counts made during the outage are handed
+            # over to it, so the window is still full and the next requests are refused.
             after = [r[0] for r in _fire([base], key, 2, threads=1)]
             assert after == [429, 429]
             assert httpx.get(f"{base}/readyz").json()["limiter"]["backend"] == "redis"
