@@ -9,9 +9,11 @@ on commit); other processes see a change within REGISTRY_TTL.
 - a warm read is a dict lookup: no lock, no I/O, no await;
 - a stale read refreshes once: concurrent callers (threads or coroutines, on any event loop)
   wait for the same load instead of each querying the database;
-- on the event loop, a value that only aged past its TTL is served while one refresh runs
-  in the background (no request waits for it: measured, a burst of 500 streams waited ~20 ms
-  for each refresh); a value invalidated by a change in this process is waited for;
+- on the event loop, a value that aged past its TTL by less than another TTL is served while
+  one refresh runs in the background (no request waits for it: measured, a burst of 500
+  streams waited ~20 ms for each refresh); an older value (a process idle for a while), or one
+  invalidated by a change in this process, is waited for: a change reaches a process within
+  two TTLs at worst, its next request after one TTL idle;
 - async callers never block their event loop: the load runs in `sync_to_async` (thread
   sensitive, so it uses the request's database connection like any other ORM call), in a task
   of its own so a cancelled caller (a client hanging up) cannot strand the others;
@@ -94,7 +96,11 @@ class ProcessSnapshot(Generic[T]):
             task = asyncio.ensure_future(sync_to_async(self._refresh)(future))
             self._tasks.add(task)
             task.add_done_callback(lambda task: self._refresh_task_done(task, future))
-        if self._loaded and not self._invalidated:
+        if (
+            self._loaded
+            and not self._invalidated
+            and time.monotonic() < self._deadline + self._ttl()
+        ):
             return self._value  # type: ignore[return-value]
         return await asyncio.wrap_future(future)
 

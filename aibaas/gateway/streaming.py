@@ -53,7 +53,35 @@ async def open_stream(
     except BaseException:
         await chunks.aclose()  # type: ignore[attr-defined]
         raise
-    return _relay(chunks, first, usage, record)
+    return RelayStream(chunks, first, usage, record)
+
+
+class RelayStream:
+    """The client's stream (an async iterator of SSE bytes) that records its usage event
+    however it ends: iterated to its end, closed midway, or closed before the server asked for
+    its first chunk (the client hung up while the response was starting), which an async
+    generator alone would not notice (its `finally` never ran)."""
+
+    __slots__ = ("_chunks", "_record", "_relay", "_started", "_usage")
+
+    def __init__(self, chunks, first: bytes, usage: StreamUsage, record: Record) -> None:
+        self._chunks, self._usage, self._record = chunks, usage, record
+        self._relay = _relay(chunks, first, usage, record)
+        self._started = False
+
+    def __aiter__(self) -> "RelayStream":
+        return self
+
+    def __anext__(self):
+        self._started = True
+        return self._relay.__anext__()
+
+    async def aclose(self) -> None:
+        if not self._started:
+            self._started = True
+            background(_close_and_record(self._chunks, self._usage, CLIENT_CLOSED, self._record))
+            return
+        await self._relay.aclose()
 
 
 async def _relay(

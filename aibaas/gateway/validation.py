@@ -39,14 +39,17 @@ def parse_json_body(content_type: str, raw: bytes, max_bytes: int) -> dict[str, 
     if len(raw) > max_bytes:
         raise too_large(max_bytes)
     try:
-        body = json.loads(raw)
+        # UTF-8 only, as JSON on the wire must be (json.loads would also guess UTF-16 and -32,
+        # whose escapes the surrogate check below would not see).
+        text = raw.decode("utf-8")
+        body = json.loads(text)
     except (ValueError, UnicodeDecodeError):
-        raise invalid(None, "The request body is not valid JSON.", INVALID_JSON) from None
+        raise invalid(None, "The request body is not valid UTF-8 JSON.", INVALID_JSON) from None
     except RecursionError:
         raise invalid(None, "The request body is nested too deeply.", INVALID_JSON) from None
     if not isinstance(body, dict):
         raise invalid(None, "The request body must be a JSON object.")
-    if b"\\ud" in raw or b"\\uD" in raw:
+    if "\\ud" in text or "\\uD" in text:
         _refuse_lone_surrogates(body)
     return body
 

@@ -235,3 +235,35 @@ def test_streams_pass_through_the_asgi_handler_chunk_by_chunk(raw_key):
     assert bodies[-2]["body"] == b"data: [DONE]\n\n"
     assert bodies[-1] == {"type": "http.response.body", "body": b""}
     assert UsageEvent.objects.get().status_code == 200
+
+
+def test_a_client_hanging_up_while_a_stream_starts_still_leaves_its_usage_event(raw_key):
+    """The response start waits on a slow reader (flow control) and the client leaves: the
+    stream is closed before its first chunk was asked for, and still records a 499."""
+    payload = json.dumps(dict(BODY, stream=True)).encode()
+
+    async def run():
+        pending = [{"type": "http.request", "body": payload, "more_body": False}]
+        hung_up = asyncio.Event()
+
+        async def receive():
+            if pending:
+                return pending.pop(0)
+            await hung_up.wait()
+            return {"type": "http.disconnect"}
+
+        sent = []
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                hung_up.set()
+                await asyncio.sleep(0.05)  # the socket's buffer is full: send waits
+            sent.append(message)
+
+        await asyncio.wait_for(application(_scope(raw_key, length=len(payload)), receive, send), 10)
+        await streaming.drain_background()
+        return sent
+
+    sent = async_to_sync(run)()
+    assert all(m["type"] == "http.response.start" for m in sent)  # no chunk went out
+    assert UsageEvent.objects.get().status_code == 499

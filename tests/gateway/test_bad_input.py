@@ -197,3 +197,17 @@ def test_an_unknown_v1_path_is_json_on_the_development_server_too(key, client, s
     response = post(client, "/v1/completions", {"model": "demo-chat", "prompt": "hi"}, key.raw_key)
     assert response.status_code == 404
     assert error(response)["code"] == "unknown_url"
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding"),
+    [("hi \ud800", "utf-16"), ("hi \ud800", "utf-32"), ("café", "latin-1")],
+)
+def test_a_body_not_in_utf8_is_a_400(key, client, content, encoding):
+    raw = json.dumps(
+        {"model": "demo-chat", "messages": [{"role": "user", "content": content}]},
+        ensure_ascii=False,
+    ).encode(encoding, errors="surrogatepass")
+    response = post(client, CHAT, raw, key.raw_key)
+    assert response.status_code == 400
+    assert error(response)["code"] == "invalid_json"

@@ -461,14 +461,17 @@ def test_a_lone_upstream_is_retried_after_a_5xx_but_not_after_a_4xx(upstream, st
 @pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
 @pytest.mark.parametrize("status", [413, 422])
 def test_customer_side_upstream_error_is_a_400_with_its_message_and_param_without_fallback(
-    upstream, status, stream
+    upstream, status, stream, monkeypatch
 ):
-    refusing, working = up(upstream.base_url, f"fake-{status}"), up(upstream.base_url + "/")
+    monkeypatch.setenv("FAKE_PROVIDER_KEY", "sk-upstream-secret-123")
+    refusing = up(upstream.base_url, f"fake-{status}", api_key_env="FAKE_PROVIDER_KEY")
+    working = up(upstream.base_url + "/")
     oc._unhealthy_until[working.base_url] = time.monotonic() + 60  # tried second, if at all
     with pytest.raises(ApplicationError) as caught:
         chat(spec(refusing, working), stream)
     assert (caught.value.status, caught.value.code) == (400, "invalid_request_error")
-    assert caught.value.message.startswith(f"Upstream error {status} for")
+    # The upstream's message, without what is the operator's business: its account, our key.
+    assert caught.value.message == f"Upstream error {status} for ***, key 'Bearer ***'"
     assert caught.value.param == "messages"
     assert refusing.base_url not in oc._unhealthy_until  # it answered: it is healthy
 
@@ -607,3 +610,17 @@ def test_a_cookie_set_by_a_model_server_never_rides_on_the_next_request():
         server.shutdown()
         server.server_close()
     assert seen == [None, None]
+
+
+def test_what_a_customer_is_told_of_an_upstream_refusal_holds_nothing_of_the_operators():
+    upstream = up("http://gpu-7.internal:8000/v1", "meta-llama/Llama-3-70B-Instruct")
+    told = oc.errors._told(
+        upstream,
+        "Model meta-llama/Llama-3-70B-Instruct at http://gpu-7.internal:8000/v1 (gpu-7.internal)"
+        " allows 8192 tokens;\n account org-a1b2c3d4e5, proj_9f8e7d6c5b, key sk-abcdef123456",
+        "public-model",
+    )
+    assert told == (
+        "Model public-model at the model server (the model server) allows 8192 tokens; "
+        "account ***, ***, key ***"
+    )

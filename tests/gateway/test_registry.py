@@ -6,6 +6,7 @@ come back to this (the test's) thread and its database transaction.
 
 import asyncio
 import threading
+import time
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -310,8 +311,9 @@ def test_an_event_loop_shutting_down_mid_refresh_does_not_strand_later_readers()
 def test_an_aged_value_is_served_at_once_while_one_refresh_runs_behind_it():
     """A burst of requests never waits for the TTL's refresh (measured: ~20 ms each time)."""
     source = Source()
-    snapshot = ProcessSnapshot("test", source, lambda: 0)  # always aged
+    snapshot = ProcessSnapshot("test", source, lambda: 0.2)
     assert snapshot.get() == "v1"
+    time.sleep(0.25)  # aged past its TTL, by less than another TTL
     source.value = "v2"
     source.entered.clear()
     source.release.clear()  # the refresh hangs in the database
@@ -331,6 +333,17 @@ def test_an_aged_value_is_served_at_once_while_one_refresh_runs_behind_it():
     assert values == ["v1"] * 50  # nobody waited for the hung load
     assert refreshing and calls == 2  # one refresh for the whole burst
     assert after == "v2"
+
+
+def test_a_value_older_than_two_ttls_is_waited_for():
+    """A process idle for a while (or a price changed long ago) is not served what it had:
+    a change reaches the next request after an idle TTL, never an old snapshot."""
+    source = Source()
+    snapshot = ProcessSnapshot("test", source, lambda: 0.1)
+    assert snapshot.get() == "v1"
+    source.value = "v2"
+    time.sleep(0.25)
+    assert asyncio.run(snapshot.aget()) == "v2"
 
 
 def test_an_invalidated_value_is_waited_for_by_async_readers():

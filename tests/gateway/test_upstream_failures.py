@@ -202,7 +202,8 @@ def test_customer_side_upstream_error_is_a_400_with_its_message_and_param(
         "invalid_request_error",
         "messages",
     )
-    assert error["message"].startswith(f"Upstream error {status} for")
+    assert error["message"].startswith(f"Upstream error {status} for ***")
+    assert fake_upstream.UPSTREAM_SECRET not in error["message"]
     assert UsageEvent.objects.get().status_code == 400
 
 

@@ -2,12 +2,14 @@
 
 Upstream HTTP errors are split by whose fault they are. 400, 413 and 422 concern the customer's
 request (context length exceeded, ...): our 400 invalid_request_error with the upstream's
-`message` and `param`, no fallback. Every other 4xx (401, 403, 404, 429, ...) and every 5xx is
-the operator's side (a wrong key or model name, a rate-limited or broken model server): logged
-at warning, and answered with a generic 502 upstream_error that names the HTTP status only (the
-upstream's body and headers may hold account details and never reach a customer). The log gets
-the start of the body on one line, with the provider key, and anything that looks like a key,
-masked. Which failures are retried on another upstream is decided in `upstreams`.
+`message` (without keys, account ids or the upstream's address, and with the upstream's model
+name replaced by the public one) and `param`, no fallback. Every other 4xx (401, 403, 404, 429,
+...) and every 5xx is the operator's side (a wrong key or model name, a rate-limited or broken
+model server): logged at warning, and answered with a generic 502 upstream_error that names the
+HTTP status only (the upstream's body and headers may hold account details and never reach a
+customer). The log gets the start of the body on one line, with the provider key, and anything
+that looks like a key, masked. Which failures are retried on another upstream is decided in
+`upstreams`.
 """
 
 import asyncio
@@ -52,10 +54,11 @@ def _timed_out() -> ProviderError:
     return ProviderError(UPSTREAM_TIMEOUT, "The model server did not answer in time.", 504)
 
 
-def _refused(status: int, text: str) -> ApplicationError:
+def _refused(status: int, text: str, upstream: UpstreamSpec, public_model: str) -> ApplicationError:
     """400/413/422 from the upstream: the customer's request is at fault. Its message (and
-    param) are passed on as our 400; a body that is not an OpenAI-shaped error (an HTML page
-    of a proxy) is not, only its status."""
+    param) are passed on as our 400, cleaned of what is the operator's business (`_told`); a
+    body that is not an OpenAI-shaped error (an HTML page of a proxy) is not, only its
+    status."""
     try:
         payload = json.loads(text)
     except ValueError:
@@ -70,12 +73,32 @@ def _refused(status: int, text: str) -> ApplicationError:
         return ApplicationError(INVALID_REQUEST, UPSTREAM_REFUSED.format(status=status))
     param = error.get("param")
     return ApplicationError(
-        INVALID_REQUEST, message[:500], param=param[:200] if isinstance(param, str) else None
+        INVALID_REQUEST,
+        _told(upstream, message, public_model)[:500],
+        param=param[:200] if isinstance(param, str) else None,
     )
 
 
 # Key-like tokens an upstream may echo (OpenAI masks them, others may not).
 _KEY_LIKE = re.compile(r"\b(?:sk|rk|pk|key)[-_][A-Za-z0-9_\-*]{6,}|(?<=Bearer )[\w.~+/=\-*]+")
+# Account and project ids of hosted providers (OpenAI's org-..., proj-..., ...).
+_ACCOUNT_LIKE = re.compile(r"\b(?:org|proj|project|user|acct|account)[-_][A-Za-z0-9_\-]{6,}")
+
+
+def _told(upstream: UpstreamSpec, text: str, public_model: str) -> str:
+    """An upstream's message as a customer may read it: without the provider key (ours, or
+    anything that looks like a key), account ids, the upstream's address, and with the
+    upstream's model name replaced by the public one the customer asked for."""
+    secret = os.environ.get(upstream.api_key_env, "") if upstream.api_key_env else ""
+    if secret:
+        text = text.replace(secret, "***")
+    base = URL(upstream.base_url)
+    addresses = {upstream.base_url.rstrip("/"), str(base.with_user(None).origin()), base.host}
+    for where in sorted(filter(None, addresses), key=len, reverse=True):  # the longest first
+        text = text.replace(where, "the model server")
+    if len(upstream.upstream_model) >= 3 and upstream.upstream_model != public_model:
+        text = text.replace(upstream.upstream_model, public_model)
+    return _ACCOUNT_LIKE.sub("***", _KEY_LIKE.sub("***", " ".join(text.split())))
 
 
 def _loggable(upstream: UpstreamSpec, text: str) -> str:

@@ -138,7 +138,7 @@ async def _open(
         status = response.status
         if status in CUSTOMER_SIDE:
             _mark(upstream, healthy=True)
-            raise _refused(status, await _read_text(response))
+            raise _refused(status, await _read_text(response), upstream, model.name)
         if status >= 400:
             _mark(upstream, healthy=False)
             last_error = await _operator_side(upstream, response)
