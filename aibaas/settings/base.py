@@ -236,7 +236,8 @@ QUOTA_DB_TIMEOUT_SECONDS = env.float("QUOTA_DB_TIMEOUT_SECONDS", default=5.0)
 QUOTA_DB_PREPARED = env.bool("QUOTA_DB_PREPARED", default=True)
 # Quota leases (metering/quota/lease.py): far from its quota, a process reserves up to this many
 # requests at once (never more than 1/64 of what remains) and gives back what it did not use
-# after this many idle seconds, or this many seconds after reserving it even when busy.
+# after this many idle seconds, or this many seconds after its reservation came back even when
+# busy.
 QUOTA_LEASE_REQUESTS = env.int("QUOTA_LEASE_REQUESTS", default=64)
 QUOTA_LEASE_IDLE_SECONDS = env.float("QUOTA_LEASE_IDLE_SECONDS", default=1.0)
 QUOTA_LEASE_MAX_AGE_SECONDS = env.float("QUOTA_LEASE_MAX_AGE_SECONDS", default=1.0)

@@ -36,15 +36,26 @@ is due; a refusal that only this room causes gets a Retry-After of those few sec
 
 A month without a row gets one (INSERT ... ON CONFLICT DO NOTHING) and the statement runs again.
 
-Errors: a statement that fails on a connection that was kept idle (server restart, idle timeout)
-is tried once more on a new one (had the lost one been applied after all, the request counts
-twice: quota lost, never given away). Other failures make every admission of the batch
-counter.unavailable(): the gateway's 503, or an unmetered admission with QUOTA_FAIL_OPEN; the
-batch's settlements stay pending for the next flush.
+Errors. A kept connection that the server closed while it sat idle (restart, idle timeout) is
+seen before anything is sent on it (its socket is readable: an idle session is sent nothing
+else) and replaced. A statement whose connection breaks while it runs (StatementLost) may have
+been applied or not. The settlements it carried are then taken as possibly applied (`_unsure`
+decides): what they add stays, to be sent again (applied twice: quota lost), and what they give
+back is dropped (never applied: quota lost); never the other way round, which would give quota
+away. If that connection had been kept idle (it most likely died meanwhile and the statement
+never reached the server), the statement runs once more on a new one with its asks (counted
+twice if the lost one was applied after all: quota lost); else the batch fails. A statement
+that fails otherwise (the server's error, statement_timeout) was not applied. A batch that
+fails makes each of its admissions not decided yet counter.unavailable(): the gateway's 503, or
+an unmetered admission with QUOTA_FAIL_OPEN; its settlements not applied yet stay pending for
+the next flush. Settlements ride with the first statement of a flush only and are done once it
+returned: when a later statement of the flush (another set of limits) fails, they are not sent
+again.
 """
 
 import asyncio
 import logging
+import select
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -168,6 +179,14 @@ def _connection_params() -> dict:
     return params
 
 
+class StatementLost(Exception):
+    """The connection broke while a statement ran: applied or not, nobody knows."""
+
+    def __init__(self, message: str, *, kept: bool) -> None:
+        super().__init__(message)
+        self.kept = kept  # the connection had been kept idle (it most likely died meanwhile)
+
+
 class _Connections:
     """The quota's connections of one event loop: at most `size` at once, idle ones kept."""
 
@@ -185,21 +204,31 @@ class _Connections:
         self.all.discard(conn)
         _finish(conn)
 
+    def _kept(self) -> psycopg.AsyncConnection | None:
+        """An idle connection still open, as far as can be told without a round trip."""
+        while self.idle:
+            conn = self.idle.pop()
+            if not _closed_while_idle(conn):
+                return conn
+            self.discard(conn)  # the server ended it meanwhile: nothing was sent on it
+        return None
+
     async def fetchone(self, statement: str, params: dict) -> tuple | None:
+        """The statement's row, on a kept connection or a new one. Raises StatementLost when
+        the connection broke while the statement ran: it may have been applied or not, and the
+        caller decides whether running it again is safe (the module docstring, "Errors")."""
         async with self.slots:
-            kept = bool(self.idle)
-            conn = self.idle.pop() if kept else await self._connect()
+            conn = self._kept()
+            kept = conn is not None
+            if conn is None:
+                conn = await self._connect()
             try:
-                try:
-                    row = await _fetchone(conn, statement, params)
-                except psycopg.OperationalError:
-                    if not kept or not conn.broken:  # a timeout or a fresh connection failing
-                        raise
-                    self.discard(conn)  # it died while idle: once more, on a new one
-                    conn = await self._connect()
-                    row = await _fetchone(conn, statement, params)
-            except BaseException:
+                row = await _fetchone(conn, statement, params)
+            except BaseException as error:
+                broken = conn.broken
                 self.discard(conn)  # its state is unknown (error, cancellation mid-statement)
+                if broken and isinstance(error, psycopg.OperationalError):
+                    raise StatementLost(str(error), kept=kept) from error
                 raise
             self.idle.append(conn)
             return row
@@ -214,6 +243,22 @@ class _Connections:
 async def _fetchone(conn: psycopg.AsyncConnection, statement: str, params: dict):
     cursor = await conn.execute(statement, params)
     return await cursor.fetchone() if cursor.description else None
+
+
+def _closed_while_idle(conn: psycopg.AsyncConnection) -> bool:
+    """Whether the server closed this idle connection: an idle autocommit session is sent
+    nothing, so anything to read (its goodbye, the end of the stream) says so. Checked with a
+    poll of its socket, no round trip. (Without poll(), outside POSIX: assumed open.)"""
+    if conn.closed:
+        return True
+    if not hasattr(select, "poll"):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 def _finish(conn: psycopg.AsyncConnection) -> None:
@@ -247,6 +292,40 @@ def _merge(into: _Settlements, settlements: _Settlements) -> None:
         pending = into.setdefault(generation, [0, 0, 0, 0])
         for index, delta in enumerate(deltas):
             pending[index] += delta
+
+
+def _unsure(params: dict, settlements: _Settlements, key: tuple[int, date]) -> None:
+    """A statement carrying these settlements was lost: applied or not, nobody knows. Sending
+    them again could apply them twice, dropping them could lose them. Here is where the quota
+    decides which, part by part (the settlements of a generation are summed per column): an
+    addition (tokens used above the estimate) stays, to be sent again (applied twice, quota is
+    lost); a give-back (a settlement below the estimate, a request given back, a lease's unused
+    part and reservation) is dropped (never applied, quota is lost). Quota lost, never given
+    away. Applied to `settlements` (what goes back to the month if the batch fails) and to the
+    statement's parameters (its re-run)."""
+    dropped = [0, 0]
+    for deltas in settlements.values():
+        for index, delta in enumerate(deltas):
+            if delta < 0:
+                deltas[index] = 0
+                if index < 2:
+                    dropped[index] -= delta
+    for name in ("sdr", "sdt", "slr", "slt"):
+        params[name] = [max(delta, 0) for delta in params[name]]
+    if any(dropped):
+        logger.warning(
+            "quota of organization %s for %s: a statement was lost with settlements that give "
+            "back %s requests and %s tokens; dropped, not applied twice (quota lost, never "
+            "given away)",
+            *key,
+            *dropped,
+        )
+
+
+def _resolve(waiters: list[asyncio.Future]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 @dataclass(slots=True)
@@ -289,16 +368,16 @@ class _Combiner:
                 waiters, month.waiters = month.waiters, []
                 settlements, month.settlements = month.settlements, {}
                 try:
-                    await self._apply(organization_id, period, asks, settlements)
+                    await self._apply(organization_id, period, asks, settlements, waiters)
                 except Exception as error:
-                    _merge(month.settlements, settlements)  # they wait for the next flush
+                    # What was not applied waits for the next flush: _apply emptied
+                    # `settlements` once a statement carried them.
+                    _merge(month.settlements, settlements)
                     self._fail(organization_id, asks, waiters, error)
                     if not month.asks:
                         break  # nothing waits on the database: do not spin while it is down
                 else:
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_result(None)
+                    _resolve(waiters)
         finally:
             month.task = None
             if not month.has_work() and self.months.get((organization_id, period)) is month:
@@ -330,15 +409,18 @@ class _Combiner:
         period: date,
         asks: list[_Ask],
         settlements: _Settlements,
+        waiters: list[asyncio.Future],
     ) -> None:
+        """Send the batch. The settlements ride with its first statement; once that returned
+        they are done (`settlements` emptied, `waiters` told), whatever happens to the next."""
         # One statement per set of limits: all of a batch's, unless the plan changed meanwhile.
         groups: dict[tuple[int | None, int | None], list[_Ask]] = {}
         for ask in asks:
             groups.setdefault((ask.request_limit, ask.token_limit), []).append(ask)
         if not groups:  # settlements only
             groups[(None, None)] = []
-        pending = [(g, *d) for g, d in settlements.items() if any(d)]
         for (request_limit, token_limit), group in groups.items():
+            pending = [(g, *d) for g, d in settlements.items() if any(d)]
             leasing = [ask.now for ask in group if ask.lease != (0, 0)]
             params = {
                 "org": organization_id,
@@ -359,20 +441,39 @@ class _Combiner:
                 "rl": request_limit,
                 "tl": token_limit,
             }
-            had_settlements, pending = bool(pending), []  # applied by the first statement
-            row = await self.connections.fetchone(_STATEMENT, params)
+            key = (organization_id, period)
+            row = await self._run(_STATEMENT, params, key, settlements)
             if row is None and group:  # the month's first request: create its row
-                await self.connections.fetchone(_INSERT, params)
-                row = await self.connections.fetchone(_STATEMENT, params)
-            if row is None:
-                if had_settlements:
+                await self._run(_INSERT, params, key, settlements)
+                row = await self._run(_STATEMENT, params, key, settlements)
+            if pending:
+                settlements.clear()  # applied: never sent again, even if a later group fails
+                _resolve(waiters)
+                if row is None:
                     logger.warning(
                         "quota settlement of organization %s for %s dropped: no counter row",
                         organization_id,
                         period,
                     )
-                continue
-            self._decide(group, row, request_limit, token_limit)
+            if row is not None:
+                self._decide(group, row, request_limit, token_limit)
+
+    async def _run(
+        self, statement: str, params: dict, key: tuple[int, date], settlements: _Settlements
+    ) -> tuple | None:
+        """The statement on the loop's connections; once more on a new connection when a kept
+        one broke under it. `settlements`: those it carries (params' s* arrays)."""
+        try:
+            return await self.connections.fetchone(statement, params)
+        except StatementLost as lost:
+            if statement is _STATEMENT and params["sg"]:
+                _unsure(params, settlements, key)
+            if not lost.kept:
+                raise
+        # A kept connection most likely died while idle, and the statement never reached the
+        # server; had it been applied after all, its asks count twice (their quota is lost)
+        # and its settlements are only those that may be applied twice (_unsure).
+        return await self.connections.fetchone(statement, params)
 
     @staticmethod
     def _decide(group: list[_Ask], row: tuple, request_limit, token_limit) -> None:

@@ -83,9 +83,9 @@ _CONNECTION_ERRORS = (OperationalError, InterfaceError)
 # settlement giving tokens back): the admission is tried again, this many times at most.
 _ATTEMPTS = 3
 
-# How long a lease (lease.py) admits after its reservation before it is settled and a new one
-# reserved (QUOTA_LEASE_MAX_AGE_SECONDS), and the margin given to its give-back's statement:
-# the row's leased_until is the reservation's instant plus both.
+# How long a lease (lease.py) admits after its reservation came back before it is settled and
+# a new one reserved (QUOTA_LEASE_MAX_AGE_SECONDS), and the margin given to the reservation's
+# statement and its give-back's: the row's leased_until is the reservation's ask plus both.
 LEASE_MAX_AGE_SECONDS = 1.0
 LEASE_SETTLE_MARGIN_SECONDS = 1.0
 
@@ -569,7 +569,8 @@ def quota_reset(organization: Organization, *, actor: Actor, reason: str = "") -
 
     The reset starts a new generation of the counter: settlements and lease give-backs of
     admissions counted before it no longer move it, and processes stop admitting from leases
-    reserved before it within QUOTA_LEASE_MAX_AGE_SECONDS (lease.py)."""
+    reserved before it within QUOTA_LEASE_MAX_AGE_SECONDS of their reservation's return
+    (lease.py)."""
     now = timezone.now()
     period = period_for(now)
     # The row lock makes the figures in the audit event exactly the ones zeroed.

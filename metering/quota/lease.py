@@ -10,15 +10,27 @@ change the lease, not the row. What a lease did not use goes back to the row (on
 riding with the organization's next statement): when it has been idle for
 QUOTA_LEASE_IDLE_SECONDS (1 s), when it is QUOTA_LEASE_MAX_AGE_SECONDS (1 s) old even if busy,
 when it is spent and a new one is reserved, when the plan's limits change, and at shutdown
-(`aclose`). While it is out, the row's leased_requests / leased_tokens hold its reservation and
-leased_until the instant by which it is due back (its reservation + max age + 1 s): a request
-refused only because of that room gets a Retry-After of those 1-2 s, not the month's end.
+(`aclose`). Its age counts from when its reservation came back to the loop, not from when it
+was asked: on a loaded database, where queueing and the statement take longer than the max age,
+a lease counted from its ask would arrive expired, and every burst would reserve one lease
+after another. While it is out, the row's leased_requests / leased_tokens hold its reservation
+and leased_until the instant by which it is due back (the reservation's ask + max age + 1 s,
+the second for the reservation's statement and the give-back's): a request refused only
+because of that room gets a Retry-After of those 1-2 s, not the month's end. (On a database so
+slow that the reservation took more than that second, leased_until can pass while the lease is
+still out: refusals then count its room as lost, as a dead process's, a hint only.)
 
 Size, from the counter's figures this loop saw last: QUOTA_LEASE_REQUESTS (64) requests, or as
 many as are waiting for a lease being reserved (a burst is served by one more reservation, not
 one per 64 requests; at most LEASE_MAX), and as many times the request's token estimate, but
 never more than 1/64 of what remains of either limit. While a reservation is in flight, the
-requests that find no room wait for it instead of reserving one each. Near the quota, leases
+requests that find no room wait for it instead of reserving one each. When it comes back they
+take from the lease, and once it is spent the next reserves for those still waiting; if there
+is no lease to take from (the reservation was refused: others spent the room; or the lease
+expired or went back meanwhile) each is asked alone, their asks sharing the organization's next
+statement; if the reservation failed (the database is down), they fail with it at once, as the
+asks of its statement would have (it was sized for them): a burst never waits for one statement
+after another, nor for one connection timeout per request. Near the quota, leases
 shrink to nothing and each request is one ask, exactly as without leases: the last requests of
 a month are admitted one by one, and concurrent requests on a nearly spent quota admit exactly
 what remains. With P processes at most about P/64 of what remained is reserved and unused at
@@ -32,15 +44,20 @@ statement ran, a leased one in the generation its lease was reserved in (QuotaDe
 generation). Then:
 - in each generation, what was admitted never passes the quota, and once every lease of the
   generation is back (and settled with their generation), the row holds exactly what the
-  generation admitted. A lease's give-back, and any settlement given its generation, applies
-  only while the row still has that generation (UPDATE ... WHERE generation = the lease's):
-  nothing reserved before a reset lowers or raises the counter after it;
+  generation admitted (or more, never less, if a statement carrying a give-back was lost with
+  its connection: batched.py, "Errors"). A lease's give-back, and any settlement given its
+  generation, applies only while the row still has that generation (UPDATE ... WHERE
+  generation = the lease's): nothing reserved before a reset lowers or raises the counter
+  after it;
 - a lease reserved before a reset may still admit after it, but only from room that was counted
   before the reset (the figures the reset zeroed and audited), and for at most
-  QUOTA_LEASE_MAX_AGE_SECONDS after its reservation, so at most that long after the reset (and
-  less: the first statement of the loop that returns the new generation forgets the lease at
-  once). With P processes, the month can so admit, within that second after a reset, at most
-  the P leases' unused parts on top of the new generation's quota: what the reset forgave.
+  QUOTA_LEASE_MAX_AGE_SECONDS after its reservation came back to the loop. The reset came after
+  the reservation's commit (else the lease would be of its generation), so that is at most the
+  max age after the reset, plus the instant between that commit and the reply reaching the
+  loop (and less: the first statement of the loop that returns the new generation forgets the
+  lease at once). With P processes, the month can so admit, within that second after a reset,
+  at most the P leases' unused parts on top of the new generation's quota: what the reset
+  forgave.
 A settlement without a generation (a caller that does not pass QuotaDecision.generation) moves
 whatever the row holds, as before resets had generations.
 
@@ -57,7 +74,15 @@ from django.conf import settings
 
 from aibaas.loops import PerLoop
 from metering.quota import batched
-from metering.quota.counter import QuotaDecision, decision_for, lease_max_age, period_for, utc
+from metering.quota.counter import (
+    QuotaDecision,
+    QuotaUnavailable,
+    decision_for,
+    lease_max_age,
+    period_for,
+    unavailable,
+    utc,
+)
 
 LEASE_REQUESTS = 64
 LEASE_FRACTION = 64
@@ -73,11 +98,17 @@ class _Lease:
     requests: int  # left to admit
     tokens: int  # left to admit (negative: owed after settlements above the estimates)
     reserved: tuple[int, int]  # what its reservation put in the row's leased columns
-    # Monotonic: when its reservation was asked plus QUOTA_LEASE_MAX_AGE_SECONDS; from then on
+    # Monotonic: when its reservation came back plus QUOTA_LEASE_MAX_AGE_SECONDS; from then on
     # it admits nothing (read once here: no settings lookup per admission).
     expires: float
     last_use: float
     timer: asyncio.TimerHandle | None = None
+
+    def usable(self, request_limit: int | None, token_limit: int | None, clock: float) -> bool:
+        """Whether it may still admit: under the same limits (no plan change), not too old."""
+        return (self.request_limit, self.token_limit) == (request_limit, token_limit) and (
+            clock < self.expires
+        )
 
     def fits(self, tokens: int) -> bool:
         return self.requests >= 1 and self.tokens >= max(tokens, 1)
@@ -91,7 +122,9 @@ class _Leases:
         self.leases: dict[tuple[int, date], _Lease] = {}
         self.figures: dict[tuple[int, date], tuple[int, int]] = {}  # after the last ask
         # A lease being reserved: the requests that find no room meanwhile wait for it instead
-        # of reserving one each (500 streams arriving at once would reserve 500 leases).
+        # of reserving one each (500 streams arriving at once would reserve 500 leases). The
+        # future is done once the reservation's outcome is known (and its lease in `leases`):
+        # its decision, or the exception it failed with (see _leased).
         self.reserving: dict[tuple[int, date], asyncio.Future] = {}
         self.waiting: dict[tuple[int, date], int] = {}  # requests waiting for `reserving`
 
@@ -203,11 +236,8 @@ def admit_start(
     key = (organization_id, period)
     lease = state.leases.get(key)
     clock = time.monotonic()
-    if lease is not None and (
-        (lease.request_limit, lease.token_limit) != (request_limit, token_limit)  # plan changed
-        or clock >= lease.expires
-    ):
-        state.give_back(organization_id, period)
+    if lease is not None and not lease.usable(request_limit, token_limit, clock):
+        state.give_back(organization_id, period)  # a plan change, or too old
         lease = None
     if lease is not None and lease.fits(tokens):
         lease.requests -= 1
@@ -231,51 +261,28 @@ def admit_start(
     count, reserve = state.size(key, request_limit, token_limit, tokens)
     if count == 1:
         # One request alone, queued now (it shares the organization's next statement).
-        future = batched.admit_start(organization_id, **limits, tokens=tokens)
-        future.add_done_callback(lambda done: _seen(state, key, done))
-        return future
+        return _alone(state, key, organization_id, limits, tokens)
     reserving = state.reserving.get(key)
-    if reserving is not None and not reserving.done():
+    if reserving is not None:
         state.waiting[key] = state.waiting.get(key, 0) + 1
-        return asyncio.ensure_future(
-            _after(state, key, reserving, organization_id, request_limit, token_limit, tokens, now)
-        )
+        return asyncio.ensure_future(_after(state, key, reserving, organization_id, limits, tokens))
     # The spent lease goes back in the same statement as the new one's reservation.
     state.give_back(organization_id, period)
     part = (count - 1, reserve - tokens)  # this request takes one of them, and its tokens
     reservation = batched.admit_start(
         organization_id, **limits, tokens=reserve, count=count, lease=part
     )
-    task = asyncio.ensure_future(
-        _leased(state, organization_id, period, reservation, part, tokens, limits, clock)
+    ready = state.reserving[key] = state.loop.create_future()
+    return asyncio.ensure_future(
+        _leased(state, organization_id, period, reservation, ready, part, tokens, limits)
     )
-    state.reserving[key] = task
-    task.add_done_callback(lambda done: _reserved(state, key, done))
-    return task
 
 
-def _reserved(state: _Leases, key, done: asyncio.Future) -> None:
-    if state.reserving.get(key) is done:
-        del state.reserving[key]
-
-
-async def _after(state, key, reserving, organization_id, request_limit, token_limit, tokens, now):
-    """Admit once the lease being reserved is there (or was not to be had)."""
-    try:
-        await asyncio.wait([reserving])
-    finally:
-        left = state.waiting.get(key, 1) - 1
-        if left > 0:
-            state.waiting[key] = left
-        else:
-            state.waiting.pop(key, None)
-    return await admit_start(
-        organization_id,
-        request_limit=request_limit,
-        token_limit=token_limit,
-        tokens=tokens,
-        now=now,
-    )
+def _alone(state: _Leases, key, organization_id: int, limits: dict, tokens: int) -> asyncio.Future:
+    """One request asked alone (no lease): it shares the organization's next statement."""
+    future = batched.admit_start(organization_id, **limits, tokens=tokens)
+    future.add_done_callback(lambda done: _seen(state, key, done))
+    return future
 
 
 def _seen(state: _Leases, key, done: asyncio.Future) -> None:
@@ -285,34 +292,79 @@ def _seen(state: _Leases, key, done: asyncio.Future) -> None:
             state.seen(key, decision)
 
 
-async def _leased(state, organization_id, period, reservation, part, tokens, limits, asked_at):
+async def _after(state: _Leases, key, reserving: asyncio.Future, organization_id, limits, tokens):
+    """Admit once the lease being reserved is there, from it (or by the next reservation once
+    it is spent); alone when there is no lease to take from; failed when its reservation
+    failed (the module docstring)."""
+    try:
+        await asyncio.wait([reserving])
+    finally:
+        left = state.waiting.get(key, 1) - 1
+        if left > 0:
+            state.waiting[key] = left
+        else:
+            state.waiting.pop(key, None)
+    outcome = None if reserving.cancelled() else reserving.result()
+    if isinstance(outcome, Exception):
+        return unavailable(organization_id, outcome, **limits)  # raises, unless fail-open
+    if isinstance(outcome, QuotaDecision) and outcome.allowed and not outcome.counted:
+        # QUOTA_FAIL_OPEN admitted the reservation's request unmetered: the same for this one.
+        failed = QuotaUnavailable("the lease reservation this request waited for failed")
+        return unavailable(organization_id, failed, **limits)
+    lease = state.leases.get(key)
+    usable = lease is not None and lease.usable(
+        limits["request_limit"], limits["token_limit"], time.monotonic()
+    )
+    if usable or key in state.reserving:  # from the lease, or wait for the next one
+        return await admit_start(organization_id, **limits, tokens=tokens)
+    # Refused (others spent the room), or expired or given back meanwhile: asked alone. The
+    # waiters all wake now, so their asks share one statement instead of each reserving a
+    # lease in turn.
+    return await _alone(state, key, organization_id, limits, tokens)
+
+
+def _ready(state: _Leases, key, ready: asyncio.Future, outcome) -> None:
+    """The reservation's outcome is known: the requests waiting for it go on."""
+    if state.reserving.get(key) is ready:
+        del state.reserving[key]
+    if not ready.done():
+        ready.set_result(outcome)
+
+
+async def _leased(state, organization_id, period, reservation, ready, part, tokens, limits):
     """This request and a new lease, reserved together; alone if the lease does not fit."""
     key = (organization_id, period)
-    decision = await reservation
-    if not decision.counted:  # QUOTA_FAIL_OPEN admitted it unmetered
-        return decision
-    state.seen(key, decision)
-    if decision.allowed:
-        # A lease that came meanwhile (none does: requests wait for this one) goes back.
-        state.give_back(organization_id, period)
-        lease = state.leases[key] = _Lease(
-            request_limit=limits["request_limit"],
-            token_limit=limits["token_limit"],
-            generation=decision.generation,
-            requests=part[0],
-            tokens=part[1],
-            reserved=part,
-            expires=asked_at + lease_max_age(),
-            last_use=time.monotonic(),
-        )
-        state.watch(organization_id, period, lease)
-        decision.leased = True
-        return decision
-    # Others spent the room meanwhile: this request alone.
-    decision = await batched.admit_start(organization_id, **limits, tokens=tokens)
-    if decision.counted or not decision.allowed:
+    outcome = None  # cancelled: the waiters are asked alone
+    try:
+        try:
+            decision = outcome = await reservation
+        except Exception as error:
+            outcome = error
+            raise
+        if decision.allowed and not decision.counted:  # QUOTA_FAIL_OPEN admitted it unmetered
+            return decision
         state.seen(key, decision)
-    return decision
+        if decision.allowed:
+            # A lease that came meanwhile (none does: requests wait for this one) goes back.
+            state.give_back(organization_id, period)
+            came_back = time.monotonic()
+            lease = state.leases[key] = _Lease(
+                request_limit=limits["request_limit"],
+                token_limit=limits["token_limit"],
+                generation=decision.generation,
+                requests=part[0],
+                tokens=part[1],
+                reserved=part,
+                expires=came_back + lease_max_age(),  # its age counts from here (docstring)
+                last_use=came_back,
+            )
+            state.watch(organization_id, period, lease)
+            decision.leased = True
+            return decision
+    finally:
+        _ready(state, key, ready, outcome)
+    # Others spent the room meanwhile: this request alone, with the waiters' asks.
+    return await _alone(state, key, organization_id, limits, tokens)
 
 
 def settle(

@@ -1,11 +1,14 @@
 """The monthly quota's PostgreSQL path for async code (metering/quota/batched.py): admissions
 and settlements of one organization-month made concurrently on one event loop go to the
-database in one statement, with the semantics of admitting them one by one."""
+database in one statement, with the semantics of admitting them one by one; a settlement is
+applied once whatever fails after it, and a statement lost with its connection never gives
+quota away."""
 
 import asyncio
 import logging
 from datetime import UTC, date, datetime
 
+import psycopg
 import pytest
 from django.db import connection, connections
 
@@ -269,3 +272,179 @@ def test_aclose_flushes_and_closes_the_loops_connections(org):
     conns = asyncio.run(scenario())
     assert conns and all(c.closed for c in conns)
     assert counter(org) == (1, 15)
+
+
+def ask(org, *, requests=None, tokens_limit=None, tokens=1):
+    """An admission queued with the combiner itself (no lease), now: its future."""
+    return batched.admit_start(
+        org.pk, request_limit=requests, token_limit=tokens_limit, tokens=tokens, now=NOV
+    )
+
+
+def test_a_settlement_is_applied_once_when_a_later_statement_of_its_flush_fails(org, monkeypatch):
+    """A plan change splits a flush in two statements; the settlements ride with the first.
+    When the second fails, they are not sent again with the organization's next statement."""
+    real = batched._Connections.fetchone
+    calls = {"made": 0, "fail": None}
+
+    async def fetchone(self, statement, params):
+        calls["made"] += 1
+        if calls["made"] == calls["fail"]:
+            raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+        return await real(self, statement, params)
+
+    monkeypatch.setattr(batched._Connections, "fetchone", fetchone)
+
+    async def scenario():
+        first = await ask(org, requests=10, tokens=1000)
+        calls["fail"] = calls["made"] + 2  # the flush's second statement
+        settled = batched.settle_start(
+            org.pk, period=NOV_1, token_delta=-900, request_delta=0, generation=first.generation
+        )
+        old_plan = ask(org, requests=10, tokens=0)
+        new_plan = ask(org, requests=20, tokens=0)
+        outcomes = await asyncio.gather(settled, old_plan, new_plan, return_exceptions=True)
+        after = await ask(org, requests=10, tokens=0)
+        await aflush()
+        return outcomes, after
+
+    (settled, old_plan, new_plan), after = asyncio.run(scenario())
+    assert settled is None  # applied, and its waiter told so
+    assert old_plan.allowed
+    assert isinstance(new_plan, QuotaUnavailable)
+    # 1000 estimated, 100 used: the -900 applied once.
+    assert (after.requests_used, after.tokens_used) == (3, 100)
+    assert counter(org) == (3, 100)
+
+
+def test_a_kept_connection_closed_while_idle_is_replaced_before_anything_is_sent_on_it(org, caplog):
+    """The server ended the idle connection: that is seen before the statement is sent, so the
+    give-back riding with it is applied (it is not a statement lost with its connection)."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        await ask(org, tokens_limit=1000, tokens=100)
+        await loop.run_in_executor(None, _terminate, _backend_pid_of_kept_connection())
+        await aquota_settle(org.pk, period=NOV_1, token_delta=-40, wait=False)
+        return await ask(org, tokens_limit=1000, tokens=100)
+
+    with caplog.at_level(logging.WARNING, logger="metering.quota"):
+        second = asyncio.run(scenario())
+    assert second.tokens_used == 160
+    assert not caplog.records
+    assert counter(org) == (2, 160)
+
+
+_READY_FOR_QUERY_IDLE = b"Z\x00\x00\x00\x05I"  # a reply's end, its transaction over
+_UPDATED = b"UPDATE 1\x00"  # the quota statement's CommandComplete
+
+
+class _Relay:
+    """A TCP relay between the quota's connections and PostgreSQL, on the test's loop: the
+    network between them. Once `cut` is set, the server's next reply to a quota statement that
+    updated the row (committed: up to its ReadyForQuery) is swallowed and the client's
+    connection closed; other replies (a statement's preparation) go through."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.cut = False
+        self.server: asyncio.Server | None = None
+        self.transports: set[asyncio.Transport] = set()
+        self.serving: set[asyncio.Task] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.server.close()
+        for transport in self.transports:
+            transport.abort()
+        await asyncio.gather(*self.serving, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _serve(self, reader, writer) -> None:
+        self.serving.add(asyncio.current_task())
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self.transports |= {writer.transport, up_writer.transport}
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._replies(up_reader, writer))
+        except OSError:
+            pass  # one side went away: so does the other
+        finally:
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+    async def _pipe(self, reader, writer) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        raise ConnectionResetError("closed")
+
+    async def _replies(self, reader, writer) -> None:
+        held = b""
+        while data := await reader.read(65536):
+            if not self.cut:
+                writer.write(data)
+                await writer.drain()
+                continue
+            held += data
+            if not held.endswith(_READY_FOR_QUERY_IDLE):
+                continue
+            if _UPDATED in held:
+                self.cut = False
+                raise ConnectionAbortedError("cut after the commit")
+            writer.write(held)
+            held = b""
+            await writer.drain()
+        raise ConnectionResetError("closed")
+
+
+@pytest.fixture
+def relay():
+    """The quota's connections go through a _Relay, started on the test's loop by `async with
+    relay:`."""
+    database = connections["default"].settings_dict
+    saved = database["HOST"], database["PORT"], dict(database["OPTIONS"])
+    batched.close_all()
+    relay = _Relay(saved[0] or "127.0.0.1", int(saved[1] or 5432))
+
+    class Running:
+        async def __aenter__(self):
+            database["HOST"], database["PORT"] = "127.0.0.1", str(await relay.start())
+            database["OPTIONS"]["sslmode"] = "disable"  # bytes the relay can read
+            return relay
+
+        async def __aexit__(self, *exc_info):
+            database["HOST"], database["PORT"], database["OPTIONS"] = saved
+            await batched.aclose()
+            await relay.stop()
+
+    yield Running()
+    database["HOST"], database["PORT"], database["OPTIONS"] = saved
+    batched.close_all()
+
+
+def test_a_statement_lost_after_its_commit_never_gives_back_twice(org, relay, caplog):
+    """The connection breaks after the statement committed, before its reply: it runs once
+    more on a new connection, but without the give-back it carried (applied by the lost one:
+    applying it again would give quota away); an addition runs again (quota lost)."""
+
+    async def scenario():
+        async with relay as network:
+            first = await ask(org, tokens_limit=10_000, tokens=1000)
+            network.cut = True  # the next statement commits and its reply never comes
+            await aquota_settle(
+                org.pk, period=NOV_1, token_delta=-900, generation=first.generation, wait=False
+            )
+            await aquota_settle(org.pk, period=NOV_1, token_delta=50, wait=False)
+            second = await ask(org, tokens_limit=10_000, tokens=0)
+            await aflush()
+            return second
+
+    with caplog.at_level(logging.WARNING, logger="metering.quota"):
+        second = asyncio.run(scenario())
+    assert second.allowed
+    # The lost statement: 1000 - 900 + 50, and the request. Its re-run: +50, the request.
+    assert counter(org) == (3, 200)
+    assert "give back 0 requests and 900 tokens; dropped" in caplog.text

@@ -14,7 +14,7 @@ from django.db import connections
 from django.db.models import F
 
 from metering.models import QuotaCounter
-from metering.quota import aflush, aquota_admit, aquota_settle, batched, lease
+from metering.quota import QuotaUnavailable, aflush, aquota_admit, aquota_settle, batched, lease
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -333,3 +333,138 @@ def test_near_the_quota_a_refusal_while_another_process_holds_a_lease_says_retry
     admitted = asyncio.run(process_b())
     assert admitted.allowed
     assert counter(org) == (987, 30)  # 984, and A's 2 and B's 1 requests of 10 tokens
+
+
+@pytest.fixture
+def slow_reservations(monkeypatch):
+    """A statement reserving a lease takes 0.6 s more (a loaded database: lock waits on the
+    organization's row); the asks statements carried are recorded as they ran, as by
+    `statements`."""
+    seen: list[list[tuple[int, int]]] = []
+    real = batched._Connections.fetchone
+
+    async def fetchone(self, statement, params):
+        if any(params.get("lcounts", ())):
+            await asyncio.sleep(0.6)
+        row = await real(self, statement, params)
+        if statement is batched._STATEMENT and params["counts"] and row is not None:
+            seen.append(list(zip(params["counts"], params["estimates"], strict=True)))
+        return row
+
+    monkeypatch.setattr(batched._Connections, "fetchone", fetchone)
+    return seen
+
+
+def test_a_burst_on_a_slow_database_is_served_by_one_lease_even_past_its_max_age(
+    org, settings, slow_reservations
+):
+    """The reservation takes longer than QUOTA_LEASE_MAX_AGE_SECONDS: the lease's age counts
+    from when it came back, so the requests waiting for it take from it, instead of finding
+    it expired and reserving one lease after another."""
+    settings.QUOTA_LEASE_MAX_AGE_SECONDS = 0.3
+
+    async def scenario():
+        await admit(org, requests=1_000_000)
+        slow_reservations.clear()
+        decisions = await asyncio.gather(*(admit(org, requests=1_000_000) for _ in range(20)))
+        await aflush(leases=True)
+        return decisions
+
+    decisions = asyncio.run(scenario())
+    assert all(d.allowed and d.leased for d in decisions)
+    assert slow_reservations == [[(64, 640)]]
+    assert counter(org) == (21, 210)
+
+
+def test_requests_waiting_for_a_lease_that_expired_on_arrival_are_asked_together(
+    org, settings, statements
+):
+    settings.QUOTA_LEASE_MAX_AGE_SECONDS = 0  # every lease is too old for the next request
+
+    async def scenario():
+        await admit(org, requests=100_000)
+        statements.clear()
+        decisions = await asyncio.gather(*(admit(org, requests=100_000) for _ in range(20)))
+        await aflush(leases=True)
+        return decisions
+
+    decisions = asyncio.run(scenario())
+    assert all(d.allowed for d in decisions)
+    # The first reserved a lease; the 19 waiting for it found it expired and were asked alone,
+    # in one statement, not each reserving a lease in turn.
+    assert statements == [[(64, 640)], [(1, 10)] * 19]
+    assert counter(org) == (21, 210)
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_requests_waiting_for_a_reservation_that_failed_fail_with_it_at_once(
+    org, settings, monkeypatch, fail_open
+):
+    """The database went away: the burst's reservation fails (its connection cannot be made),
+    and the requests waiting for it get its outcome (503, or admitted unmetered with
+    QUOTA_FAIL_OPEN) without trying again one after the other, a connect timeout each."""
+    settings.QUOTA_FAIL_OPEN = fail_open
+    settings.QUOTA_DB_TIMEOUT_SECONDS = 1
+    tried: list[str] = []
+    real = batched._Connections.fetchone
+
+    async def fetchone(self, statement, params):
+        tried.append("statement")
+        return await real(self, statement, params)
+
+    monkeypatch.setattr(batched._Connections, "fetchone", fetchone)
+    database = connections["default"].settings_dict
+    saved = database["PORT"]
+
+    async def scenario():
+        await admit(org, requests=100_000)  # figures seen: the next ones lease
+        batched._combiners.current().connections.finish_all()  # a new connection is needed...
+        database["PORT"] = "1"  # ...and cannot be made
+        tried.clear()
+        return await asyncio.gather(
+            *(admit(org, requests=100_000) for _ in range(20)), return_exceptions=True
+        )
+
+    try:
+        outcomes = asyncio.run(scenario())
+    finally:
+        database["PORT"] = saved
+        batched.close_all()
+    assert tried == ["statement"]
+    if fail_open:
+        assert all(d.allowed and not d.counted for d in outcomes)
+    else:
+        assert all(isinstance(outcome, QuotaUnavailable) for outcome in outcomes)
+    assert counter(org) == (1, 10)
+
+
+def test_a_reservation_refused_because_others_spent_the_room_asks_its_requests_alone(
+    org, statements
+):
+    """Another process spent what remains since this loop's last figures: the lease's
+    reservation does not fit, and its request and those waiting for it are asked alone (the
+    room left admits some of them), not refused with it."""
+
+    async def scenario():
+        await admit(org, requests=1_000)  # 999 remain: leases of 999 // 64 = 15
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _spend, org, 989)  # 10 remain
+        statements.clear()
+        decisions = await asyncio.gather(*(admit(org, requests=1_000) for _ in range(20)))
+        await aflush(leases=True)
+        return decisions
+
+    decisions = asyncio.run(scenario())
+    assert statements[0] == [(15, 150)]  # refused
+    assert sorted(len(asks) for asks in statements[1:]) in ([20], [1, 19])  # then alone
+    assert sum(d.allowed for d in decisions) == 10
+    assert {d.exceeded for d in decisions if not d.allowed} == {"requests"}
+    assert not any(d.leased for d in decisions)
+    assert counter(org) == (1_000, 110)
+
+
+def _spend(org, requests: int) -> None:
+    try:
+        QuotaCounter.objects.filter(organization=org).update(requests=F("requests") + requests)
+    finally:
+        connections.close_all()

@@ -137,13 +137,14 @@ def test_a_lease_given_back_after_a_reset_leaves_the_new_counter_alone(org):
 @pytest.mark.django_db(transaction=True)
 def test_a_lease_reserved_before_a_reset_admits_only_until_its_max_age(org, settings):
     """After the reset the old lease still admits (counted before the reset), but only until
-    QUOTA_LEASE_MAX_AGE_SECONDS after its reservation; then a lease of the new generation."""
+    QUOTA_LEASE_MAX_AGE_SECONDS after its reservation came back; then a lease of the new
+    generation."""
     settings.QUOTA_LEASE_MAX_AGE_SECONDS = 0.3
 
     async def scenario():
         await admit(org)
         await admit(org)  # the lease, generation 0
-        reserved = time.monotonic()  # after its reservation was asked
+        reserved = time.monotonic()  # once its reservation came back
         await asyncio.get_running_loop().run_in_executor(None, in_thread(lambda: reset(org)))
         after_reset: list[tuple[float, object]] = []
         while not after_reset or after_reset[-1][1].generation == 0:
