@@ -7,10 +7,9 @@ gets JSON it can parse, as OpenAI answers; browsers keep Django's HTML pages eve
 from django.http import JsonResponse
 from django.views import defaults
 
-from aibaas.errors import ApplicationError
+from aibaas.errors import ApplicationError, internal_error
 
 UNKNOWN_URL = "unknown_url"
-INTERNAL_ERROR = "internal_error"
 MACHINE_PREFIXES = ("/v1/", "/api/")
 
 
@@ -34,10 +33,5 @@ def not_found(request, exception=None):
 def server_error(request):
     if not _machine(request):
         return defaults.server_error(request)
-    error = ApplicationError(
-        INTERNAL_ERROR,
-        "The server had an error while processing your request. Contact the operator with "
-        f"the request id {getattr(request, 'request_id', '-')} if it persists.",
-        status=500,
-    )
+    error = internal_error(getattr(request, "request_id", "-"))
     return JsonResponse(error.as_dict(), status=500)

@@ -34,6 +34,19 @@ class ApplicationError(Exception):
         return {"error": body}
 
 
+INTERNAL_ERROR = "internal_error"
+
+
+def internal_error(request_id: str) -> ApplicationError:
+    """What a client gets for a bug (never a traceback): the request id to quote."""
+    return ApplicationError(
+        INTERNAL_ERROR,
+        "The server had an error while processing your request. Contact the operator with "
+        f"the request id {request_id} if it persists.",
+        status=500,
+    )
+
+
 def _default_type(status: int) -> str:
     if status == 401:
         return "authentication_error"

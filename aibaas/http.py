@@ -20,17 +20,31 @@ def pick_client_ip(value: str | None, peer: str | None, *, forwarded_for: bool) 
         if forwarded_for:
             hops = [part.strip() for part in value.split(",") if part.strip()]
             value = hops[-min(settings.CLIENT_IP_PROXIES, len(hops))] if hops else ""
-        address = _canonical(value.strip())
+        address = canonical_ip(value.strip())
         if address is not None:
             return address
-    return _canonical(peer.strip()) if peer else None
+    return canonical_ip(peer.strip()) if peer else None
 
 
-def _canonical(value: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
+_canonical_addresses: dict[str, str | None] = {}
+
+
+def canonical_ip(value: str | None) -> str | None:
+    """`value` as one way of writing its address (None if it is none), remembered: clients
+    repeat themselves, and parsing an address costs more than the rest of a usage event."""
+    if not value:
         return None
+    address = _canonical_addresses.get(value, "")
+    if address == "":
+        try:
+            address = str(ipaddress.ip_address(value))
+        except ValueError:
+            address = None
+        if len(value) <= 64:  # an address; a longer value is not worth keeping
+            if len(_canonical_addresses) >= 10_000:
+                _canonical_addresses.clear()
+            _canonical_addresses[value] = address
+    return address
 
 
 def client_ip(request) -> str | None:

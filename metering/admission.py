@@ -42,7 +42,6 @@ RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
 INSUFFICIENT_QUOTA = "insufficient_quota"
 QUOTA_UNAVAILABLE = "quota_unavailable"
 QUOTA_UNAVAILABLE_RETRY_SECONDS = 5
-IP_GROUP = "gateway-ip"
 
 _LIMIT_WORDS = {
     "requests_per_minute": "requests per minute",

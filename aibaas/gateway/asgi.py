@@ -33,7 +33,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.http.request import split_domain_port, validate_host
 
-from aibaas.errors import ApplicationError
+from aibaas.errors import ApplicationError, internal_error
 from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
 from aibaas.http import pick_client_ip
@@ -129,7 +129,6 @@ def _json(body: Any) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-INTERNAL_ERROR = "internal_error"
 MODELS_PREFIX = "/v1/models/"
 
 
@@ -286,13 +285,7 @@ class GatewayApplication:
             # A bug: the pipeline recorded the request's usage event (status 500); the client
             # still gets JSON in OpenAI's shape, with the id to quote, never a traceback.
             logger.exception("unhandled error in %s", handler)
-            request_id = common[0][1].decode()
-            error = ApplicationError(
-                INTERNAL_ERROR,
-                "The server had an error while processing your request. Contact the operator "
-                f"with the request id {request_id} if it persists.",
-                status=500,
-            )
+            error = internal_error(common[0][1].decode())  # the X-Request-ID header
             await self._send_json(send, 500, error.as_dict(), common)
             return
         if reply.after is not None:

@@ -14,7 +14,6 @@ event is then written by a task of its own that the cancellation cannot reach).
 """
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.base import ModelSpec, ProviderError, Usage
 from aibaas.gateway.registry import amodel_spec, amodels_for_key, key_may_use
 from aibaas.gateway.tokenizer import estimate_chat_tokens, estimate_embedding_tokens
+from aibaas.http import canonical_ip
 from billing.pricing import COST_QUANTUM, acost_for
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
@@ -81,26 +81,6 @@ def error_reply(
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="aibaas"'
     return Reply(status=error.status, body=error.as_dict(), headers=headers)
-
-
-_addresses: dict[str, str | None] = {}
-
-
-def _ip(value: str | None) -> str | None:
-    """The address as a usage event stores it (None if it is none): remembered, as clients
-    repeat themselves and parsing one costs more than the rest of the event."""
-    if not value:
-        return None
-    address = _addresses.get(value, "")
-    if address == "":
-        try:
-            address = str(ipaddress.ip_address(value))
-        except ValueError:
-            address = None
-        if len(_addresses) >= 10_000:
-            _addresses.clear()
-        _addresses[value] = address
-    return address
 
 
 async def authenticate(inbound: Inbound):
@@ -178,7 +158,7 @@ class Call:
             cost=cost,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             upstream_latency_ms=None if upstream_latency_ms is None else int(upstream_latency_ms),
-            client_ip=_ip(self.inbound.client_ip),
+            client_ip=canonical_ip(self.inbound.client_ip),
         )
         if self.admission is not None:
             # No wait of its own on Redis and PostgreSQL: the settlement rides with the key's
