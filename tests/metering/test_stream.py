@@ -193,13 +193,13 @@ def test_celery_task_drains_the_stream(stream_mode, stream, issued):
 
 
 def test_dead_consumers_are_pruned(stream_mode, stream, issued, monkeypatch):
-    from metering import services
+    from metering.services import drain as services
 
     key = stream_mode.USAGE_STREAM_KEY
     usage_emit(make_event(issued))
     usage_drain()
     stream.xgroup_createconsumer(key, GROUP, "dead-drainer")
-    monkeypatch.setattr(services, "_last_prune", 0.0)
+    monkeypatch.setattr(services, "_last_prune", float("-inf"))  # a young machine's clock
     monkeypatch.setattr(services, "CONSUMER_PRUNE_IDLE_MS", -1)
     usage_drain()
     assert stream.xinfo_consumers(key, GROUP) == []
