@@ -38,6 +38,11 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False, help_text="May log in to the Django admin.")
     date_joined = models.DateTimeField(default=timezone.now)
+    jwt_generation = models.PositiveIntegerField(
+        default=0,
+        editable=False,
+        help_text="Bumped by a logout: every management API token issued before stops working.",
+    )
 
     objects = UserManager()
 

@@ -4,6 +4,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils.text import slugify
 
 from accounts.models import Membership, Organization, Role, User
@@ -80,6 +81,17 @@ def user_create(*, email: str, password: str | None, full_name: str = "") -> Use
     except IntegrityError:
         raise ValidationError({"email": EMAIL_TAKEN}) from None
     return user
+
+
+@transaction.atomic
+def user_tokens_revoke(*, user: User) -> None:
+    """End every management API token (JWT, access and refresh) the user holds: a logout.
+
+    A password change needs no call: the tokens' `ver` claim covers the password hash
+    (accounts/tokens.py), whichever path changed it.
+    """
+    User.objects.filter(pk=user.pk).update(jwt_generation=F("jwt_generation") + 1)
+    user.refresh_from_db(fields=["jwt_generation"])
 
 
 @transaction.atomic

@@ -175,7 +175,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
         "keys.authentication.ManagementApiKeyAuthentication",
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "accounts.tokens.VersionedJWTAuthentication",  # revoked by password change/logout
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -254,6 +254,6 @@ RATE_LIMIT_REDIS_RETRY_SECONDS = env.float("RATE_LIMIT_REDIS_RETRY_SECONDS", def
 # Connections per event loop of the asyncio Redis pool (usage stream, limiter).
 REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
 
-# --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py).
+# --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py),
+# never trimmed: an entry leaves it once stored in the database.
 USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")
-USAGE_STREAM_MAXLEN = env.int("USAGE_STREAM_MAXLEN", default=1_000_000)
