@@ -57,8 +57,7 @@ class ServerSettings:
     def from_env(cls) -> "ServerSettings":
         access_log = os.environ.get("ACCESS_LOG", "-").strip()
         return cls(
-            bind=os.environ.get("BIND", "").strip()
-            or f"0.0.0.0:{_int('PORT', 8000, minimum=1)}",
+            bind=os.environ.get("BIND", "").strip() or f"0.0.0.0:{_int('PORT', 8000, minimum=1)}",
             workers=_int("WEB_CONCURRENCY", 2, minimum=1),
             timeout=_int("GUNICORN_TIMEOUT", 30, minimum=1),
             graceful_timeout=_int("GUNICORN_GRACEFUL_TIMEOUT", 30, minimum=1),
