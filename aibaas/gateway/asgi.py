@@ -60,14 +60,6 @@ class _Disconnected(Exception):
     pass
 
 
-def _ip_header() -> bytes | None:
-    """The header that holds the client address (None: the socket's peer address)."""
-    meta_key = settings.CLIENT_IP_META_KEY
-    if meta_key == "REMOTE_ADDR" or not meta_key.startswith("HTTP_"):
-        return None
-    return meta_key[5:].lower().replace("_", "-").encode("latin-1")
-
-
 class _Config:
     """Settings read once per process (they do not change while it runs; tests reset it)."""
 
@@ -75,8 +67,6 @@ class _Config:
         self.allowed_hosts = list(settings.ALLOWED_HOSTS)
         if settings.DEBUG and not self.allowed_hosts:
             self.allowed_hosts = [".localhost", "127.0.0.1", "[::1]"]  # as Django's get_host
-        self.ip_header = _ip_header()
-        self.forwarded_for = self.ip_header == b"x-forwarded-for"
         self.max_body = settings.GATEWAY_MAX_BODY_BYTES
         self.ssl_redirect = bool(getattr(settings, "SECURE_SSL_REDIRECT", False))
         proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
@@ -369,11 +359,11 @@ class GatewayApplication:
     @staticmethod
     def _client_ip(scope, headers, cfg: _Config) -> str | None:
         client = scope.get("client")
-        peer = client[0] if client else None
-        if cfg.ip_header is None:
-            return peer
-        value = headers.get(cfg.ip_header, b"").decode("latin-1")
-        return pick_client_ip(value, peer, forwarded_for=cfg.forwarded_for)
+        forwarded_for = headers.get(b"x-forwarded-for")
+        return pick_client_ip(
+            client[0] if client else None,
+            forwarded_for.decode("latin-1") if forwarded_for else None,
+        )
 
     @staticmethod
     def _secure(scope, headers, cfg: _Config) -> bool:
