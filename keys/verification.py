@@ -51,6 +51,12 @@ INVALID_KEY_MESSAGE = (
 REVOKED_KEY_MESSAGE = "This API key has been revoked. Create a new one at /dashboard/keys/."
 EXPIRED_KEY_MESSAGE = "This API key has expired. Create or rotate a key at /dashboard/keys/."
 BUSY_MESSAGE = "Key verification is busy; retry in a moment."
+KEY_IN_QUERY = "key_in_query"
+KEY_IN_QUERY_MESSAGE = (
+    "API keys are never accepted in the URL (URLs end up in logs and browser history). Send the "
+    "key in the Authorization header (Authorization: Bearer sk_live_...) or in the X-API-Key "
+    "header, and rotate a key you have sent in a URL."
+)
 
 MISSING_TTL = 60
 FAILURE_WINDOW = 60
