@@ -9,13 +9,17 @@ from drf_spectacular.utils import (
     extend_schema_view,
     inline_serializer,
 )
-from rest_framework import serializers
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts.api_access import OrganizationAccess, resolve_access
 from accounts.audit import audit_list
 from accounts.models import Role
+from accounts.services import user_tokens_revoke
+from accounts.tokens import TokenObtainSerializer, TokenRefreshSerializer
 from aibaas.errors import ApplicationError
 from aibaas.pagination import Pagination
 from aibaas.schema import errors
@@ -40,11 +44,30 @@ class TokenObtainApi(TokenObtainPairView):
     """POST email + password → short-lived access token and a refresh token."""
 
     authentication_classes: list = []
+    serializer_class = TokenObtainSerializer
 
 
 @extend_schema_view(post=extend_schema(responses={200: _TOKENS, **errors(400, 401)}))
 class TokenRefreshApi(TokenRefreshView):
+    """POST a refresh token → a new access token; refused once the user changed their password
+    or logged out since the refresh token was issued."""
+
     authentication_classes: list = []
+    serializer_class = TokenRefreshSerializer
+
+
+class LogoutApi(APIView):
+    """Log out of the management API: every JWT of the user (access and refresh, on every
+    device) stops working at once. API keys are not affected."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        request=None, responses={204: None, **errors(401, 403)}, operation_id="auth_logout"
+    )
+    def post(self, request):
+        user_tokens_revoke(user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class AuditEventOutputSerializer(serializers.Serializer):

@@ -29,11 +29,11 @@ Stream key: `aibaas:{usage}:events`. The braces are a Redis Cluster hash tag: th
 dead-letter stream `aibaas:{usage}:dead` (entries that cannot be decoded or stored) live in one
 slot, so an entry moves between them in one MULTI. Overridable with the USAGE_STREAM_KEY setting.
 
-MAXLEN ~ 1,000,000 (setting USAGE_STREAM_MAXLEN): drained entries are deleted, so the stream
-holds only the backlog; the cap protects Redis's memory if every drainer is down. At about
-300 bytes an entry that is ~300 MB, and ~16 minutes of backlog at 1,000 requests/s (hours at
-the load of one small machine); past it the oldest undrained entries are trimmed. Trimming is
-approximate (`~`), which costs nothing per XADD.
+Never trimmed (no MAXLEN): an entry leaves the stream only once its row is committed, so the
+stream holds only the backlog. Redis must keep it on disk and never evict it: the production
+Redis runs with deploy/redis.conf (appendonly yes, appendfsync always, maxmemory-policy
+noeviction; README, "Redis in production"). A Redis without persistence that is killed loses
+every event it acknowledged and had not yet handed to the drain.
 """
 
 import ipaddress
@@ -54,7 +54,6 @@ from aibaas.redis_clients import apipelined, redis_client
 logger = logging.getLogger(__name__)
 
 STREAM_KEY = "aibaas:{usage}:events"
-STREAM_MAXLEN = 1_000_000
 ENTRY_FIELD = "e"
 REDIS_RETRY_SECONDS = 5.0
 # Short timeouts: emitting is on the request path, and the fallback is a database write.
@@ -137,10 +136,6 @@ def dead_letter_key(key: str) -> str:
     return key.rsplit(":", 1)[0] + ":dead"
 
 
-def stream_maxlen() -> int:
-    return getattr(settings, "USAGE_STREAM_MAXLEN", STREAM_MAXLEN)
-
-
 def stream_enabled() -> bool:
     """Events go through the stream only when a Celery worker exists to drain it."""
     return bool(settings.REDIS_URL and settings.CELERY_BROKER_URL)
@@ -178,10 +173,7 @@ def reset_breaker() -> None:
 
 
 def _xadd_args(event: UsageEventData) -> tuple[tuple, dict]:
-    return (
-        (stream_key(), {ENTRY_FIELD: event.to_json()}),
-        {"maxlen": stream_maxlen(), "approximate": True},
-    )
+    return (stream_key(), {ENTRY_FIELD: event.to_json()}), {}
 
 
 def _record(event: UsageEventData) -> None:

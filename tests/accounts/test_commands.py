@@ -6,8 +6,9 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from accounts.models import Membership, Organization, Role, User
+from aibaas.gateway.models import AIModel
 from billing.defaults import DEFAULT_PLANS
-from billing.models import Plan
+from billing.models import ModelPrice, Plan
 from tests.factories import PASSWORD, MembershipFactory, OrganizationFactory
 
 pytestmark = pytest.mark.django_db
@@ -98,6 +99,8 @@ def test_bootstrap_no_demo_seeds_plans_only():
     assert Plan.objects.count() == 4
     assert not Organization.objects.exists()
     assert not User.objects.exists()
+    assert not AIModel.objects.exists()
+    assert not ModelPrice.objects.exists()
 
 
 # --- create_org ------------------------------------------------------------------------------

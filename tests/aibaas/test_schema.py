@@ -114,6 +114,7 @@ def test_huge_page_numbers_are_a_page_not_a_500(path, query):
 EXPECTED_ERRORS = {
     ("/api/auth/token", "post"): {400, 401, 429},
     ("/api/auth/token/refresh", "post"): {400, 401},
+    ("/api/auth/logout", "post"): {401, 403},
     ("/api/keys", "get"): {400, 401, 403},
     ("/api/keys", "post"): {400, 401, 403},
     ("/api/keys/{ident}", "get"): {401, 403, 404},

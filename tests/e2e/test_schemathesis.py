@@ -36,7 +36,7 @@ CHECKS = (
     "response_schema_conformance",
 )
 SEED = 20261207
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 20
 TIMEOUT_SECONDS = 240
 
 

@@ -1,4 +1,5 @@
-"""`bootstrap` seeds the demo models and their prices, idempotently, keeping operator edits."""
+"""`bootstrap` seeds the demo models and their prices, idempotently, keeping operator edits;
+`--no-demo` (production) seeds none unless `--demo-models` asks."""
 
 from decimal import Decimal
 from io import StringIO
@@ -22,7 +23,7 @@ def run(*args) -> str:
 
 
 def test_bootstrap_seeds_the_demo_models_and_prices():
-    output = run("--no-demo")
+    output = run("--no-demo", "--demo-models")
 
     assert "Demo models: 2 created, 0 already present" in output
     chat = AIModel.objects.get(name="demo-chat")
@@ -42,7 +43,7 @@ def test_bootstrap_seeds_the_demo_models_and_prices():
 
 def test_the_seeded_models_are_served_at_once():
     registry.model_specs()  # warm and empty
-    run("--no-demo")
+    run("--no-demo", "--demo-models")
     assert [spec.name for spec in registry.model_specs()] == ["demo-chat", "demo-embed"]
     assert pricing.cost_for(model="demo-chat", input_tokens=10**6, output_tokens=0) == Decimal(
         "0.5"
@@ -50,10 +51,10 @@ def test_the_seeded_models_are_served_at_once():
 
 
 def test_bootstrap_twice_changes_nothing():
-    run("--no-demo")
+    run("--no-demo", "--demo-models")
     before = list(AIModel.objects.values()), list(ModelPrice.objects.values())
 
-    output = run("--no-demo")
+    output = run("--no-demo", "--demo-models")
 
     assert "Demo models: 0 created, 2 already present" in output
     assert (list(AIModel.objects.values()), list(ModelPrice.objects.values())) == before
@@ -80,3 +81,18 @@ def test_seeding_puts_back_a_missing_model_or_price():
 
     assert set(AIModel.objects.values_list("name", flat=True)) == {m["name"] for m in DEMO_MODELS}
     assert ModelPrice.objects.count() == 2
+
+
+def test_bootstrap_no_demo_seeds_no_models_or_prices():
+    output = run("--no-demo")
+
+    assert "Demo models" not in output
+    assert not AIModel.objects.exists()
+    assert not ModelPrice.objects.exists()
+
+
+def test_default_bootstrap_still_seeds_the_demo_models():
+    output = run()
+
+    assert "Demo models: 2 created, 0 already present" in output
+    assert set(AIModel.objects.values_list("name", flat=True)) == {"demo-chat", "demo-embed"}

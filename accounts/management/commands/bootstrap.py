@@ -19,14 +19,20 @@ class Command(BaseCommand):
         "Seed what a fresh installation needs: the default plans, the demo models and their "
         "prices, and a demo organization "
         f"'{DEMO_ORG_SLUG}' owned by {DEMO_EMAIL} with a demo API key (printed only when it is "
-        "created). Idempotent: re-running changes nothing."
+        "created). With --no-demo (production), the plans only. Idempotent: re-running changes "
+        "nothing."
     )
 
     def add_arguments(self, parser):
         parser.add_argument(
             "--no-demo",
             action="store_true",
-            help="Seed plans, models and prices only: no demo organization.",
+            help="Seed the plans only: no demo models, prices, organization or user.",
+        )
+        parser.add_argument(
+            "--demo-models",
+            action="store_true",
+            help="With --no-demo: also seed the built-in demo models and their prices.",
         )
 
     @transaction.atomic
@@ -35,10 +41,11 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Plans: {created} created, {len(DEFAULT_PLANS) - created} already present"
         )
-        created = model_seed_demo()
-        self.stdout.write(
-            f"Demo models: {created} created, {len(DEMO_MODELS) - created} already present"
-        )
+        if opts["demo_models"] or not opts["no_demo"]:
+            created = model_seed_demo()
+            self.stdout.write(
+                f"Demo models: {created} created, {len(DEMO_MODELS) - created} already present"
+            )
         if opts["no_demo"]:
             return
         user = User.objects.filter(email=DEMO_EMAIL).first()
