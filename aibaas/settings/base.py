@@ -4,7 +4,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from aibaas.proxies import proxies_from_env
 
-from .env import BASE_DIR, env
+from .env import BASE_DIR, ENV_FILE, env  # noqa: F401 (ENV_FILE: the dotenv file read, if any)
 
 DEBUG = env.bool("DEBUG", default=False)
 
