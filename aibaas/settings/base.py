@@ -32,6 +32,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # 401 key_in_query for a key in an /api or /v1 URL, before anything else sees the request.
+    "keys.middleware.key_in_query_middleware",
     # X-Request-ID on every /v1 response; sync and async capable (no thread hop under ASGI).
     "aibaas.gateway.middleware.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
