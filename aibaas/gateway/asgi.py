@@ -38,6 +38,8 @@ from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
 from aibaas.http import pick_client_ip
 from keys.authentication import MAX_HEADER
+from keys.format import key_in_query
+from keys.middleware import key_in_query_error
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +185,10 @@ class GatewayApplication:
         if not domain or not validate_host(domain, cfg.allowed_hosts):
             error = ApplicationError(BAD_HOST, "Invalid Host header.", status=400)
             await self._send_json(send, 400, error.as_dict(), common)
+            return
+        if key_in_query(scope.get("query_string", b"").decode("latin-1")):
+            error = key_in_query_error()  # before any redirect echoes the key back
+            await self._send_json(send, 401, error.as_dict(), common)
             return
         if cfg.ssl_redirect and not secure:
             location = f"https://{host}{scope.get('raw_path', b'').decode('latin-1')}"

@@ -4,7 +4,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from aibaas.proxies import proxies_from_env
 
-from .env import BASE_DIR, env
+from .env import BASE_DIR, ENV_FILE, env  # noqa: F401 (ENV_FILE: the dotenv file read, if any)
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -32,6 +32,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # 401 key_in_query for a key in an /api or /v1 URL, before anything else sees the request.
+    "keys.middleware.key_in_query_middleware",
     # X-Request-ID on every /v1 response; sync and async capable (no thread hop under ASGI).
     "aibaas.gateway.middleware.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
