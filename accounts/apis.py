@@ -4,14 +4,18 @@ from django.conf import settings
 from django.utils.decorators import method_decorator
 from django_ratelimit.decorators import ratelimit
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers
+from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts.api_access import OrganizationAccess, resolve_access
 from accounts.audit import audit_list
 from accounts.models import Role
+from accounts.services import user_tokens_revoke
+from accounts.tokens import TokenObtainSerializer, TokenRefreshSerializer
 from aibaas.errors import ApplicationError
 
 
@@ -24,10 +28,27 @@ class TokenObtainApi(TokenObtainPairView):
     """POST email + password → short-lived access token and a refresh token."""
 
     authentication_classes: list = []
+    serializer_class = TokenObtainSerializer
 
 
 class TokenRefreshApi(TokenRefreshView):
+    """POST a refresh token → a new access token; refused once the user changed their password
+    or logged out since the refresh token was issued."""
+
     authentication_classes: list = []
+    serializer_class = TokenRefreshSerializer
+
+
+class LogoutApi(APIView):
+    """Log out of the management API: every JWT of the user (access and refresh, on every
+    device) stops working at once. API keys are not affected."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=None, responses={204: None}, operation_id="auth_logout")
+    def post(self, request):
+        user_tokens_revoke(user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class AuditEventOutputSerializer(serializers.Serializer):

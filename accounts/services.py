@@ -4,15 +4,28 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils.text import slugify
 
-from accounts.models import Membership, Organization, Role, User
+from accounts.actors import Actor
+from accounts.audit import audit_record
+from accounts.models import AuditAction, Membership, Organization, Role, User
+from aibaas.errors import ApplicationError
 from billing.defaults import DEFAULT_PLAN_SLUG
 from billing.models import Plan
 from billing.selectors import plan_get
 
 EMAIL_TAKEN = "An account with this email address already exists."
 SLUG_TAKEN = "An organization with this slug already exists."
+ORGANIZATION_HAS_USAGE = "organization_has_usage"
+ORGANIZATION_HAS_USAGE_MESSAGE = (
+    "Organization {slug} has recorded usage ({count} events): usage is billing data, so the "
+    "organization cannot be deleted. Revoke its keys and remove its members instead."
+)
+ORGANIZATION_HAS_KEYS = "organization_has_live_keys"
+ORGANIZATION_HAS_KEYS_MESSAGE = (
+    "Organization {slug} has {count} live API key(s): revoke them before deleting it."
+)
 
 
 def _unique_slug(name: str) -> str:
@@ -83,6 +96,17 @@ def user_create(*, email: str, password: str | None, full_name: str = "") -> Use
 
 
 @transaction.atomic
+def user_tokens_revoke(*, user: User) -> None:
+    """End every management API token (JWT, access and refresh) the user holds: a logout.
+
+    A password change needs no call: the tokens' `ver` claim covers the password hash
+    (accounts/tokens.py), whichever path changed it.
+    """
+    User.objects.filter(pk=user.pk).update(jwt_generation=F("jwt_generation") + 1)
+    user.refresh_from_db(fields=["jwt_generation"])
+
+
+@transaction.atomic
 def user_signup(
     *, email: str, password: str, organization_name: str, full_name: str = ""
 ) -> Membership:
@@ -104,6 +128,40 @@ def organization_set_plan(*, organization: Organization, plan: Plan) -> Organiza
     organization.save(update_fields=["plan"])
     api_keys_invalidate(organization=organization)
     return organization
+
+
+def organization_delete_refusal(*, organization: Organization) -> ApplicationError | None:
+    """Why the organization may not be deleted, or None. Usage events are billing data and
+    live keys are someone's integration: neither goes away with a click."""
+    usage = organization.usage_events.count()
+    if usage:
+        message = ORGANIZATION_HAS_USAGE_MESSAGE.format(slug=organization.slug, count=usage)
+        return ApplicationError(ORGANIZATION_HAS_USAGE, message, status=409)
+    live_keys = organization.api_keys.filter(revoked_at__isnull=True).count()
+    if live_keys:
+        message = ORGANIZATION_HAS_KEYS_MESSAGE.format(slug=organization.slug, count=live_keys)
+        return ApplicationError(ORGANIZATION_HAS_KEYS, message, status=409)
+    return None
+
+
+@transaction.atomic
+def organization_delete(*, organization: Organization, actor: Actor) -> None:
+    """Delete an organization without usage or live keys (else ApplicationError, 409): its
+    memberships, revoked keys and quota counters go with it; its audit events stay, with its
+    slug, and gain one `organization.deleted` event."""
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    refusal = organization_delete_refusal(organization=organization)
+    if refusal is not None:
+        raise refusal
+    audit_record(
+        action=AuditAction.ORGANIZATION_DELETED,
+        actor=actor,
+        organization=organization,
+        target_type="organization",
+        target_id=organization.slug,
+        metadata={"name": organization.name, "plan": organization.plan.slug},
+    )
+    organization.delete()
 
 
 @transaction.atomic

@@ -17,7 +17,7 @@ from accounts.audit import audit_list
 from accounts.forms import OrganizationForm, PasswordResetForm, SignupForm
 from accounts.models import AuditAction
 from accounts.selectors import membership_list, organization_members
-from accounts.services import organization_create, user_signup
+from accounts.services import organization_create, user_signup, user_tokens_revoke
 from accounts.tenancy import organization_required, set_current_organization
 from metering.selectors import organization_limit_overview
 
@@ -97,6 +97,15 @@ def signup(request: HttpRequest) -> HttpResponse:
 class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
+
+
+class LogoutView(auth_views.LogoutView):
+    """Ends the session and, like `POST /api/auth/logout`, every JWT of the user."""
+
+    def post(self, request, *args, **kwargs):
+        if request.user.is_authenticated:
+            user_tokens_revoke(user=request.user)
+        return super().post(request, *args, **kwargs)
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):

@@ -3,27 +3,42 @@
 import ipaddress
 
 from django.conf import settings
+from django.core.signals import setting_changed
+
+from aibaas.proxies import TrustedProxies
 
 USER_AGENT_MAX = 300
 FORWARDED_FOR = "HTTP_X_FORWARDED_FOR"
 
 
-def pick_client_ip(value: str | None, peer: str | None, *, forwarded_for: bool) -> str | None:
-    """The client address, canonical, from the configured header's `value` (None: no header
-    configured or sent) else the socket `peer`.
+def pick_client_ip(peer: str | None, forwarded_for: str | None) -> str | None:
+    """The client address, canonical: the socket `peer`, or when the peer is one of our proxies
+    (CLIENT_IP_PROXIES), the address they saw in `forwarded_for` (X-Forwarded-For). Anything
+    that is not an address falls back to the peer."""
+    candidate = _trusted_proxies().client(peer, forwarded_for)
+    address = canonical_ip(candidate.strip()) if candidate else None
+    if address is None and candidate != peer and peer:
+        address = canonical_ip(peer.strip())
+    return address
 
-    X-Forwarded-For is a list that every proxy appends the address it saw to; its first entries
-    are whatever the client sent. The trusted one is the address the outermost of our own
-    proxies saw: CLIENT_IP_PROXIES (default 1) from the right. Anything that is not an address
-    falls back to the peer."""
-    if value:
-        if forwarded_for:
-            hops = [part.strip() for part in value.split(",") if part.strip()]
-            value = hops[-min(settings.CLIENT_IP_PROXIES, len(hops))] if hops else ""
-        address = canonical_ip(value.strip())
-        if address is not None:
-            return address
-    return canonical_ip(peer.strip()) if peer else None
+
+_proxies: TrustedProxies | None = None
+
+
+def _trusted_proxies() -> TrustedProxies:
+    global _proxies
+    if _proxies is None:
+        _proxies = TrustedProxies(settings.CLIENT_IP_PROXIES)
+    return _proxies
+
+
+def _forget_proxies(*, setting, **kwargs) -> None:
+    global _proxies
+    if setting == "CLIENT_IP_PROXIES":
+        _proxies = None
+
+
+setting_changed.connect(_forget_proxies, dispatch_uid="aibaas-http-proxies")
 
 
 _canonical_addresses: dict[str, str | None] = {}
@@ -49,11 +64,7 @@ def canonical_ip(value: str | None) -> str | None:
 
 def client_ip(request) -> str | None:
     """The client address, from the same trusted source as the rate limiters."""
-    meta_key = settings.CLIENT_IP_META_KEY
-    value = None if meta_key == "REMOTE_ADDR" else request.META.get(meta_key)
-    return pick_client_ip(
-        value, request.META.get("REMOTE_ADDR"), forwarded_for=meta_key == FORWARDED_FOR
-    )
+    return pick_client_ip(request.META.get("REMOTE_ADDR"), request.META.get(FORWARDED_FOR))
 
 
 def ratelimit_ip(request) -> str:

@@ -12,7 +12,7 @@ from accounts.api_access import OrganizationAccess, resolve_access
 from keys.authentication import ApiKeyAuthentication
 from keys.models import ApiKey, Scope
 from keys.permissions import HasApiKey
-from keys.selectors import api_key_get, api_key_list
+from keys.selectors import api_key_effective_scopes, api_key_get, api_key_list
 from keys.services import api_key_create, api_key_revoke, api_key_rotate, api_key_update
 from metering.apis import RateLimitHeadersMixin
 from metering.selectors import key_limit_status, key_windows
@@ -27,6 +27,9 @@ class KeyOutputSerializer(serializers.Serializer):
     name = serializers.CharField()
     hint = serializers.CharField()
     scopes = serializers.ListField(child=serializers.CharField())
+    effective_scopes = serializers.SerializerMethodField(
+        help_text="What the key may do now: its scopes limited by its creator's current role."
+    )
     models = serializers.ListField(
         child=serializers.CharField(), source="allowed_models", allow_null=True
     )
@@ -46,6 +49,9 @@ class KeyOutputSerializer(serializers.Serializer):
     )
     last_used_at = serializers.DateTimeField(allow_null=True)
     last_used_ip = serializers.CharField(allow_null=True)
+
+    def get_effective_scopes(self, key: ApiKey) -> list[str]:
+        return sorted(api_key_effective_scopes(key))
 
 
 class IssuedKeyOutputSerializer(KeyOutputSerializer):

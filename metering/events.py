@@ -29,11 +29,11 @@ Stream key: `aibaas:{usage}:events`. The braces are a Redis Cluster hash tag: th
 dead-letter stream `aibaas:{usage}:dead` (entries that cannot be decoded or stored) live in one
 slot, so an entry moves between them in one MULTI. Overridable with the USAGE_STREAM_KEY setting.
 
-MAXLEN ~ 1,000,000 (setting USAGE_STREAM_MAXLEN): drained entries are deleted, so the stream
-holds only the backlog; the cap protects Redis's memory if every drainer is down. At about
-300 bytes an entry that is ~300 MB, and ~16 minutes of backlog at 1,000 requests/s (hours at
-the load of one small machine); past it the oldest undrained entries are trimmed. Trimming is
-approximate (`~`), which costs nothing per XADD.
+Never trimmed (no MAXLEN): an entry leaves the stream only once its row is committed, so the
+stream holds only the backlog. Redis must keep it on disk and never evict it: the production
+Redis runs with deploy/redis.conf (appendonly yes, appendfsync always, maxmemory-policy
+noeviction; README, "Redis in production"). A Redis without persistence that is killed loses
+every event it acknowledged and had not yet handed to the drain.
 """
 
 import ipaddress
@@ -50,12 +50,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from aibaas.redis_clients import apipelined, redis_client
+from metering import inflight
 from metering.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
 
 logger = logging.getLogger(__name__)
 
 STREAM_KEY = "aibaas:{usage}:events"
-STREAM_MAXLEN = 1_000_000
 ENTRY_FIELD = "e"
 UNKNOWN = "unknown"  # the model (key id, endpoint) of an event that has none
 REDIS_RETRY_SECONDS = 5.0
@@ -153,10 +153,13 @@ class UsageEventData:
 
 
 def _is_address(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
     try:
-        return isinstance(value, str) and bool(ipaddress.ip_address(value))
+        ipaddress.ip_address(value)
     except ValueError:
         return False
+    return True
 
 
 def legacy_billable(status_code: int, input_tokens: int) -> bool:
@@ -176,10 +179,6 @@ def stream_key() -> str:
 def dead_letter_key(key: str) -> str:
     """`…:events` → `…:dead`: same hash tag, same cluster slot."""
     return key.rsplit(":", 1)[0] + ":dead"
-
-
-def stream_maxlen() -> int:
-    return getattr(settings, "USAGE_STREAM_MAXLEN", STREAM_MAXLEN)
 
 
 def stream_enabled() -> bool:
@@ -219,10 +218,7 @@ def reset_breaker() -> None:
 
 
 def _xadd_args(event: UsageEventData) -> tuple[tuple, dict]:
-    return (
-        (stream_key(), {ENTRY_FIELD: event.to_json()}),
-        {"maxlen": stream_maxlen(), "approximate": True},
-    )
+    return (stream_key(), {ENTRY_FIELD: event.to_json()}), {}
 
 
 def _record(event: UsageEventData) -> None:
@@ -250,12 +246,23 @@ def usage_emit(event: UsageEventData) -> None:
 
 async def ausage_emit(event: UsageEventData) -> None:
     """usage_emit for async code: redis.asyncio for the stream (pipelined with the loop's other
-    commands: aibaas.redis_clients.apipelined), a thread for the database."""
+    commands: aibaas.redis_clients.apipelined), a thread for the database. The request's marker
+    in the in-flight registry (metering/inflight.py) goes with the event: in the same Lua
+    script as the XADD, or once the event is committed to the database."""
+    registry = inflight.current()
+    marked = registry is not None and registry.ending(event.request_id)
     if stream_enabled() and _redis_usable():
         args, kwargs = _xadd_args(event)
         try:
-            await apipelined("xadd", *args, **kwargs)
+            if marked:
+                key, fields = args
+                [(name, payload)] = fields.items()
+                await apipelined("eval", *registry.emit_args(key, name, payload, event.request_id))
+            else:
+                await apipelined("xadd", *args, **kwargs)
             return
         except REDIS_ERRORS as error:
             _redis_failed(error, event)
     await sync_to_async(_record)(event)
+    if marked:
+        registry.forget(event.request_id)

@@ -1,18 +1,26 @@
-"""A private redis-server process for tests that stop and restart Redis (outages)."""
+"""A private redis-server process for tests that stop and restart Redis (outages, kill -9).
+
+`RedisProcess(conf=...)` runs it with a config file (deploy/redis.conf: the production
+settings, persistence included); the port and the data directory are the test's own, and stay
+the same across a restart, so a restarted server loads what the killed one wrote."""
 
 import shutil
 import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import redis
 
 from tests.servers import free_port
 
+NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
+
 
 class RedisProcess:
-    def __init__(self) -> None:
+    def __init__(self, conf: Path | None = None) -> None:
+        self.conf = conf
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="aibaas-redis-")
         self.process: subprocess.Popen | None = None
@@ -22,17 +30,16 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        # Options after the file override it: this test's port, loopback and directory.
+        settings = (str(self.conf),) if self.conf is not None else NO_PERSISTENCE
         self.process = subprocess.Popen(
             [
                 "redis-server",
+                *settings,
                 "--port",
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
                 "--dir",
                 self.dir,
             ],
@@ -51,6 +58,7 @@ class RedisProcess:
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        """kill -9: nothing flushed, nothing saved on the way out."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
@@ -62,8 +70,8 @@ def redis_server_available() -> bool:
 
 
 @contextmanager
-def redis_process():
-    server = RedisProcess()
+def redis_process(conf: Path | None = None):
+    server = RedisProcess(conf)
     server.start()
     try:
         yield server

@@ -1,13 +1,18 @@
-"""Real server processes for tests that need more than one instance (shared Redis, shared
-PostgreSQL): each is `uvicorn aibaas.asgi:application` in its own process, on the test database."""
+"""Real server processes on the test database: `server_process` is one
+`uvicorn aibaas.asgi:application` (several make several instances sharing Redis and PostgreSQL);
+`production_server` is the production command (gunicorn, deploy/gunicorn.conf.py)."""
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 from django.db import connection
@@ -77,3 +82,72 @@ def server_process(extra_env: dict | None = None, startup_timeout: float = 30.0)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class ProductionServer(NamedTuple):
+    url: str  # http://127.0.0.1:<port>
+    pid: int  # the gunicorn master (its workers are its children)
+    log: Path  # the server's stdout and stderr, together
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def production_server(workers: int = 2, extra_env: dict | None = None):
+    """Run THE production command, `gunicorn -c deploy/gunicorn.conf.py aibaas.asgi:application`,
+    on the test database; yield a ProductionServer (url, master pid, log file); stop it after.
+
+    The signature stays this simple on purpose: everything else is environment, as in
+    production (`extra_env`, e.g. {"CLIENT_IP_PROXIES": "127.0.0.1"}; a None value unsets a
+    variable of this process's environment, e.g. {"REDIS_URL": None}). The server runs in its
+    own session, so tests may kill its workers (children of `pid`) or the master itself; the
+    whole process group is killed at the end whatever state it is in."""
+    port = free_port()
+    env = dict(os.environ)
+    env["DATABASE_URL"] = test_database_url()
+    env.update({"BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers)})
+    for name, value in (extra_env or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    log_dir = Path(tempfile.mkdtemp(prefix="aibaas-gunicorn-"))
+    log_path = log_dir / "server.log"
+    command = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "-c",
+        str(ROOT / "deploy" / "gunicorn.conf.py"),
+        "aibaas.asgi:application",
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = ProductionServer(f"http://127.0.0.1:{port}", process.pid, log_path)
+    try:
+        _wait_until_healthy(process, server.url, 60.0, server.output)
+        yield server
+    finally:
+        with suppress(subprocess.TimeoutExpired):
+            process.terminate()
+            process.wait(timeout=15)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # workers a killed master left behind
+        process.wait()
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _wait_until_healthy(process, base: str, timeout: float, output) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{output()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server did not start in time:\n{output()}")
+        time.sleep(0.1)

@@ -310,19 +310,21 @@ def run() -> None:
         )
         stack.enter_context(
             _process(
+                # The production command (README), configured by its environment.
                 [
                     str(bin_dir / "gunicorn"),
+                    "-c",
+                    str(ROOT / "deploy" / "gunicorn.conf.py"),
                     "aibaas.asgi:application",
-                    "-k",
-                    "uvicorn_worker.UvicornWorker",
-                    "-w",
-                    str(WORKERS),
-                    "-b",
-                    f"127.0.0.1:{gateway_port}",
-                    "--log-level",
-                    "warning",
                 ],
-                env,
+                dict(
+                    env,
+                    BIND=f"127.0.0.1:{gateway_port}",
+                    WEB_CONCURRENCY=str(WORKERS),
+                    # No access log, as in the figures before it existed: one line per
+                    # request to a file would be measured as gateway overhead.
+                    ACCESS_LOG="off",
+                ),
                 "gateway",
             )
         )

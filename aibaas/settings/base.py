@@ -2,7 +2,9 @@
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import BASE_DIR, env
+from aibaas.proxies import proxies_from_env
+
+from .env import BASE_DIR, ENV_FILE, env  # noqa: F401 (ENV_FILE: the dotenv file read, if any)
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -30,6 +32,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # 401 key_in_query for a key in an /api or /v1 URL, before anything else sees the request.
+    "keys.middleware.key_in_query_middleware",
     # X-Request-ID on every /v1 response; sync and async capable (no thread hop under ASGI).
     "aibaas.gateway.middleware.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
@@ -112,20 +116,26 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 RATELIMIT_LOGIN = env.str("RATELIMIT_LOGIN", default="10/m")
 RATELIMIT_SIGNUP = env.str("RATELIMIT_SIGNUP", default="5/m")
 RATELIMIT_VIEW = "accounts.views.ratelimited"
-# Where client addresses come from (rate limits, audit log, usage events): the socket peer by
-# default. Behind a reverse proxy: RATELIMIT_IP_META_KEY=HTTP_X_FORWARDED_FOR (or e.g.
-# HTTP_X_REAL_IP), and CLIENT_IP_PROXIES = how many of your proxies append to X-Forwarded-For
-# (the address is the one that many entries from the right: the left ones are the client's).
-CLIENT_IP_META_KEY = env.str("RATELIMIT_IP_META_KEY", default="REMOTE_ADDR")
-CLIENT_IP_PROXIES = env.int("CLIENT_IP_PROXIES", default=1)
-if CLIENT_IP_PROXIES < 1:
-    raise ImproperlyConfigured("CLIENT_IP_PROXIES must be 1 or more.")
+# Where client addresses come from (rate limits, audit log, usage events): the socket peer, or
+# X-Forwarded-For when the peer is one of CLIENT_IP_PROXIES (networks; empty: trust nobody).
+# The same list is the app server's forwarded_allow_ips (deploy/gunicorn.conf.py).
+try:
+    CLIENT_IP_PROXIES = proxies_from_env()
+except ValueError as _error:
+    raise ImproperlyConfigured(str(_error)) from None
+if env.str("RATELIMIT_IP_META_KEY", default="REMOTE_ADDR") != "REMOTE_ADDR":
+    raise ImproperlyConfigured(
+        "RATELIMIT_IP_META_KEY is no longer read: X-Forwarded-For is trusted from the peers in "
+        "CLIENT_IP_PROXIES (e.g. CLIENT_IP_PROXIES=10.0.0.0/8), and from nobody else."
+    )
 RATELIMIT_IP_META_KEY = "aibaas.http.ratelimit_ip"  # django-ratelimit: the same address
 # Per-IP limits count an IPv6 address as its network of this many bits (django-ratelimit's).
 RATELIMIT_IPV6_MASK = env.int("RATELIMIT_IPV6_MASK", default=64)
 if not 1 <= RATELIMIT_IPV6_MASK <= 128:
     raise ImproperlyConfigured("RATELIMIT_IPV6_MASK must be from 1 to 128.")
 
+# Every handler, Django's own included, redacts key-shaped text (aibaas/logs.py).
+LOGGING_CONFIG = "aibaas.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -167,7 +177,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
         "keys.authentication.ManagementApiKeyAuthentication",
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "accounts.tokens.VersionedJWTAuthentication",  # revoked by password change/logout
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -246,6 +256,6 @@ RATE_LIMIT_REDIS_RETRY_SECONDS = env.float("RATE_LIMIT_REDIS_RETRY_SECONDS", def
 # Connections per event loop of the asyncio Redis pool (usage stream, limiter).
 REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
 
-# --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py).
+# --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py),
+# never trimmed: an entry leaves it once stored in the database.
 USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")
-USAGE_STREAM_MAXLEN = env.int("USAGE_STREAM_MAXLEN", default=1_000_000)

@@ -61,7 +61,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Periodic tasks (`celery -A aibaas beat`, or a worker with -B), only when there is a broker.
+# Periodic tasks (one `celery -A aibaas beat` per deployment), only when there is a broker.
 # The usage drain moves /v1 usage events from the Redis stream into PostgreSQL (metering/events.py);
 # an entry expires unrun after 10 s so a stopped worker does not come back to a pile of drains.
 CELERY_BEAT_SCHEDULE = (

@@ -15,7 +15,6 @@ from metering.events import (
     dead_letter_key,
     redis_client,
     stream_key,
-    stream_maxlen,
 )
 from metering.services.usage import usage_record
 
@@ -105,8 +104,6 @@ def _process(client, key: str, entries: list) -> int:
         pipe.xadd(
             dead_letter_key(key),
             {**fields, "entry_id": entry_id, "reason": reason},
-            maxlen=stream_maxlen(),
-            approximate=True,
         )
     pipe.xack(key, GROUP, *ids)
     pipe.xdel(key, *ids)

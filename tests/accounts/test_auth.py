@@ -136,7 +136,7 @@ def test_behind_a_proxy_login_limits_count_the_address_the_proxy_saw(client, own
     one each time is still counted by the address our proxy appended (and a list of addresses
     is no 500)."""
     settings.RATELIMIT_LOGIN = "3/m"
-    settings.CLIENT_IP_META_KEY = "HTTP_X_FORWARDED_FOR"
+    settings.CLIENT_IP_PROXIES = ["127.0.0.1/32"]  # the test client is our proxy
     for i in range(3):
         forwarded = f"198.51.100.{i}, 203.0.113.9"
         response = login(client, owner.user.email, "wrong", HTTP_X_FORWARDED_FOR=forwarded)

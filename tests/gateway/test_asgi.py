@@ -154,19 +154,21 @@ def test_https_redirect_and_hsts_follow_the_security_settings(client, raw_key, s
 @pytest.mark.parametrize(
     ("proxies", "forwarded_for", "expected"),
     [
-        # One proxy of ours appends what it saw; what the client wrote before it is not trusted.
-        (1, "198.51.100.66, 203.0.113.7", "203.0.113.7"),
-        # Two proxies: the outer one saw the client, the inner one saw the outer proxy.
-        (2, "198.51.100.66, 203.0.113.7, 10.0.0.1", "203.0.113.7"),
-        (3, "203.0.113.7", "203.0.113.7"),  # fewer hops than proxies: the leftmost
-        (1, "not-an-address", "127.0.0.1"),  # garbage: the socket peer
-        (1, " 2001:DB8::0:1 ", "2001:db8::1"),  # canonical form
+        # Nobody trusted (the default): the header is the client's own text.
+        ([], "203.0.113.7", "127.0.0.1"),
+        # The peer (127.0.0.1) is our proxy: it appended what it saw; the left is the client's.
+        (["127.0.0.1/32"], "198.51.100.66, 203.0.113.7", "203.0.113.7"),
+        # Two proxies of ours: read from the right past every hop that is one of them.
+        (["127.0.0.0/8", "10.0.0.0/8"], "198.51.100.66, 203.0.113.7, 10.0.0.1", "203.0.113.7"),
+        (["127.0.0.0/8", "10.0.0.0/8"], "10.0.0.2, 10.0.0.1", "10.0.0.2"),  # all ours: leftmost
+        (["127.0.0.1/32"], "not-an-address", "127.0.0.1"),  # garbage: the socket peer
+        (["127.0.0.1/32"], " 2001:DB8::0:1 ", "2001:db8::1"),  # canonical form
+        (["192.0.2.0/24"], "203.0.113.7", "127.0.0.1"),  # the peer is not a proxy of ours
     ],
 )
-def test_client_address_comes_from_the_configured_header(
+def test_client_address_comes_from_x_forwarded_for_only_through_our_proxies(
     client, raw_key, settings, proxies, forwarded_for, expected
 ):
-    settings.CLIENT_IP_META_KEY = "HTTP_X_FORWARDED_FOR"
     settings.CLIENT_IP_PROXIES = proxies
     client.post(
         CHAT,

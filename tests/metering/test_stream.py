@@ -6,7 +6,7 @@ import json
 import pytest
 from asgiref.sync import async_to_sync
 
-from metering.events import ENTRY_FIELD, STREAM_MAXLEN, ausage_emit, dead_letter_key, usage_emit
+from metering.events import ENTRY_FIELD, ausage_emit, dead_letter_key, usage_emit
 from metering.models import UsageEvent
 from metering.services import GROUP, usage_drain
 from metering.tasks import drain_usage_events
@@ -49,13 +49,20 @@ def test_async_emit_adds_to_the_stream(stream_mode, stream, issued):
     assert request_ids() == sorted(e.request_id for e in events)
 
 
-def test_xadd_is_capped_approximately(stream_mode, stream, issued):
-    stream_mode.USAGE_STREAM_MAXLEN = 10
-    for _ in range(300):
-        usage_emit(make_event(issued))
-    # `~`: Redis trims whole nodes only, so the length stays near, not at, the cap.
-    assert stream.xlen(stream_mode.USAGE_STREAM_KEY) < 300
-    assert STREAM_MAXLEN == 1_000_000
+def test_the_stream_is_never_trimmed_of_undrained_events(stream_mode, stream, issued):
+    # A MAXLEN cap would delete the oldest undrained events (billing data) once the drain fell
+    # behind: every entry stays until it is stored.
+    events = [make_event(issued) for _ in range(300)]
+    for event in events[:150]:
+        usage_emit(event)
+
+    async def emit_rest():
+        for event in events[150:]:
+            await ausage_emit(event)
+
+    async_to_sync(emit_rest)()
+    assert stream.xlen(stream_mode.USAGE_STREAM_KEY) == 300
+    assert usage_drain() == 300
 
 
 def test_drain_works_in_batches_until_the_stream_is_empty(stream_mode, stream, issued):

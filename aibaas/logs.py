@@ -1,0 +1,79 @@
+"""Logging that never writes an API key: a filter on every handler (Django's, gunicorn's,
+Celery's) redacts key-shaped text, and access logs drop query strings.
+
+A key reaches a log line by accident (a client puts it in a URL, a name, an error message), so
+the filter works on the finished text of each record, traceback included, not on known fields.
+"""
+
+import logging
+import logging.config
+import re
+
+# sk_live_/sk_test_ and whatever follows, also percent-encoded ("sk%5Flive%5F..."): a partial
+# key is still a secret's worth of prefix.
+KEY_SHAPED = re.compile(r"sk(?:_|%5f)(?:live|test)(?:_|%5f)[0-9a-z_%]*", re.IGNORECASE)
+REDACTED = "[redacted key]"
+# The request line inside an access log line: "GET /path?query HTTP/1.1".
+_QUERY_IN_REQUEST_LINE = re.compile(r'("[A-Z]+ [^ "?]*)\?[^ "]*')
+_formatter = logging.Formatter()
+
+
+def redact(text: str) -> str:
+    return KEY_SHAPED.sub(REDACTED, text) if "sk" in text or "SK" in text else text
+
+
+class RedactKeys(logging.Filter):
+    """Replaces key-shaped text in a record's message, traceback and stack. Never drops one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format: logging reports it when it formats the record
+            return True
+        clean = redact(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+class AccessLogWithoutQuery(logging.Filter):
+    """Access log lines name the path, never the query string (clients put secrets there)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        record.msg, record.args = _QUERY_IN_REQUEST_LINE.sub(r"\1", message), None
+        return True
+
+
+_redact_keys = RedactKeys()
+
+
+def protect_handlers(*extra: logging.Logger) -> None:
+    """Put the redaction filter on every handler of every logger that exists now (and of
+    `extra`). Idempotent."""
+    loggers = [logging.getLogger(), *extra]
+    loggers += [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactKeys) for f in handler.filters):
+                handler.addFilter(_redact_keys)
+
+
+def configure(config: dict) -> None:
+    """Django's LOGGING_CONFIG: dictConfig, then the filter on every handler, Django's own
+    (console, mail_admins) included."""
+    logging.config.dictConfig(config)
+    protect_handlers()

@@ -1,0 +1,53 @@
+"""The production configuration's start-up rules (fresh interpreters: settings are read once)."""
+
+import pytest
+
+from aibaas.proxies import TrustedProxies, parse_proxies
+from tests.aibaas.test_settings import production_env, run_python
+
+SETUP = "import django; django.setup(); from django.conf import settings"
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("1", "it used to be a number of proxies"),
+        ("*", "0.0.0.0/0,::/0 trusts every peer"),
+        ("10.0.0.1/8", "is not one"),  # host bits set: a typo, not a network
+        ("proxy.internal", "is not one"),
+    ],
+)
+def test_a_client_ip_proxies_value_that_is_not_networks_refuses_to_start(value, hint):
+    result = run_python(["-c", SETUP], production_env(CLIENT_IP_PROXIES=value))
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: CLIENT_IP_PROXIES must be" in result.stderr
+    assert hint in result.stderr
+
+
+def test_the_old_header_setting_refuses_to_start_instead_of_trusting_a_header():
+    result = run_python(["-c", SETUP], production_env(RATELIMIT_IP_META_KEY="HTTP_X_FORWARDED_FOR"))
+    assert result.returncode != 0
+    assert "RATELIMIT_IP_META_KEY is no longer read" in result.stderr
+
+
+def test_client_ip_proxies_are_read_as_canonical_networks_and_default_to_nobody():
+    code = f"{SETUP}; print(settings.CLIENT_IP_PROXIES)"
+    default = run_python(["-c", code], production_env(CLIENT_IP_PROXIES=None))
+    assert default.stdout.strip() == "[]", default.stderr
+    given = run_python(["-c", code], production_env(CLIENT_IP_PROXIES=" 10.0.0.0/8, ::1 ,"))
+    assert given.stdout.strip() == "['10.0.0.0/8', '::1/128']", given.stderr
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "expected"),
+    [
+        ("203.0.113.5", "10.9.9.9", "203.0.113.5"),  # not our proxy: its header is ignored
+        ("10.0.0.1", "198.51.100.1, 203.0.113.7", "203.0.113.7"),
+        ("10.0.0.1", "203.0.113.7, 10.0.0.3", "203.0.113.7"),  # past our inner proxy
+        ("::ffff:10.0.0.1", "203.0.113.7", "203.0.113.7"),  # IPv4 peer on a dual-stack socket
+        ("10.0.0.1", "", "10.0.0.1"),
+    ],
+)
+def test_trusted_proxies_read_x_forwarded_for_from_the_right(peer, forwarded_for, expected):
+    proxies = TrustedProxies(parse_proxies("10.0.0.0/8"))
+    assert proxies.client(peer, forwarded_for) == expected
