@@ -50,6 +50,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from aibaas.redis_clients import apipelined, redis_client
+from metering import inflight
 
 logger = logging.getLogger(__name__)
 
@@ -201,12 +202,23 @@ def usage_emit(event: UsageEventData) -> None:
 
 async def ausage_emit(event: UsageEventData) -> None:
     """usage_emit for async code: redis.asyncio for the stream (pipelined with the loop's other
-    commands: aibaas.redis_clients.apipelined), a thread for the database."""
+    commands: aibaas.redis_clients.apipelined), a thread for the database. The request's marker
+    in the in-flight registry (metering/inflight.py) goes with the event: in the same Lua
+    script as the XADD, or once the event is committed to the database."""
+    registry = inflight.current()
+    marked = registry is not None and registry.ending(event.request_id)
     if stream_enabled() and _redis_usable():
         args, kwargs = _xadd_args(event)
         try:
-            await apipelined("xadd", *args, **kwargs)
+            if marked:
+                key, fields = args
+                [(name, payload)] = fields.items()
+                await apipelined("eval", *registry.emit_args(key, name, payload, event.request_id))
+            else:
+                await apipelined("xadd", *args, **kwargs)
             return
         except REDIS_ERRORS as error:
             _redis_failed(error, event)
     await sync_to_async(_record)(event)
+    if marked:
+        registry.forget(event.request_id)
