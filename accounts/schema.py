@@ -4,6 +4,6 @@ from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 
 
 class VersionedJWTScheme(SimpleJWTScheme):
-    """simplejwt's bearer scheme (`jwtAuth`), for the subclass that checks the token version."""
+    """simplejwt's bearer scheme, for its subclass that checks the `ver` claim."""
 
     target_class = "accounts.tokens.VersionedJWTAuthentication"
