@@ -27,13 +27,26 @@ class RateLimitHeadersMixin:
         return response
 
 
-def _totals_fields() -> dict:
-    return {
-        "requests": serializers.IntegerField(),
+def _totals_fields(*, refusals: bool = True) -> dict:
+    fields = {
+        "requests": serializers.IntegerField(
+            help_text="Billable requests: admitted by the limits and the quota, as the quota "
+            "counts them. Refused requests are not in it."
+        ),
         "input_tokens": serializers.IntegerField(),
         "output_tokens": serializers.IntegerField(),
         "cost": serializers.CharField(help_text='Decimal string, e.g. "0.00001234".'),
+        "errors": serializers.IntegerField(
+            help_text="Billable requests that failed after admission (upstream error or "
+            "timeout, client hung up, interrupted)."
+        ),
     }
+    if refusals:
+        fields["refused"] = serializers.IntegerField(
+            help_text="Requests refused before admission (rate limits, quota, unknown model, "
+            "invalid body): not billable, not in `requests`."
+        )
+    return fields
 
 
 _TOTALS = inline_serializer("UsageTotals", _totals_fields())
@@ -75,8 +88,14 @@ class UsageApi(RateLimitHeadersMixin, APIView):
                 ),
                 "by_model": inline_serializer(
                     "UsageByModel",
-                    {"model": serializers.CharField(), **_totals_fields()},
+                    {"model": serializers.CharField(), **_totals_fields(refusals=False)},
                     many=True,
+                    help_text="Billable requests only: a refused request is never a model row.",
+                ),
+                "refused_by_code": serializers.DictField(
+                    child=serializers.IntegerField(),
+                    help_text='Refused requests by error code, e.g. {"rate_limit_exceeded": 3, '
+                    '"insufficient_quota": 250}.',
                 ),
             },
         ),

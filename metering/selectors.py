@@ -4,7 +4,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, DecimalField, Max, QuerySet, Sum, Value
+from django.db.models import Count, DecimalField, Max, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -39,13 +39,30 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _totals() -> dict:
-    return {
-        "requests": Count("id"),
-        "input_tokens": Coalesce(Sum("input_tokens"), 0),
-        "output_tokens": Coalesce(Sum("output_tokens"), 0),
-        "cost": Coalesce(Sum("cost", output_field=_COST), Value(Decimal(0)), output_field=_COST),
+_BILLABLE = Q(billable=True)
+_FAILED = Q(billable=True, status_code__gte=400)
+_REFUSED = Q(billable=False)
+
+
+def _totals(*, refusals: bool = True) -> dict:
+    """The aggregates of a set of events. "requests" are billable (admitted) requests, as the
+    quota and the limits count them; tokens and cost are theirs. `errors`: billable requests
+    that failed (upstream errors, timeouts, the client hanging up, interrupted); `refused`:
+    requests refused before admission (limits, quota, unknown model, bad body...)."""
+    totals = {
+        "requests": Count("id", filter=_BILLABLE),
+        "input_tokens": Coalesce(Sum("input_tokens", filter=_BILLABLE), 0),
+        "output_tokens": Coalesce(Sum("output_tokens", filter=_BILLABLE), 0),
+        "cost": Coalesce(
+            Sum("cost", filter=_BILLABLE, output_field=_COST),
+            Value(Decimal(0)),
+            output_field=_COST,
+        ),
+        "errors": Count("id", filter=_FAILED),
     }
+    if refusals:
+        totals["refused"] = Count("id", filter=_REFUSED)
+    return totals
 
 
 def _cost(value: Decimal | None) -> str:
@@ -54,16 +71,40 @@ def _cost(value: Decimal | None) -> str:
 
 
 def _t(row: dict) -> dict:
-    return {
+    totals = {
         "requests": row["requests"],
         "input_tokens": row["input_tokens"],
         "output_tokens": row["output_tokens"],
         "cost": _cost(row["cost"]),
+        "errors": row["errors"],
     }
+    if "refused" in row:
+        totals["refused"] = row["refused"]
+    return totals
 
 
 def _events(organization: Organization) -> QuerySet[UsageEvent]:
     return UsageEvent.objects.filter(organization=organization).order_by()
+
+
+def _default_period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    if start is None or end is None:
+        default_start, default_end = month_period()
+        start, end = start or default_start, end or default_end
+    return start, end
+
+
+def usage_totals(
+    *,
+    organization: Organization,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> dict:
+    """The organization's totals in [start, end) (default: this calendar month, UTC): the
+    `totals` of GET /v1/usage, for the dashboard. One query."""
+    start, end = _default_period(start, end)
+    period = _events(organization).filter(created_at__gte=start, created_at__lt=end)
+    return _t(period.aggregate(**_totals()))
 
 
 def usage_summary(
@@ -73,10 +114,12 @@ def usage_summary(
     end: datetime | None = None,
 ) -> dict:
     """The organization's usage in [start, end) (default: this calendar month, UTC), the last
-    24 hours, and the period per key and per model: the body of GET /v1/usage. Four queries."""
-    if start is None or end is None:
-        default_start, default_end = month_period()
-        start, end = start or default_start, end or default_end
+    24 hours, and the period per key and per model: the body of GET /v1/usage. Five queries.
+
+    `requests` means billable requests everywhere (per key and per model too), the number the
+    quota counts; refusals are `refused` in the totals and per key, and `refused_by_code`. A
+    refused request is never a model row: its model may not even exist."""
+    start, end = _default_period(start, end)
     period = _events(organization).filter(created_at__gte=start, created_at__lt=end)
     now = timezone.now()
     totals = period.aggregate(**_totals())
@@ -91,7 +134,18 @@ def usage_summary(
         .annotate(name=Max("api_key__name"), **_totals())
         .order_by("key_id")
     )
-    by_model = period.values("model").annotate(**_totals()).order_by("model")
+    by_model = (
+        period.filter(_BILLABLE)
+        .values("model")
+        .annotate(**_totals(refusals=False))
+        .order_by("model")
+    )
+    refused = (
+        period.filter(_REFUSED)
+        .values("error_code")
+        .annotate(count=Count("id"))
+        .order_by("error_code")
+    )
     return {
         "object": "usage",
         "organization": organization.slug,
@@ -100,6 +154,7 @@ def usage_summary(
         "last_24h": _t(last_24h),
         "by_key": [{"key_id": row["key_id"], "name": row["name"], **_t(row)} for row in by_key],
         "by_model": [{"model": row["model"], **_t(row)} for row in by_model],
+        "refused_by_code": {row["error_code"] or "unknown": row["count"] for row in refused},
     }
 
 
@@ -164,14 +219,17 @@ def key_limit_status(context, windows: list | None = None) -> dict:
 
 
 def organization_limit_overview(organization: Organization) -> dict:
-    """The dashboard's view of limits: the month's usage against the organization's quota, and
-    each live key's usage of its per-day windows today (the last 24 h, sliding)."""
+    """The dashboard's view of limits: the month's usage against the organization's quota (the
+    billable requests and their tokens, the numbers of GET /v1/usage, and the refusals beside
+    them), and each live key's usage of its per-day windows today (the last 24 h, sliding)."""
     from keys.models import ApiKey
-    from metering import limiter, quota
+    from metering import limiter
 
     plan = organization.plan
-    _, used_requests, used_tokens = quota.quota_usage(organization.pk)
     start, end = month_period()
+    month = usage_totals(organization=organization, start=start, end=end)
+    used_requests = month["requests"]
+    used_tokens = month["input_tokens"] + month["output_tokens"]
 
     def meter(used: int, limit: int | None) -> dict:
         percent = None if not limit else min(100, round(100 * used / limit))
@@ -195,6 +253,8 @@ def organization_limit_overview(organization: Organization) -> dict:
         "period_end": end,
         "requests": requests,
         "tokens": tokens,
+        "refused": month["refused"],
+        "errors": month["errors"],
         "meters": [("Requests this month", requests), ("Tokens this month", tokens)],
         "keys": keys,
     }
