@@ -269,3 +269,6 @@ REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
 # --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py),
 # never trimmed: an entry leaves it once stored in the database.
 USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")
+# A serving process that has not said it is alive for this long is dead: a survivor records its
+# in-flight requests as interrupted (metering/inflight.py, metering/reaper.py).
+USAGE_INFLIGHT_TTL_SECONDS = env.float("USAGE_INFLIGHT_TTL_SECONDS", default=10.0)
