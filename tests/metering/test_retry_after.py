@@ -27,7 +27,7 @@ from tests.factories import AIModelFactory, MembershipFactory, UserFactory
 from tests.gateway.asgi_client import AsgiTestClient
 
 # A whole second: the minute window's 1 s buckets (and the day's 24 min ones) start here.
-EPOCH = datetime(2030, 1, 15, 12, 0, 0, tzinfo=UTC)
+EPOCH = datetime(2031, 3, 9, 7, 0, 0, tzinfo=UTC)
 EDGES_MS = [0, 1, 500, 999]  # where in a 1 s bucket the first admission falls
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "demo-chat", "messages": [{"role": "user", "content": "Hi"}]}
@@ -227,7 +227,7 @@ def test_the_per_ip_layer_says_the_real_wait_when_it_is_shorter(backend, setting
 def test_the_token_endpoints_login_limit_says_the_real_wait(settings, rate, period, edge_ms):
     settings.RATELIMIT_LOGIN = rate
     user = UserFactory()
-    client = Client()
+    client = Client(REMOTE_ADDR=_address())  # a limit of its own, whoever else runs
     start = EPOCH + timedelta(milliseconds=edge_ms)
 
     def attempt():
@@ -254,7 +254,7 @@ def test_the_token_endpoints_login_limit_says_the_real_wait(settings, rate, peri
 @pytest.mark.parametrize("path", ["/accounts/login/", "/accounts/signup/"])
 def test_the_dashboards_login_and_signup_limits_never_say_more_than_the_period(settings, path):
     settings.RATELIMIT_LOGIN = settings.RATELIMIT_SIGNUP = "1/10s"
-    client = Client()
+    client = Client(REMOTE_ADDR=_address())
     with time_machine.travel(EPOCH + timedelta(milliseconds=999), tick=False):
         client.post(path, {"username": "x@example.com", "email": "x", "password": "nope"})
         blocked = client.post(path, {"username": "x@example.com", "email": "x", "password": "n"})
