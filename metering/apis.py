@@ -49,7 +49,9 @@ def _totals_fields(*, refusals: bool = True) -> dict:
     return fields
 
 
-_TOTALS = inline_serializer("UsageTotals", _totals_fields())
+# The schema of `totals` and `last_24h`: one class, so that both keep their names (one field
+# instance bound twice kept only the last, and "totals" was missing from the schema).
+UsageTotalsSerializer = type("UsageTotalsSerializer", (serializers.Serializer,), _totals_fields())
 
 
 class UsageApi(RateLimitHeadersMixin, APIView):
@@ -75,8 +77,8 @@ class UsageApi(RateLimitHeadersMixin, APIView):
                     "UsagePeriod",
                     {"start": serializers.DateTimeField(), "end": serializers.DateTimeField()},
                 ),
-                "totals": _TOTALS,
-                "last_24h": _TOTALS,
+                "totals": UsageTotalsSerializer(),
+                "last_24h": UsageTotalsSerializer(),
                 "by_key": inline_serializer(
                     "UsageByKey",
                     {

@@ -118,3 +118,19 @@ def test_bad_month_is_400_naming_the_param(usage_dataset, month):
 
 def test_scope_is_checked_before_the_month(usage_dataset):
     assert get(usage_dataset.beta.raw_key, month="bad").status_code == 403
+
+
+def test_the_schema_describes_every_field_served(usage_dataset):
+    from django.test import Client
+
+    schemas = Client().get("/api/schema/", {"format": "json"}).json()["components"]["schemas"]
+    body = get(usage_dataset.alpha.raw_key).json()
+
+    def fields(name: str) -> set[str]:
+        return set(schemas[name]["properties"])
+
+    assert fields("Usage") == set(body)
+    assert fields("UsageTotals") == set(body["totals"]) == set(body["last_24h"])
+    assert fields("UsageByKey") == set(body["by_key"][0])
+    assert fields("UsageByModel") == set(body["by_model"][0])
+    assert schemas["Usage"]["properties"]["refused_by_code"]["type"] == "object"
