@@ -13,6 +13,7 @@ from aibaas.gateway.models import AIModel
 from aibaas.logs import RedactKeys
 from billing.models import Plan
 from keys.services import api_key_create
+from tests.aibaas.test_settings import production_env, run_python
 from tests.factories import AIModelFactory, MembershipFactory
 from tests.servers import production_server
 
@@ -95,3 +96,18 @@ def test_the_filter_redacts_messages_arguments_and_tracebacks(message, args):
     text = logging.Formatter().format(record)
     assert "[redacted key]" in text
     assert KEY_SHAPED.findall(text) == []
+
+
+def test_celery_workers_logging_redacts_keys_too():
+    """What `celery -A aibaas worker` does to logging (app.log.setup), then a key logged."""
+    code = (
+        "import django; django.setup(); import logging; from aibaas.celery import app; "
+        "app.log.setup(loglevel='INFO'); "
+        "logging.getLogger('metering').warning('key %s', 'sk_live_abcdefghijkl_0123456789'); "
+        "app.log.get_default_logger().warning('sk_test_abcdefghijkl_0123456789')"
+    )
+    result = run_python(["-c", code], production_env())
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert output.count("[redacted key]") == 2, output
+    assert KEY_SHAPED.findall(output) == []
