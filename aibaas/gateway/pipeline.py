@@ -22,7 +22,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from aibaas.errors import ApplicationError
+from aibaas.errors import INTERNAL_ERROR, ApplicationError
 from aibaas.gateway import response_cache, streaming, validation
 from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.base import ModelSpec, ProviderError, Usage
@@ -40,7 +40,7 @@ from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, KeyRejected,
 from metering import inflight, limiter
 from metering.admission import Admission, IpGate, aadmit, rate_limit_headers
 from metering.events import UsageEventData, ausage_emit
-from metering.reaper import INTERRUPTED_STATUS, marker
+from metering.reaper import INTERRUPTED, INTERRUPTED_STATUS, marker
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,15 @@ EMBEDDINGS = "embeddings"
 UNKNOWN_MODEL = "unknown"
 CLIENT_CLOSED = streaming.CLIENT_CLOSED
 ZERO_COST = Decimal(0).quantize(COST_QUANTUM)
+# The error code of an event whose answer had none of its own (a stream's end, a crash).
+CLIENT_CLOSED_CODE = "client_closed_request"
+_STATUS_CODES = {
+    CLIENT_CLOSED: CLIENT_CLOSED_CODE,
+    500: INTERNAL_ERROR,
+    502: "upstream_error",
+    504: "upstream_timeout",
+    INTERRUPTED_STATUS: INTERRUPTED,
+}
 
 
 @dataclass(slots=True)
@@ -138,6 +147,7 @@ class Call:
         cost: Decimal = ZERO_COST,
         cached: bool = False,
         upstream_latency_ms: float | None = None,
+        error_code: str | None = None,
     ) -> UsageEventData:
         return UsageEventData(
             request_id=self.inbound.request_id,
@@ -155,6 +165,8 @@ class Call:
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             upstream_latency_ms=None if upstream_latency_ms is None else int(upstream_latency_ms),
             client_ip=canonical_ip(self.inbound.client_ip),
+            error_code=_error_code(status, error_code),
+            **self._admitted(),
         )
 
     async def record(
@@ -164,6 +176,7 @@ class Call:
         *,
         cached: bool = False,
         upstream_latency_ms: float | None = None,
+        error_code: str | None = None,
     ) -> None:
         if self.recorded:
             return
@@ -183,11 +196,16 @@ class Call:
                 cached=cached,
             )
         event = self._event(
-            status, usage, cost=cost, cached=cached, upstream_latency_ms=upstream_latency_ms
+            status,
+            usage,
+            cost=cost,
+            cached=cached,
+            upstream_latency_ms=upstream_latency_ms,
+            error_code=error_code,
         )
         if self.admission is not None:
-            # No wait of its own on Redis and PostgreSQL: the settlement rides with the key's
-            # next check and the organization's next quota statement.
+            # No wait of its own on Redis: the settlement rides with the key's next check. The
+            # quota's is usage_record's, when the event is stored (exactly once).
             await self.admission.asettle(usage.input_tokens + usage.output_tokens)
         await self._emit(event)
 
@@ -197,6 +215,20 @@ class Call:
         if registry is not None:
             registry.streaming(self.inbound.request_id, usage)
 
+    def _admitted(self) -> dict[str, Any]:
+        """The event's fields of the admission: billable or not, the quota's estimate."""
+        admission = self.admission
+        if admission is None:
+            return {"billable": False}
+        if admission.quota_period is None:
+            return {"billable": True}
+        return {
+            "billable": True,
+            "quota_period": admission.quota_period,
+            "quota_generation": admission.quota_generation,
+            "quota_tokens": admission.estimate,
+        }
+
     @staticmethod
     async def _emit(event: UsageEventData) -> None:
         try:
@@ -205,6 +237,12 @@ class Call:
             # ausage_emit logged the event's JSON (a replayable record); the client's answer
             # is not withheld for a bookkeeping failure.
             logger.exception("usage event %s not recorded", event.request_id)
+
+
+def _error_code(status: int, code: str | None) -> str:
+    if code is not None or status < 400:
+        return code or ""
+    return _STATUS_CODES.get(status, f"http_{status}")
 
 
 def _body(inbound: Inbound) -> dict[str, Any]:
@@ -281,7 +319,7 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
         if refusal is not None:
             return error_reply(refusal)
         reply = error_reply(error, headers)
-        reply.after = partial(call.record, error.status)
+        reply.after = partial(call.record, error.status, error_code=error.code)
         return reply
     except BaseException as error:
         # A bug (500) or the client hanging up (cancelled): still one event for the request.

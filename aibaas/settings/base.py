@@ -186,7 +186,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "aibaas.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "aibaas.pagination.Pagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -213,6 +213,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The /v1 inference endpoints are not DRF views: aibaas/gateway/schema.py adds them.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "aibaas.gateway.schema.add_inference_paths",
+        "aibaas.schema.add_retry_after_headers",
+    ],
 }
 
 # --- Gateway: how long a process keeps its copy of the model registry and prices, and the
@@ -263,3 +269,6 @@ REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
 # --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py),
 # never trimmed: an entry leaves it once stored in the database.
 USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")
+# A serving process that has not said it is alive for this long is dead: a survivor records its
+# in-flight requests as interrupted (metering/inflight.py, metering/reaper.py).
+USAGE_INFLIGHT_TTL_SECONDS = env.float("USAGE_INFLIGHT_TTL_SECONDS", default=10.0)
