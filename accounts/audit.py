@@ -23,6 +23,15 @@ def _redact(value: Any) -> Any:
     return value
 
 
+def _slug(organization: Organization | None) -> str:
+    if organization is None:
+        return ""
+    if not organization.slug and organization.pk is not None:  # an id-only instance
+        slug = Organization.objects.filter(pk=organization.pk).values_list("slug", flat=True)
+        return slug.first() or ""
+    return organization.slug
+
+
 def audit_record(
     *,
     action: str,
@@ -34,6 +43,7 @@ def audit_record(
 ) -> AuditEvent:
     return AuditEvent.objects.create(
         organization=organization,
+        organization_slug=_slug(organization),
         actor_user=actor.user,
         actor_key_id=actor.key_id,
         actor_label=actor.label[:254],

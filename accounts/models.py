@@ -131,17 +131,28 @@ class AuditAction(models.TextChoices):
     KEY_REVOKED = "key.revoked", "Key revoked"
     RATE_LIMIT_REFUSED = "rate_limit.refused", "Request refused by a limit"
     QUOTA_RESET = "quota.reset", "Monthly quota reset"
+    ORGANIZATION_DELETED = "organization.deleted", "Organization deleted"
 
 
 class AuditEvent(models.Model):
     """One thing that happened, by whom, from where. Append-only: nothing updates or deletes it.
 
     `action` is a free dotted name (the AuditAction choices are the ones the project emits) so
-    later features can add actions without a migration.
+    later features can add actions without a migration. The row outlives what it names: its
+    organization, user or key may be deleted (the link becomes empty), while the identifiers
+    copied onto the row (organization slug, actor email or key id, target id) stay.
     """
 
     organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
+        Organization,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="audit_events",
+        help_text="Empty once the organization is deleted; organization_slug keeps its name.",
+    )
+    organization_slug = models.CharField(
+        max_length=60, blank=True, help_text="The organization's slug when the event happened."
     )
     actor_user = models.ForeignKey(
         User, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_events"

@@ -7,13 +7,27 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils.text import slugify
 
-from accounts.models import Membership, Organization, Role, User
+from accounts.actors import Actor
+from accounts.audit import audit_record
+from accounts.models import AuditAction, Membership, Organization, Role, User
+from aibaas.errors import ApplicationError
 from billing.defaults import DEFAULT_PLAN_SLUG
 from billing.models import Plan
 from billing.selectors import plan_get
 
 EMAIL_TAKEN = "An account with this email address already exists."
 SLUG_TAKEN = "An organization with this slug already exists."
+ORGANIZATION_HAS_USAGE = "organization_has_usage"
+ORGANIZATION_HAS_USAGE_MESSAGE = (
+    "Organization {slug} has recorded usage ({count} events): usage is billing data, so the "
+    "organization cannot be deleted. Revoke its keys and remove its members instead."
+)
+ORGANIZATION_HAS_KEYS = "organization_has_keys"
+ORGANIZATION_HAS_KEYS_MESSAGE = (
+    "Organization {slug} has {count} API key(s), revoked ones included: keys are revoked, never "
+    "deleted, so the organization cannot be deleted. Revoke its keys and remove its members "
+    "instead."
+)
 
 
 def _unique_slug(name: str) -> str:
@@ -116,6 +130,41 @@ def organization_set_plan(*, organization: Organization, plan: Plan) -> Organiza
     organization.save(update_fields=["plan"])
     api_keys_invalidate(organization=organization)
     return organization
+
+
+def organization_delete_refusal(*, organization: Organization) -> ApplicationError | None:
+    """Why the organization may not be deleted, or None. Usage events are billing data and keys
+    are revoked, never deleted: an organization that has either does not go away with a click.
+    What may be deleted is one created by mistake (members and audit events only)."""
+    usage = organization.usage_events.count()
+    if usage:
+        message = ORGANIZATION_HAS_USAGE_MESSAGE.format(slug=organization.slug, count=usage)
+        return ApplicationError(ORGANIZATION_HAS_USAGE, message, status=409)
+    keys = organization.api_keys.count()
+    if keys:
+        message = ORGANIZATION_HAS_KEYS_MESSAGE.format(slug=organization.slug, count=keys)
+        return ApplicationError(ORGANIZATION_HAS_KEYS, message, status=409)
+    return None
+
+
+@transaction.atomic
+def organization_delete(*, organization: Organization, actor: Actor) -> None:
+    """Delete an organization without usage or keys (else ApplicationError, 409): its
+    memberships and quota counters go with it; its audit events stay, with its slug, and gain
+    one `organization.deleted` event."""
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    refusal = organization_delete_refusal(organization=organization)
+    if refusal is not None:
+        raise refusal
+    audit_record(
+        action=AuditAction.ORGANIZATION_DELETED,
+        actor=actor,
+        organization=organization,
+        target_type="organization",
+        target_id=organization.slug,
+        metadata={"name": organization.name, "plan": organization.plan.slug},
+    )
+    organization.delete()
 
 
 @transaction.atomic

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from accounts.actors import Actor
+from aibaas.http import client_ip, user_agent
 from keys.models import ApiKey, ApiKeyStatus
 from keys.services import api_key_clean_changes, api_key_revoke
 
@@ -57,10 +58,23 @@ class StatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _operator(request) -> Actor:
+    """The operator at the admin, as the audit log records them (with their address)."""
+    return Actor(
+        user=request.user,
+        role="admin",
+        system="admin",
+        ip=client_ip(request),
+        user_agent=user_agent(request),
+    )
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     """Keys are issued by the dashboard, the API or `create_key` (the raw key is shown once
-    there), so the admin cannot add keys, and never shows the hash."""
+    there), so the admin cannot add keys, and never shows the hash. Keys are revoked, never
+    deleted: a deleted key would leave its audit trail and usage pointing at nothing, and its
+    cached verification alive until the cache forgot it."""
 
     list_display = [
         "name",
@@ -126,13 +140,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
     @admin.display(description="scopes")
     def scope_list(self, obj: ApiKey) -> str:
         return ", ".join(obj.scopes)
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset):
-        actor = Actor(user=request.user, role="admin", system="admin")
+        actor = _operator(request)
         count = 0
         for key in queryset.filter(revoked_at__isnull=True):
             api_key_revoke(api_key=key, actor=actor, reason=f"revoked in admin by {request.user}")
@@ -145,8 +162,4 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
         changes = {_service_field(field): form.cleaned_data[field] for field in form.changed_data}
         original = ApiKey.objects.get(pk=obj.pk)
-        api_key_update(
-            api_key=original,
-            actor=Actor(user=request.user, role="admin", system="admin"),
-            **changes,
-        )
+        api_key_update(api_key=original, actor=_operator(request), **changes)

@@ -6,4 +6,4 @@ class KeysConfig(AppConfig):
     name = "keys"
 
     def ready(self) -> None:
-        from keys import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        from keys import schema, signals  # noqa: F401  (the OpenAPI auth extension; receivers)

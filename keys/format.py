@@ -14,6 +14,7 @@ import re
 import secrets
 import zlib
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote_plus
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 LIVE_PREFIX = "sk_live_"
@@ -35,6 +36,10 @@ KEY_IN_TEXT = re.compile(
     rf"[0-9A-Za-z]{{8,{SECRET_LENGTH + CHECKSUM_LENGTH}}}"
 )
 REDACTED = "[redacted key]"
+# A key's prefix anywhere in a URL's query, in any letter case.
+_PREFIX_IN_QUERY = re.compile(r"sk_(?:live|test)_", re.IGNORECASE)
+# Query parameters that carry a key by convention; `key` may only name one (/api/usage?key=).
+KEY_QUERY_PARAMETERS = frozenset({"api_key", "apikey", "api-key", "x-api-key", "access_key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +96,20 @@ def hint(raw: str) -> str:
 def redact(text: str) -> str:
     """`text` with anything that looks like a key (even without its checksum) replaced."""
     return KEY_IN_TEXT.sub(REDACTED, text)
+
+
+def key_in_query(query: str) -> bool:
+    """Whether a URL's query string carries an API key: anything shaped like one (sk_live_...,
+    sk_test_..., percent-encoded or not), a parameter named like one (`api_key`, `apikey`, ...),
+    or a `key` whose value is not a key's public id or number. The empty query costs nothing."""
+    if not query:
+        return False
+    if _PREFIX_IN_QUERY.search(unquote_plus(query)):
+        return True
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        name = name.strip().lower()
+        if name in KEY_QUERY_PARAMETERS:
+            return True
+        if name == "key" and value and not (KEY_ID_PATTERN.fullmatch(value) or value.isdigit()):
+            return True
+    return False

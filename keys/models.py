@@ -71,6 +71,12 @@ class ApiKey(models.Model):
         null=True,
         blank=True,
         related_name="api_keys",
+        help_text="The person whose role bounds this key (its effective scopes).",
+    )
+    operator_issued = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Issued by an operator (manage.py, admin): keeps its scopes, has no creator.",
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     expires_at = models.DateTimeField(null=True, blank=True)

@@ -1,17 +1,20 @@
-from django.db.models import Q, QuerySet
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from accounts.models import Organization
+from accounts.models import Membership, Organization
 from aibaas.errors import ApplicationError
 from keys.format import KEY_ID_PATTERN
 from keys.models import ApiKey, ApiKeyStatus
+from keys.scopes import effective_scopes
 
 KEY_NOT_FOUND = "key_not_found"
 
 
 def api_key_list(*, organization: Organization, status: str | None = None) -> QuerySet[ApiKey]:
-    keys = ApiKey.objects.filter(organization=organization).select_related(
-        "created_by", "rotated_from"
+    keys = with_creator_role(
+        ApiKey.objects.filter(organization=organization).select_related(
+            "created_by", "rotated_from"
+        )
     )
     now = timezone.now()
     if status == ApiKeyStatus.REVOKED:
@@ -55,3 +58,33 @@ def api_key_get_any(*, key_id: str) -> ApiKey:
     if key is None:
         raise ApplicationError(KEY_NOT_FOUND, f"No API key with id {key_id[:40]!r}.", status=404)
     return key
+
+
+def with_creator_role(keys: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+    """`keys` annotated with `creator_role`: their creator's current role in their organization
+    (None when the creator left it), in the same query."""
+    return keys.annotate(
+        creator_role=Subquery(
+            Membership.objects.filter(
+                user_id=OuterRef("created_by_id"), organization_id=OuterRef("organization_id")
+            ).values("role")[:1]
+        )
+    )
+
+
+def api_key_effective_scopes(api_key: ApiKey) -> frozenset[str]:
+    """What `api_key` may do now: its scopes ∩ its creator's current role (keys/scopes.py).
+    Uses the `creator_role` that api_key_list annotates, else reads the membership."""
+    if api_key.operator_issued:
+        return frozenset(api_key.scopes)
+    if hasattr(api_key, "creator_role"):
+        role = api_key.creator_role
+    else:
+        role = (
+            Membership.objects.filter(
+                user_id=api_key.created_by_id, organization_id=api_key.organization_id
+            )
+            .values_list("role", flat=True)
+            .first()
+        )
+    return effective_scopes(api_key.scopes, operator_issued=False, creator_role=role)

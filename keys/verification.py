@@ -51,6 +51,12 @@ INVALID_KEY_MESSAGE = (
 REVOKED_KEY_MESSAGE = "This API key has been revoked. Create a new one at /dashboard/keys/."
 EXPIRED_KEY_MESSAGE = "This API key has expired. Create or rotate a key at /dashboard/keys/."
 BUSY_MESSAGE = "Key verification is busy; retry in a moment."
+KEY_IN_QUERY = "key_in_query"
+KEY_IN_QUERY_MESSAGE = (
+    "API keys are never accepted in the URL (URLs end up in logs and browser history). Send the "
+    "key in the Authorization header (Authorization: Bearer sk_live_...) or in the X-API-Key "
+    "header, and rotate a key you have sent in a URL."
+)
 
 MISSING_TTL = 60
 FAILURE_WINDOW = 60
@@ -74,7 +80,7 @@ class KeyContext:
     organization_id: int
     organization_slug: str
     plan_slug: str
-    scopes: frozenset[str]
+    scopes: frozenset[str]  # effective: the key's scopes ∩ its creator's current role
     models: tuple[str, ...] | None
     test_mode: bool
     limits: dict
@@ -129,9 +135,10 @@ def _timestamp(value: datetime | None) -> float | None:
 def _context_row(key_id: str) -> tuple[dict, str | None]:
     """(cacheable context dict, argon2 hash) from one SQL query; {"missing": True} if none."""
     from keys.models import ApiKey
+    from keys.selectors import api_key_effective_scopes, with_creator_role
 
     key = (
-        ApiKey.objects.select_related("organization__plan")
+        with_creator_role(ApiKey.objects.select_related("organization__plan"))
         .filter(key_id=key_id)
         .only(
             "id",
@@ -144,6 +151,7 @@ def _context_row(key_id: str) -> tuple[dict, str | None]:
             "expires_at",
             "revoked_at",
             "created_by_id",
+            "operator_issued",
             *ApiKey.LIMIT_FIELDS,
             "organization__id",
             "organization__slug",
@@ -162,7 +170,9 @@ def _context_row(key_id: str) -> tuple[dict, str | None]:
         "organization_id": key.organization_id,
         "organization_slug": key.organization.slug,
         "plan_slug": plan.slug,
-        "scopes": sorted(key.scopes),
+        # What the key may do now: its scopes ∩ its creator's current role (keys/scopes.py),
+        # computed here once per load so that the hot path only reads it.
+        "scopes": sorted(api_key_effective_scopes(key)),
         "models": list(key.allowed_models) if key.allowed_models else None,
         "test_mode": key.test_mode,
         "limits": limits,

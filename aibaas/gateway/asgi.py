@@ -18,8 +18,8 @@ budget of 2 ms and 1,000 requests/s. This handler keeps what the Django path gav
 - The client address from the same trusted source as the rate limiters (aibaas/http.py).
 - A client that hangs up cancels the request (upstream call or stream included): the pipeline
   then records its usage event with status 499.
-- Lifespan: on shutdown the usage events of closing streams are awaited and the upstream
-  connection pools closed.
+- Lifespan: on startup the in-flight registry starts (metering/inflight.py); on shutdown the
+  usage events of closing streams are awaited and the upstream connection pools closed.
 """
 
 import asyncio
@@ -38,6 +38,8 @@ from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
 from aibaas.http import pick_client_ip
 from keys.authentication import MAX_HEADER
+from keys.format import key_in_query
+from keys.middleware import key_in_query_error
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +156,7 @@ class GatewayApplication:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
@@ -182,6 +185,10 @@ class GatewayApplication:
         if not domain or not validate_host(domain, cfg.allowed_hosts):
             error = ApplicationError(BAD_HOST, "Invalid Host header.", status=400)
             await self._send_json(send, 400, error.as_dict(), common)
+            return
+        if key_in_query(scope.get("query_string", b"").decode("latin-1")):
+            error = key_in_query_error()  # before any redirect echoes the key back
+            await self._send_json(send, 401, error.as_dict(), common)
             return
         if cfg.ssl_redirect and not secure:
             location = f"https://{host}{scope.get('raw_path', b'').decode('latin-1')}"
@@ -372,14 +379,23 @@ class GatewayApplication:
         return scope.get("scheme") == "https"
 
 
+def startup() -> None:
+    """Start the in-flight registry (metering/inflight.py): from now on, if this process dies,
+    a survivor records its admitted requests as interrupted."""
+    from metering import inflight
+
+    inflight.start()
+
+
 async def shutdown() -> None:
     """Await the usage events of replies and streams still closing, send the rate-limit and
-    quota settlements still pending (and the quota's leases back), then close the upstream
-    pools and the quota's database connections."""
+    quota settlements still pending (and the quota's leases back), remove the in-flight
+    registry, then close the upstream pools and the quota's database connections."""
     await streaming.drain_background()
     from aibaas.gateway.providers.openai_compatible import close_sessions
-    from metering import limiter, quota
+    from metering import inflight, limiter, quota
 
+    await inflight.stop()
     await limiter.aflush_settlements()
     await quota.aclose()
     await close_sessions()

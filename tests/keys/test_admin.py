@@ -89,3 +89,37 @@ def test_admin_edit_with_a_bad_value_is_a_form_error_not_a_500(operator, issued,
     after = ApiKey.objects.get(pk=key.pk)
     assert (after.name, after.scopes, after.expires_at) == (key.name, ["inference"], None)
     assert not AuditEvent.objects.filter(action=AuditAction.KEY_UPDATED).exists()
+
+
+def test_keys_are_revoked_never_deleted_in_the_admin(operator, issued):
+    key = issued.api_key
+    assert operator.get(f"/admin/keys/apikey/{key.pk}/delete/").status_code == 403
+    assert operator.post(f"/admin/keys/apikey/{key.pk}/delete/", {"post": "yes"}).status_code == 403
+    changelist = operator.get("/admin/keys/apikey/")
+    actions = [value for value, _ in changelist.context["action_form"].fields["action"].choices]
+    assert "delete_selected" not in actions
+    assert "revoke_selected" in actions
+    response = operator.post(
+        "/admin/keys/apikey/",
+        {"action": "delete_selected", "_selected_action": [key.pk], "post": "yes"},
+    )
+    assert response.status_code in (200, 302)
+    assert ApiKey.objects.filter(pk=key.pk).exists()
+    assert Client().get("/v1/key", **bearer(issued.raw_key)).status_code == 200
+
+
+def test_admin_revoke_is_audited_with_the_operator_and_their_address(operator, issued):
+    operator.post(
+        "/admin/keys/apikey/",
+        {"action": "revoke_selected", "_selected_action": [issued.api_key.pk]},
+        REMOTE_ADDR="198.51.100.77",
+        HTTP_USER_AGENT="operator-browser",
+    )
+    event = AuditEvent.objects.get(action=AuditAction.KEY_REVOKED)
+    staff = User.objects.get(is_staff=True)
+    assert (event.actor_user, event.ip, event.user_agent) == (
+        staff,
+        "198.51.100.77",
+        "operator-browser",
+    )
+    assert event.target_id == issued.api_key.key_id

@@ -19,6 +19,9 @@ pytestmark = pytest.mark.django_db
 
 ERROR_FIELDS = {"type", "code", "message", "param"}
 KINDS = ["session", "jwt", "key"]
+# A key that manages keys and may grant what the tests' keys carry (nobody grants more than
+# they hold).
+AUTOMATION = ["inference", "keys:write", "usage:read"]
 
 
 class Caller:
@@ -59,7 +62,8 @@ def csrf_session_client(user) -> tuple[Client, str]:
 
 @pytest.fixture
 def caller_for(make_key):
-    """caller_for(kind, membership, scopes=["keys:write"]) -> Caller acting for membership."""
+    """caller_for(kind, membership, scopes=AUTOMATION) -> Caller acting for membership (a key
+    is issued by an operator: it holds its scopes whatever the membership's role)."""
 
     def make(kind: str, membership: Membership, scopes: list[str] | None = None) -> Caller:
         if kind == "session":
@@ -72,9 +76,7 @@ def caller_for(make_key):
             return Caller(
                 kind, client, {"HTTP_AUTHORIZATION": f"Bearer {response.json()['access']}"}
             )
-        issued = make_key(
-            membership.organization, name="automation", scopes=scopes or ["keys:write"]
-        )
+        issued = make_key(membership.organization, name="automation", scopes=scopes or AUTOMATION)
         return Caller(kind, Client(), bearer(issued.raw_key), key_id=issued.api_key.key_id)
 
     return make
@@ -318,7 +320,8 @@ def test_a_deactivated_user_loses_jwt_access(owner):
 def test_api_key_with_keys_write_or_admin_manages_keys(caller_for, owner, scopes):
     caller = caller_for("key", owner, scopes=scopes)
     assert caller.get("/api/keys").status_code == 200
-    assert caller.post("/api/keys", {"name": "from a key"}).status_code == 201
+    made = caller.post("/api/keys", {"name": "from a key", "scopes": ["keys:write"]})
+    assert made.status_code == 201, made.content
 
 
 @pytest.mark.parametrize("scopes", [["inference"], ["usage:read"], ["inference", "usage:read"]])

@@ -169,7 +169,7 @@ class Flow:
         jwt = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
         created = client.post(
             "/api/keys",
-            {"name": "automation", "scopes": ["keys:write"]},
+            {"name": "automation", "scopes": ["inference", "keys:write"]},
             content_type="application/json",
             **jwt,
         ).json()

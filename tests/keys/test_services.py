@@ -251,14 +251,17 @@ def test_owners_and_admins_can_change_any_key_of_the_organization(org, roles, ro
     assert issued.api_key.status == ApiKeyStatus.REVOKED
 
 
-def test_rotation_by_an_admin_keeps_the_member_as_owner_who_can_still_manage_it(org, roles):
+def test_rotation_by_an_admin_makes_the_admin_the_successors_creator(org, roles):
+    """An admin takes over a (departing) member's key by rotating it: the successor is bound
+    to the admin's role, and the member no longer manages it."""
     member = actor_for(roles[Role.MEMBER])
     key = create(org, actor=member).api_key
     issued = api_key_rotate(api_key=key, actor=actor_for(roles[Role.ADMIN]), grace=timedelta(0))
-    assert issued.api_key.created_by == roles[Role.MEMBER].user
-    api_key_revoke(api_key=issued.api_key, actor=member)  # the member still owns the successor
-    issued.api_key.refresh_from_db()
-    assert issued.api_key.status == ApiKeyStatus.REVOKED
+    assert issued.api_key.created_by == roles[Role.ADMIN].user
+    assert not issued.api_key.operator_issued
+    with pytest.raises(ApplicationError) as refused:
+        api_key_revoke(api_key=issued.api_key, actor=member)
+    assert refused.value.code == FORBIDDEN
 
 
 def test_rotation_by_the_system_keeps_the_human_owner_of_the_key(org, owner):

@@ -3,7 +3,6 @@
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -15,24 +14,25 @@ from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
 from aibaas.errors import ApplicationError
-from billing.models import Plan
 from keys import format as key_format
 from keys import verification
 from keys.hashing import hash_key
-from keys.models import DEFAULT_SCOPES, ApiKey, Scope
+from keys.models import ApiKey
+from keys.services.grants import Grantor, grantor_of, require_manage
+from keys.services.validation import (
+    api_key_clean_changes,
+    clean_expiry,
+    clean_limits,
+    clean_models,
+    clean_name,
+    clean_scopes,
+)
 
 logger = logging.getLogger(__name__)
 
 KEY_LIMIT_REACHED = "key_limit_reached"
 KEY_NOT_ACTIVE = "key_not_active"
 KEY_ALREADY_ROTATED = "key_already_rotated"
-FORBIDDEN = "forbidden"
-
-MAX_MODELS = 100
-MAX_NAME = 100
-MAX_LIMIT = 10**15
-# A key's limit override may only tighten its plan's (ApiKey.effective_limits takes the lower).
-LIMIT_ABOVE_PLAN = "At most {limit:,}, the {plan} plan's {what}; ask for a bigger plan."
 
 
 @dataclass(frozen=True)
@@ -44,105 +44,11 @@ class IssuedKey:
     replaced: ApiKey | None = None  # after a rotation: the old key, with its new expiry
 
 
-# --- validation ------------------------------------------------------------------------------
-
-
-def _clean_name(name: str) -> str:
-    name = key_format.redact((name or "").strip())
-    if not name:
-        raise ValidationError({"name": "A key needs a name, e.g. 'production backend'."})
-    if len(name) > MAX_NAME:
-        raise ValidationError({"name": f"At most {MAX_NAME} characters."})
-    return name
-
-
-def _clean_scopes(scopes: list[str] | None) -> list[str]:
-    if scopes is None:
-        return list(DEFAULT_SCOPES)
-    cleaned = sorted({str(s).strip() for s in scopes if str(s).strip()})
-    unknown = [s for s in cleaned if s not in Scope.values]
-    if unknown:
-        raise ValidationError(
-            {"scopes": f"Unknown scope(s) {', '.join(unknown)}; known: {', '.join(Scope.values)}."}
-        )
-    if not cleaned:
-        raise ValidationError({"scopes": "A key needs at least one scope."})
-    return cleaned
-
-
-def _clean_models(models: list[str] | None) -> list[str] | None:
-    if not models:
-        return None
-    cleaned = sorted({str(m).strip() for m in models if str(m).strip()})
-    if len(cleaned) > MAX_MODELS:
-        raise ValidationError({"models": f"At most {MAX_MODELS} models."})
-    if any(len(m) > 200 for m in cleaned):
-        raise ValidationError({"models": "A model name has at most 200 characters."})
-    return cleaned or None
-
-
-def _clean_limit(field: str, value, plan: Plan) -> int | None:
-    """A per-key limit override: a whole number that only tightens `plan`'s limit (a plan's
-    None is unlimited, and then any override applies as it is)."""
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValidationError({field: "A whole number, or empty for the plan's limit."}) from None
-    if number < 1 or number > MAX_LIMIT:
-        raise ValidationError({field: "Between 1 and 10^15, or empty for the plan's limit."})
-    plan_limit = getattr(plan, field)
-    if plan_limit is not None and number > plan_limit:
-        raise ValidationError(
-            {
-                field: LIMIT_ABOVE_PLAN.format(
-                    limit=plan_limit,
-                    plan=plan.name,
-                    what=Plan._meta.get_field(field).verbose_name,
-                )
-            }
-        )
-    return number
-
-
-def _clean_limits(plan: Plan, **values) -> dict[str, int | None]:
-    """Every given limit override cleaned against `plan`; one ValidationError naming each bad
-    field."""
-    cleaned, errors = {}, {}
-    for field, value in values.items():
-        try:
-            cleaned[field] = _clean_limit(field, value, plan)
-        except ValidationError as error:
-            errors.update(error.message_dict)
-    if errors:
-        raise ValidationError(errors)
-    return cleaned
-
-
-def _clean_expiry(expires_at: datetime | None) -> datetime | None:
-    if expires_at is not None and expires_at <= timezone.now():
-        raise ValidationError({"expires_at": "The expiry must be in the future."})
-    return expires_at
-
-
 def _live_keys(organization: Organization):
     now = timezone.now()
     return ApiKey.objects.filter(organization=organization, revoked_at__isnull=True).filter(
         Q(expires_at__isnull=True) | Q(expires_at__gt=now)
     )
-
-
-def _require_manage(actor: Actor, api_key: ApiKey | None) -> None:
-    """Owners/admins (and admin-scoped keys) manage every key; members their own; viewers none."""
-    if actor.is_admin:
-        return
-    if not actor.can_write:
-        raise ApplicationError(FORBIDDEN, "Viewers cannot change API keys.", status=403)
-    if api_key is not None and (actor.user is None or api_key.created_by_id != actor.user.pk):
-        raise ApplicationError(
-            FORBIDDEN, "Members can only change the keys they created.", status=403
-        )
 
 
 def _audit_key(action: str, actor: Actor, api_key: ApiKey, metadata: dict) -> None:
@@ -180,19 +86,27 @@ def api_key_create(
     test_mode: bool = False,
     rotated_from: ApiKey | None = None,
     check_quota: bool = True,
+    grantor: Grantor | None = None,
 ) -> IssuedKey:
     """Issue a key. The plan caps live keys; the organization row is locked while counting.
+
+    The actor must hold every scope it grants (keys/services/grants.py), and the key is bound
+    to the actor's person (or is operator-issued): its effective scopes follow that person's
+    role. A rotation passes `grantor` (the rotation decides whom the successor is bound to).
 
     Limit overrides may only tighten the plan's limits (checked against the plan read under
     the lock). A rotation's successor keeps its predecessor's overrides as they are: one set
     under a bigger plan is capped by the current plan anyway (ApiKey.effective_limits).
     """
-    _require_manage(actor, None)
+    require_manage(actor, None)
+    scopes = clean_scopes(scopes)
+    grantor = grantor or grantor_of(actor, organization)
+    grantor.require(scopes)
     fields = {
-        "name": _clean_name(name),
-        "scopes": _clean_scopes(scopes),
-        "allowed_models": _clean_models(models),
-        "expires_at": _clean_expiry(expires_at) if rotated_from is None else expires_at,
+        "name": clean_name(name),
+        "scopes": scopes,
+        "allowed_models": clean_models(models),
+        "expires_at": clean_expiry(expires_at) if rotated_from is None else expires_at,
         "test_mode": bool(test_mode),
     }
     organization = (
@@ -204,7 +118,7 @@ def api_key_create(
         "tokens_per_minute": tokens_per_minute,
         "tokens_per_day": tokens_per_day,
     }
-    fields |= limits if rotated_from is not None else _clean_limits(organization.plan, **limits)
+    fields |= limits if rotated_from is not None else clean_limits(organization.plan, **limits)
     cap = organization.plan.max_keys
     if check_quota and cap is not None and _live_keys(organization).count() >= cap:
         raise ApplicationError(
@@ -220,7 +134,8 @@ def api_key_create(
             key_id=parsed.key_id,
             key_hash=hash_key(parsed.raw),
             hint=key_format.hint(parsed.raw),
-            created_by=actor.user,
+            created_by_id=grantor.created_by_id,
+            operator_issued=grantor.operator_issued,
             rotated_from=rotated_from,
             **fields,
         )
@@ -250,49 +165,20 @@ def api_key_create(
     return IssuedKey(api_key=api_key, raw_key=raw)
 
 
-UPDATABLE = ("name", "scopes", "models", *ApiKey.LIMIT_FIELDS, "expires_at")
-_CLEANERS = {
-    "name": ("name", _clean_name),
-    "scopes": ("scopes", _clean_scopes),
-    "models": ("allowed_models", _clean_models),
-    "expires_at": ("expires_at", _clean_expiry),
-}
-
-
-def api_key_clean_changes(*, plan: Plan, **changes) -> dict[str, tuple[str, Any]]:
-    """Each change of an update of a key of an organization on `plan` cleaned, as
-    {field: (model attribute, value)}.
-
-    Raises a ValidationError naming every bad field. Forms that edit keys (the admin) call it
-    from their clean() so that a bad value is a form error, not a failed save.
-    """
-    errors = {f: ["This field cannot be changed."] for f in sorted(set(changes) - set(UPDATABLE))}
-    cleaned = {}
-    for field, value in changes.items():
-        if field in errors:
-            continue
-        try:
-            if field in _CLEANERS:
-                attr, clean = _CLEANERS[field]
-                cleaned[field] = (attr, clean(value))
-            else:
-                cleaned[field] = (field, _clean_limit(field, value, plan))
-        except ValidationError as error:
-            errors.update(error.message_dict)
-    if errors:
-        raise ValidationError(errors)
-    return cleaned
-
-
 @transaction.atomic
 def api_key_update(*, api_key: ApiKey, actor: Actor, **changes) -> ApiKey:
     """Change name, scopes, models, limit overrides or expiry. Only the given fields change.
 
-    A limit override may only tighten the organization's current plan."""
-    _require_manage(actor, api_key)
-    plan = Plan.objects.get(organizations__id=api_key.organization_id)
+    A limit override may only tighten the organization's current plan. The key must end up
+    with scopes the actor holds: a key with more than the actor holds can be narrowed (or
+    revoked) by it, never widened or otherwise changed."""
+    require_manage(actor, api_key)
+    organization = Organization.objects.select_related("plan").get(pk=api_key.organization_id)
+    cleaned = api_key_clean_changes(plan=organization.plan, **changes)
+    scopes = cleaned["scopes"][1] if "scopes" in cleaned else api_key.scopes
+    grantor_of(actor, organization).require(scopes)
     diff = {}
-    for field, (attr, new) in api_key_clean_changes(plan=plan, **changes).items():
+    for field, (attr, new) in cleaned.items():
         old = getattr(api_key, attr)
         if old != new:
             diff[field] = {
@@ -319,7 +205,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor, reason: str = "") -> ApiKey
 
     Revoking a revoked key changes nothing and records nothing.
     """
-    _require_manage(actor, api_key)
+    require_manage(actor, api_key)
     api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
     if api_key.revoked_at is not None:
         return api_key
@@ -340,9 +226,11 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor, reason: str = "") -> ApiKey
 def api_key_rotate(*, api_key: ApiKey, actor: Actor, grace: timedelta | None = None) -> IssuedKey:
     """A new key with the same settings; the old one keeps working for `grace`, then expires.
 
-    `grace=timedelta(0)` ends the old key at once.
+    `grace=timedelta(0)` ends the old key at once. The actor must hold every scope of the key.
+    The successor is bound to whoever rotates it (a person, or a key's person: an admin takes
+    over a departed member's key by rotating it); an operator's rotation keeps the binding.
     """
-    _require_manage(actor, api_key)
+    require_manage(actor, api_key)
     grace = timedelta(seconds=settings.API_KEY_DEFAULT_ROTATION_GRACE) if grace is None else grace
     if grace < timedelta(0):
         raise ValidationError({"grace": "The grace period cannot be negative."})
@@ -355,6 +243,14 @@ def api_key_rotate(*, api_key: ApiKey, actor: Actor, grace: timedelta | None = N
     if ApiKey.objects.filter(rotated_from=old).exists():
         raise ApplicationError(
             KEY_ALREADY_ROTATED, "This key was already rotated; rotate its successor.", status=409
+        )
+    grantor = grantor_of(actor, old.organization)
+    grantor.require(old.scopes)
+    if actor.system:
+        grantor = Grantor(
+            held=grantor.held,
+            created_by_id=old.created_by_id,
+            operator_issued=old.operator_issued,
         )
     issued = api_key_create(
         organization=old.organization,
@@ -370,12 +266,8 @@ def api_key_rotate(*, api_key: ApiKey, actor: Actor, grace: timedelta | None = N
         test_mode=old.test_mode,
         rotated_from=old,
         check_quota=False,  # the old key expires: rotation never needs a free slot
+        grantor=grantor,
     )
-    if old.created_by_id is not None and issued.api_key.created_by_id != old.created_by_id:
-        # The key keeps its owner whoever rotates it (an admin, an operator, a key), so the
-        # member who created it can still manage its successor.
-        issued.api_key.created_by_id = old.created_by_id
-        issued.api_key.save(update_fields=["created_by"])
     ends = now + grace
     if old.expires_at is None or old.expires_at > ends:
         old.expires_at = ends
@@ -401,12 +293,24 @@ def api_key_mark_used(*, pk: int, at: datetime, ip: str | None) -> None:
     ).update(last_used_at=at, last_used_ip=ip)
 
 
-def api_keys_invalidate(*, organization: Organization | None = None, plan=None) -> None:
-    """After a plan change or a plan edit: the affected keys re-read their limits."""
+def api_keys_invalidate(
+    *,
+    organization: Organization | None = None,
+    plan=None,
+    organization_id: int | None = None,
+    created_by_id: int | None = None,
+) -> None:
+    """After a plan change or a plan edit (the keys re-read their limits), or a change of the
+    membership of `created_by_id` in `organization_id` (their keys re-read their effective
+    scopes)."""
     keys = ApiKey.objects.all()
     if organization is not None:
         keys = keys.filter(organization=organization)
+    if organization_id is not None:
+        keys = keys.filter(organization_id=organization_id)
     if plan is not None:
         keys = keys.filter(organization__plan=plan)
+    if created_by_id is not None:
+        keys = keys.filter(created_by_id=created_by_id)
     key_ids = list(keys.values_list("key_id", flat=True))
     _on_commit_invalidate(*key_ids)

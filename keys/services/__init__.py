@@ -1,0 +1,36 @@
+"""Writes on API keys (create, update, revoke, rotate, mark used), each audited, and the rules
+they share: validation (validation.py) and who may grant what (grants.py)."""
+
+from keys.services.api_keys import (
+    KEY_ALREADY_ROTATED,
+    KEY_LIMIT_REACHED,
+    KEY_NOT_ACTIVE,
+    IssuedKey,
+    api_key_create,
+    api_key_mark_used,
+    api_key_revoke,
+    api_key_rotate,
+    api_key_update,
+    api_keys_invalidate,
+)
+from keys.services.grants import FORBIDDEN, SCOPE_NOT_HELD, Grantor, grantor_of
+from keys.services.validation import LIMIT_ABOVE_PLAN, api_key_clean_changes
+
+__all__ = [
+    "FORBIDDEN",
+    "KEY_ALREADY_ROTATED",
+    "KEY_LIMIT_REACHED",
+    "KEY_NOT_ACTIVE",
+    "LIMIT_ABOVE_PLAN",
+    "SCOPE_NOT_HELD",
+    "Grantor",
+    "IssuedKey",
+    "api_key_clean_changes",
+    "api_key_create",
+    "api_key_mark_used",
+    "api_key_revoke",
+    "api_key_rotate",
+    "api_key_update",
+    "api_keys_invalidate",
+    "grantor_of",
+]

@@ -1,0 +1,19 @@
+"""A key's effective scopes follow its creator's membership (keys/scopes.py), so every change
+of a membership, whichever path makes it (accounts' services, the admin's inline forms, the
+cascade of a deleted user or organization), drops that person's keys from every cache: the
+demotion applies on their next request. Receivers, because those paths do not all go through
+a service; the invalidation itself is the keys service's."""
+
+from django.db.models.signals import post_save, pre_delete
+from django.dispatch import receiver
+
+from accounts.models import Membership
+
+
+@receiver(post_save, sender=Membership, dispatch_uid="keys-membership-saved")
+@receiver(pre_delete, sender=Membership, dispatch_uid="keys-membership-deleted")
+def membership_changed(sender, instance: Membership, **kwargs) -> None:
+    # pre_delete: a deleted user's keys lose their creator (SET_NULL) later in the same delete.
+    from keys.services import api_keys_invalidate
+
+    api_keys_invalidate(organization_id=instance.organization_id, created_by_id=instance.user_id)
