@@ -1,15 +1,22 @@
 """Machine API of metering: GET /v1/usage."""
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import organization_get
+from aibaas.schema import errors
 from keys.authentication import ApiKeyAuthentication
 from keys.permissions import HasApiKey
 from keys.verification import KeyContext
-from metering.selectors import key_rate_limit_headers, month_period, usage_summary
+from metering.selectors import (
+    MONTH_PATTERN,
+    key_rate_limit_headers,
+    month_period,
+    usage_summary,
+)
 
 
 class RateLimitHeadersMixin:
@@ -49,9 +56,41 @@ def _totals_fields(*, refusals: bool = True) -> dict:
     return fields
 
 
-# The schema of `totals` and `last_24h`: one class, so that both keep their names (one field
-# instance bound twice kept only the last, and "totals" was missing from the schema).
+# The schema of `totals` and `last_24h`: a class, one instance each (one instance declared
+# twice is bound once, under its last name: "totals" was missing from the schema).
 UsageTotalsSerializer = type("UsageTotalsSerializer", (serializers.Serializer,), _totals_fields())
+
+
+class UsageOutputSerializer(serializers.Serializer):
+    """The body of GET /v1/usage (metering.selectors.usage_summary): its OpenAPI schema."""
+
+    object = serializers.CharField()
+    organization = serializers.CharField()
+    period = inline_serializer(
+        "UsagePeriod", {"start": serializers.DateTimeField(), "end": serializers.DateTimeField()}
+    )
+    totals = UsageTotalsSerializer()
+    last_24h = UsageTotalsSerializer()
+    by_key = inline_serializer(
+        "UsageByKey",
+        {
+            "key_id": serializers.CharField(),
+            "name": serializers.CharField(allow_null=True),
+            **_totals_fields(),
+        },
+        many=True,
+    )
+    by_model = inline_serializer(
+        "UsageByModel",
+        {"model": serializers.CharField(), **_totals_fields(refusals=False)},
+        many=True,
+        help_text="Billable requests only: a refused request is never a model row.",
+    )
+    refused_by_code = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text='Refused requests by error code, e.g. {"rate_limit_exceeded": 3, '
+        '"insufficient_quota": 250}.',
+    )
 
 
 class UsageApi(RateLimitHeadersMixin, APIView):
@@ -65,42 +104,13 @@ class UsageApi(RateLimitHeadersMixin, APIView):
     @extend_schema(
         parameters=[
             OpenApiParameter(
-                "month", str, description="Calendar month (UTC) as YYYY-MM; default: this one."
+                "month",
+                OpenApiTypes.STR,
+                description="Calendar month (UTC) as YYYY-MM, from 1970-01; default: this one.",
+                pattern=MONTH_PATTERN,
             )
         ],
-        responses=inline_serializer(
-            "Usage",
-            {
-                "object": serializers.CharField(),
-                "organization": serializers.CharField(),
-                "period": inline_serializer(
-                    "UsagePeriod",
-                    {"start": serializers.DateTimeField(), "end": serializers.DateTimeField()},
-                ),
-                "totals": UsageTotalsSerializer(),
-                "last_24h": UsageTotalsSerializer(),
-                "by_key": inline_serializer(
-                    "UsageByKey",
-                    {
-                        "key_id": serializers.CharField(),
-                        "name": serializers.CharField(allow_null=True),
-                        **_totals_fields(),
-                    },
-                    many=True,
-                ),
-                "by_model": inline_serializer(
-                    "UsageByModel",
-                    {"model": serializers.CharField(), **_totals_fields(refusals=False)},
-                    many=True,
-                    help_text="Billable requests only: a refused request is never a model row.",
-                ),
-                "refused_by_code": serializers.DictField(
-                    child=serializers.IntegerField(),
-                    help_text='Refused requests by error code, e.g. {"rate_limit_exceeded": 3, '
-                    '"insufficient_quota": 250}.',
-                ),
-            },
-        ),
+        responses={200: UsageOutputSerializer, **errors(400, 401, 403, 503)},
         operation_id="v1_usage",
     )
     def get(self, request):

@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 PREFIX = "aibaas:{usage}:"
 PROCESSES_KEY = PREFIX + "processes"
 HEARTBEAT_SECONDS = 1.0
-DEFAULT_TTL_SECONDS = 10.0
 MAX_PENDING = 100_000  # failed writes kept for the heartbeat; past it the oldest go (logged)
 
 # The event and the marker's end, together: a marker exists only while its event does not.
@@ -53,7 +52,8 @@ return redis.call('SADD', KEYS[1], ARGV[1])
 
 
 def ttl_seconds() -> float:
-    return float(getattr(settings, "USAGE_INFLIGHT_TTL_SECONDS", DEFAULT_TTL_SECONDS))
+    """How long after its last heartbeat a process is taken for dead."""
+    return settings.USAGE_INFLIGHT_TTL_SECONDS
 
 
 def keys_of(process: str) -> tuple[str, ...]:
@@ -176,7 +176,7 @@ class Registry:
         for request_id, entry in self.active.items():
             if entry.usage is None:
                 continue
-            tokens = entry.usage.usage.output_tokens
+            tokens = max(entry.usage.usage.output_tokens, entry.usage.produced)
             if everything or tokens != entry.saved:
                 out[request_id] = entry.saved = tokens
         return out
