@@ -37,6 +37,7 @@ from aibaas.errors import ApplicationError, internal_error
 from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
 from aibaas.http import pick_client_ip
+from keys import changes
 from keys.authentication import MAX_HEADER
 from keys.format import key_in_query
 from keys.middleware import key_in_query_error
@@ -156,12 +157,14 @@ class GatewayApplication:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                changes.start_polling()  # key revocations made by any process reach this one
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
                     await shutdown()
                 except Exception:
                     logger.exception("gateway shutdown")
+                changes.stop_polling()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
