@@ -16,9 +16,20 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# Local development settings, written once and never overwritten (git-ignored): DEBUG on and a
+# generated SECRET_KEY, so that `.venv/bin/python manage.py ...` works in any shell after
+# `make run`. Production sets the environment instead and needs no .env.
+.env:
+	@umask 077 && { \
+	  echo "# Local development only: written by 'make run', never overwritten, git-ignored."; \
+	  echo "DEBUG=1"; \
+	  echo "SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')"; \
+	} > $@.tmp && mv -n $@.tmp $@ && rm -f $@.tmp
+	@echo "wrote .env for local development (DEBUG=1, a generated SECRET_KEY)"
+
 # `make run` is the local development server: DEBUG on unless the environment says otherwise.
 run: export DEBUG ?= 1
-run: venv
+run: .env venv
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py bootstrap
 	@echo "aibaas on http://$(HOST):$(PORT)/  (dashboard: /dashboard/, admin: /admin/)"

@@ -10,8 +10,9 @@ Precedence (DESIGN.md, request path step 3), with the checks sent together, not 
    alongside 1 and 2 while this process last saw the organization far from it, after them near
    it.
 A request refused by one check counts nowhere: what another check counted is given back.
-After the call, `Admission.asettle(actual_tokens)` moves the token windows and the quota's
-tokens from the estimate to what was used (once, from the request's usage event).
+After the call, `Admission.asettle(actual_tokens)` moves the token windows from the estimate to
+what was used; the quota's tokens are settled where the request's usage event is stored
+(metering.services.usage_record), exactly once.
 
 Refusals are 429s with Retry-After (whole seconds) and a JSON error naming the limit:
 `rate_limit_exceeded` for the windows and the per-IP layer, `insufficient_quota` for the
@@ -115,9 +116,10 @@ class Admission:
     settled: bool = False
 
     async def asettle(self, actual_tokens: int) -> None:
-        """Move the token windows and token quota from the estimate to `actual_tokens`. The
-        windows' settlement is pipelined with whatever the loop sends meanwhile (the request's
-        usage event); the quota's is not waited for on PostgreSQL (metering/quota/batched.py)."""
+        """Move the token windows from the estimate to `actual_tokens`, pipelined with whatever
+        the loop sends meanwhile (the request's usage event). The monthly quota's tokens are
+        settled by usage_record when the event is stored (the event carries quota_period,
+        quota_generation and the estimate): exactly once, however often the event is sent."""
         if self.settled:
             return
         self.settled = True
@@ -132,22 +134,6 @@ class Admission:
             except Exception:
                 logger.exception(
                     "settling the windows of key %s failed (delta %s)", self.key_id, delta
-                )
-        if self.quota_period is not None:
-            try:
-                await quota.aquota_settle(
-                    self.organization_id,
-                    period=self.quota_period,
-                    token_delta=delta,
-                    leased=self.quota_leased,
-                    generation=self.quota_generation,
-                    wait=False,
-                )
-            except Exception:
-                logger.exception(
-                    "settling the quota of organization %s failed (delta %s)",
-                    self.organization_id,
-                    delta,
                 )
 
 

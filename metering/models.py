@@ -42,6 +42,22 @@ class UsageEvent(models.Model):
         null=True, blank=True, help_text="Time spent waiting for the model; empty when none ran."
     )
     client_ip = models.GenericIPAddressField(null=True, blank=True)
+    # db_default: a process of the previous release still inserts rows without these columns
+    # while the migration rolls out.
+    error_code = models.CharField(
+        max_length=50,
+        blank=True,
+        default="",
+        db_default="",
+        help_text='The error code of the answer ("rate_limit_exceeded", "model_not_found", ...); '
+        "empty for a success.",
+    )
+    billable = models.BooleanField(
+        default=True,
+        db_default=True,
+        help_text="Admitted: counted by the limits and the quota, one of the organization's "
+        '"requests". A refusal is not (its error_code says why).',
+    )
     created_at = models.DateTimeField(
         default=timezone.now, db_index=True, help_text="When the request was received."
     )

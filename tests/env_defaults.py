@@ -7,6 +7,8 @@ uses SQLite and in-process caches; set, it uses the real services.
 
 import os
 
+# A developer's .env (written by `make run`) must not leak into the tests' settings.
+os.environ.setdefault("ENV_FILE", "")
 os.environ.setdefault("DEBUG", "False")
 os.environ.setdefault(
     "SECRET_KEY", "test-only-secret-7f3a9c1e5b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d"

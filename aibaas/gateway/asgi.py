@@ -18,8 +18,8 @@ budget of 2 ms and 1,000 requests/s. This handler keeps what the Django path gav
 - The client address from the same trusted source as the rate limiters (aibaas/http.py).
 - A client that hangs up cancels the request (upstream call or stream included): the pipeline
   then records its usage event with status 499.
-- Lifespan: on shutdown the usage events of closing streams are awaited and the upstream
-  connection pools closed.
+- Lifespan: on startup the in-flight registry starts (metering/inflight.py); on shutdown the
+  usage events of closing streams are awaited and the upstream connection pools closed.
 """
 
 import asyncio
@@ -157,7 +157,7 @@ class GatewayApplication:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                changes.start_polling()  # key revocations made by any process reach this one
+                startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
@@ -381,14 +381,25 @@ class GatewayApplication:
         return scope.get("scheme") == "https"
 
 
+def startup() -> None:
+    """Start the in-flight registry (metering/inflight.py): from now on, if this process dies,
+    a survivor records its admitted requests as interrupted; and the key change poller
+    (keys/changes.py)."""
+    from metering import inflight
+
+    inflight.start()
+    changes.start_polling()  # key revocations made by any process reach this one
+
+
 async def shutdown() -> None:
     """Await the usage events of replies and streams still closing, send the rate-limit and
-    quota settlements still pending (and the quota's leases back), then close the upstream
-    pools and the quota's database connections."""
+    quota settlements still pending (and the quota's leases back), remove the in-flight
+    registry, then close the upstream pools and the quota's database connections."""
     await streaming.drain_background()
     from aibaas.gateway.providers.openai_compatible import close_sessions
-    from metering import limiter, quota
+    from metering import inflight, limiter, quota
 
+    await inflight.stop()
     await limiter.aflush_settlements()
     await quota.aclose()
     await close_sessions()

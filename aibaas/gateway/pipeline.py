@@ -22,20 +22,25 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from aibaas.errors import ApplicationError
+from aibaas.errors import INTERNAL_ERROR, ApplicationError
 from aibaas.gateway import response_cache, streaming, validation
 from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.base import ModelSpec, ProviderError, Usage
 from aibaas.gateway.registry import amodel_spec, amodels_for_key, key_may_use
-from aibaas.gateway.tokenizer import estimate_chat_tokens, estimate_embedding_tokens
+from aibaas.gateway.tokenizer import (
+    count_chat_tokens,
+    estimate_chat_tokens,
+    estimate_embedding_tokens,
+)
 from aibaas.http import canonical_ip
 from billing.pricing import COST_QUANTUM, acost_for
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, KeyRejected, aauthenticate_key
-from metering import limiter
+from metering import inflight, limiter
 from metering.admission import Admission, IpGate, aadmit, rate_limit_headers
 from metering.events import UsageEventData, ausage_emit
+from metering.reaper import INTERRUPTED, INTERRUPTED_STATUS, marker
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,16 @@ CHAT = "chat.completions"
 EMBEDDINGS = "embeddings"
 UNKNOWN_MODEL = "unknown"
 CLIENT_CLOSED = streaming.CLIENT_CLOSED
+ZERO_COST = Decimal(0).quantize(COST_QUANTUM)
+# The error code of an event whose answer had none of its own (a stream's end, a crash).
+CLIENT_CLOSED_CODE = "client_closed_request"
+_STATUS_CODES = {
+    CLIENT_CLOSED: CLIENT_CLOSED_CODE,
+    500: INTERNAL_ERROR,
+    502: "upstream_error",
+    504: "upstream_timeout",
+    INTERRUPTED_STATUS: INTERRUPTED,
+}
 
 
 @dataclass(slots=True)
@@ -113,37 +128,28 @@ class Call:
         """The rate-limit headers of this request (none before admission)."""
         return dict(self.admission.headers) if self.admission is not None else {}
 
-    async def admit(self, tokens: int) -> None:
+    async def admit(self, tokens: int, input_tokens: int) -> None:
+        """Admission (429 otherwise); then the request's marker in the in-flight registry: if
+        this process dies, a survivor records it as interrupted with `input_tokens`."""
         self.admission = await aadmit(
             self.key, tokens=tokens, client_ip=self.inbound.client_ip, gate=self.gate
         )
+        registry = inflight.current()
+        if registry is not None:
+            event = self._event(INTERRUPTED_STATUS, Usage(input_tokens, 0, estimated=True))
+            registry.admitted(event.request_id, marker(event, test_mode=self.key.test_mode))
 
-    async def record(
+    def _event(
         self,
         status: int,
-        usage: Usage | None = None,
+        usage: Usage,
         *,
+        cost: Decimal = ZERO_COST,
         cached: bool = False,
         upstream_latency_ms: float | None = None,
-    ) -> None:
-        if self.recorded:
-            return
-        self.recorded = True
-        usage = usage or Usage()
-        if usage.input_tokens < 0 or usage.output_tokens < 0:
-            # Never a reason to lose the event (usage is money): providers validate what an
-            # upstream reports; this is the last guard.
-            logger.warning("negative usage %s for %s counted as 0", usage, self.inbound.request_id)
-            usage = Usage(max(usage.input_tokens, 0), max(usage.output_tokens, 0), estimated=True)
-        cost = Decimal(0).quantize(COST_QUANTUM)
-        if not self.key.test_mode and (usage.input_tokens or usage.output_tokens):
-            cost = await acost_for(
-                model=self.model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached=cached,
-            )
-        event = UsageEventData(
+        error_code: str | None = None,
+    ) -> UsageEventData:
+        return UsageEventData(
             request_id=self.inbound.request_id,
             organization_id=self.key.organization_id,
             api_key_id=self.key.pk,
@@ -159,12 +165,69 @@ class Call:
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             upstream_latency_ms=None if upstream_latency_ms is None else int(upstream_latency_ms),
             client_ip=canonical_ip(self.inbound.client_ip),
+            error_code=_error_code(status, error_code),
+            **self._admitted(),
+        )
+
+    async def record(
+        self,
+        status: int,
+        usage: Usage | None = None,
+        *,
+        cached: bool = False,
+        upstream_latency_ms: float | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
+        usage = usage or Usage()
+        if usage.input_tokens < 0 or usage.output_tokens < 0:
+            # Never a reason to lose the event (usage is money): providers validate what an
+            # upstream reports; this is the last guard.
+            logger.warning("negative usage %s for %s counted as 0", usage, self.inbound.request_id)
+            usage = Usage(max(usage.input_tokens, 0), max(usage.output_tokens, 0), estimated=True)
+        cost = ZERO_COST
+        if not self.key.test_mode and (usage.input_tokens or usage.output_tokens):
+            cost = await acost_for(
+                model=self.model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached=cached,
+            )
+        event = self._event(
+            status,
+            usage,
+            cost=cost,
+            cached=cached,
+            upstream_latency_ms=upstream_latency_ms,
+            error_code=error_code,
         )
         if self.admission is not None:
-            # No wait of its own on Redis and PostgreSQL: the settlement rides with the key's
-            # next check and the organization's next quota statement.
+            # No wait of its own on Redis: the settlement rides with the key's next check. The
+            # quota's is usage_record's, when the event is stored (exactly once).
             await self.admission.asettle(usage.input_tokens + usage.output_tokens)
         await self._emit(event)
+
+    def streaming(self, usage) -> None:
+        """The stream's StreamUsage: its output tokens are checkpointed (metering/inflight.py)."""
+        registry = inflight.current()
+        if registry is not None:
+            registry.streaming(self.inbound.request_id, usage)
+
+    def _admitted(self) -> dict[str, Any]:
+        """The event's fields of the admission: billable or not, the quota's estimate."""
+        admission = self.admission
+        if admission is None:
+            return {"billable": False}
+        if admission.quota_period is None:
+            return {"billable": True}
+        return {
+            "billable": True,
+            "quota_period": admission.quota_period,
+            "quota_generation": admission.quota_generation,
+            "quota_tokens": admission.estimate,
+        }
 
     @staticmethod
     async def _emit(event: UsageEventData) -> None:
@@ -174,6 +237,12 @@ class Call:
             # ausage_emit logged the event's JSON (a replayable record); the client's answer
             # is not withheld for a bookkeeping failure.
             logger.exception("usage event %s not recorded", event.request_id)
+
+
+def _error_code(status: int, code: str | None) -> str:
+    if code is not None or status < 400:
+        return code or ""
+    return _STATUS_CODES.get(status, f"http_{status}")
 
 
 def _body(inbound: Inbound) -> dict[str, Any]:
@@ -250,7 +319,7 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
         if refusal is not None:
             return error_reply(refusal)
         reply = error_reply(error, headers)
-        reply.after = partial(call.record, error.status)
+        reply.after = partial(call.record, error.status, error_code=error.code)
         return reply
     except BaseException as error:
         # A bug (500) or the client hanging up (cancelled): still one event for the request.
@@ -335,10 +404,13 @@ async def chat(inbound: Inbound) -> Reply:
         call.model = _call_model(body)
         name = validation.validate_chat(body)
         spec = await _model(call, name, "chat")
-        await call.admit(estimate_chat_tokens(body, spec.context_window))
+        prompt = count_chat_tokens(body.get("messages") or [])
+        await call.admit(estimate_chat_tokens(body, spec.context_window, prompt=prompt), prompt)
         provider = provider_for(spec)
         if body.get("stream"):
-            return Reply(stream=await streaming.open_stream(provider, spec, body, call.record))
+            stream = await streaming.open_stream(provider, spec, body, call.record)
+            call.streaming(stream.usage)
+            return Reply(stream=stream)
         key = None
         if response_cache.cacheable(spec, body):
             key = response_cache.cache_key(call.key.organization_id, name, body)
@@ -373,7 +445,8 @@ async def embeddings(inbound: Inbound) -> Reply:
         call.model = _call_model(body)
         name = validation.validate_embeddings(body)
         spec = await _model(call, name, "embeddings")
-        await call.admit(estimate_embedding_tokens(body))
+        tokens = estimate_embedding_tokens(body)
+        await call.admit(tokens, tokens)
         result = await provider_for(spec).embeddings(spec, body)
         return Reply(
             body=result.body,

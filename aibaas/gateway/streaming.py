@@ -69,6 +69,11 @@ class RelayStream:
         self._relay = _relay(chunks, first, usage, record)
         self._started = False
 
+    @property
+    def usage(self) -> StreamUsage:
+        """Filled as the stream runs (the in-flight registry's checkpoints read it)."""
+        return self._usage
+
     def __aiter__(self) -> "RelayStream":
         return self
 

@@ -103,14 +103,18 @@ def count_chat_tokens(messages: list[dict]) -> int:
 DEFAULT_OUTPUT_ESTIMATE = 256
 
 
-def estimate_chat_tokens(body: dict, context_window: int | None = None) -> int:
+def estimate_chat_tokens(
+    body: dict, context_window: int | None = None, *, prompt: int | None = None
+) -> int:
     """A chat request's tokens before the call, for the token limits (settled afterwards with
     what the model really used): the prompt counted here, plus the output it may produce —
     `max_completion_tokens` or `max_tokens` when given, else GATEWAY_OUTPUT_TOKENS_ESTIMATE
-    (256) — times `n`, capped at what the model's context window leaves after the prompt."""
+    (256) — times `n`, capped at what the model's context window leaves after the prompt.
+    `prompt`: the messages' count_chat_tokens, when the caller has it."""
     from django.conf import settings
 
-    prompt = count_chat_tokens(body.get("messages") or [])
+    if prompt is None:
+        prompt = count_chat_tokens(body.get("messages") or [])
     output = body.get("max_completion_tokens") or body.get("max_tokens")
     if not isinstance(output, int) or output <= 0:
         output = getattr(settings, "GATEWAY_OUTPUT_TOKENS_ESTIMATE", DEFAULT_OUTPUT_ESTIMATE)

@@ -4,7 +4,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from aibaas.proxies import proxies_from_env
 
-from .env import BASE_DIR, env
+from .env import BASE_DIR, ENV_FILE, env  # noqa: F401 (ENV_FILE: the dotenv file read, if any)
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_ratelimit",
+    "csp",
     "accounts",
     "keys",
     "metering",
@@ -37,6 +38,7 @@ MIDDLEWARE = [
     # X-Request-ID on every /v1 response; sync and async capable (no thread hop under ASGI).
     "aibaas.gateway.middleware.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",  # Content-Security-Policy (settings/security.py)
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -190,7 +192,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "aibaas.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "aibaas.pagination.Pagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -213,8 +215,16 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI's files come from the drf-spectacular-sidecar package: no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
+    # No online validator badge: it would load an image from swagger.io (CSP, no internet).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The /v1 inference endpoints are not DRF views: aibaas/gateway/schema.py adds them.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "aibaas.gateway.schema.add_inference_paths",
+        "aibaas.schema.add_retry_after_headers",
+    ],
 }
 
 # --- Gateway: how long a process keeps its copy of the model registry and prices, and the
@@ -265,3 +275,6 @@ REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
 # --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py),
 # never trimmed: an entry leaves it once stored in the database.
 USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")
+# A serving process that has not said it is alive for this long is dead: a survivor records its
+# in-flight requests as interrupted (metering/inflight.py, metering/reaper.py).
+USAGE_INFLIGHT_TTL_SECONDS = env.float("USAGE_INFLIGHT_TTL_SECONDS", default=10.0)

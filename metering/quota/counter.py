@@ -450,26 +450,42 @@ def _settle(
 ) -> None:
     if not token_delta and not request_delta:
         return
-    counter = PositiveBigIntegerField()
-    rows = QuotaCounter.objects.filter(organization_id=organization_id, period=period)
-    if generation is not None:
-        rows = rows.filter(generation=generation)
-    changes = {
-        "requests": Greatest(F("requests") + request_delta, Value(0), output_field=counter),
-        "tokens": Greatest(F("tokens") + token_delta, Value(0), output_field=counter),
-        "updated_at": timezone.now(),
-    }
+
+    def update() -> int:
+        return settle_rows(organization_id, period, token_delta, request_delta, generation)
+
     try:
         try:
-            when_unlocked(lambda: rows.update(**changes))
+            when_unlocked(update)
         except _CONNECTION_ERRORS:
             if not retry_stale:
                 raise
             with suppress(*_DB_ERRORS):  # see _admit
                 connection.close()
-            when_unlocked(lambda: rows.update(**changes))
+            when_unlocked(update)
     except _DB_ERRORS as error:
         raise QuotaUnavailable(str(error)) from error
+
+
+def settle_rows(
+    organization_id: int,
+    period: date,
+    token_delta: int,
+    request_delta: int = 0,
+    generation: int | None = None,
+) -> int:
+    """quota_settle's statement alone, in the caller's transaction (usage_record's): database
+    errors are the caller's. Returns the number of rows moved (0: no row of that month, or of
+    that generation)."""
+    counter = PositiveBigIntegerField()
+    rows = QuotaCounter.objects.filter(organization_id=organization_id, period=period)
+    if generation is not None:
+        rows = rows.filter(generation=generation)
+    return rows.update(
+        requests=Greatest(F("requests") + request_delta, Value(0), output_field=counter),
+        tokens=Greatest(F("tokens") + token_delta, Value(0), output_field=counter),
+        updated_at=timezone.now(),
+    )
 
 
 # --- async: one hop to a worker thread -----------------------------------------------------------

@@ -1,17 +1,29 @@
-"""Usage events, write side: `usage_record`, a batch of events into the table, idempotent.
-metering/events.py explains the pipeline."""
+"""Usage events, write side: `usage_record`, a batch of events into the table, idempotent, with
+the monthly quota's token settlement of exactly the events it stored. metering/events.py
+explains the pipeline."""
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
+from datetime import date
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from accounts.models import Organization
 from keys.models import ApiKey
 from metering.events import UsageEventData
 from metering.models import UsageEvent
+from metering.quota.counter import settle_rows
 
 logger = logging.getLogger(__name__)
+
+# Rows per INSERT statement: 21 columns each stays far below SQLite's 32,766 bound variables.
+INSERT_BATCH = 500
+
+_COLUMNS = [f for f in UsageEvent._meta.concrete_fields if not f.primary_key]
+_INSERT = (
+    "INSERT INTO {table} ({columns}) VALUES {rows} ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+)
 
 
 def _rows(events: Sequence[UsageEventData]) -> list[UsageEvent]:
@@ -50,18 +62,72 @@ def _rows(events: Sequence[UsageEventData]) -> list[UsageEvent]:
                 upstream_latency_ms=event.upstream_latency_ms,
                 client_ip=event.client_ip,
                 created_at=event.created_at,
+                error_code=event.error_code,
+                billable=event.billable,
             )
         )
     return rows
 
 
+def _insert_new(rows: list[UsageEvent]) -> set[str]:
+    """INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING request_id: the request ids of
+    the rows this statement inserted, not of those already stored (by an earlier run, or a
+    concurrent drainer, whose commit this statement waits for). PostgreSQL and SQLite >= 3.35."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in _COLUMNS)
+    placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+    inserted: set[str] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), INSERT_BATCH):
+            batch = rows[start : start + INSERT_BATCH]
+            params = [
+                f.get_db_prep_save(getattr(row, f.attname), connection)
+                for row in batch
+                for f in _COLUMNS
+            ]
+            statement = _INSERT.format(
+                table=quote(UsageEvent._meta.db_table),
+                columns=columns,
+                rows=", ".join([placeholders] * len(batch)),
+                key=quote("request_id"),
+            )
+            cursor.execute(statement, params)
+            inserted.update(request_id for (request_id,) in cursor.fetchall())
+    return inserted
+
+
+def _settle_quota(events: Sequence[UsageEventData], inserted: set[str]) -> None:
+    """Each newly stored event's quota tokens from the admission's estimate to what it used,
+    summed per organization, month and counter generation (nothing once the counter was reset
+    since: metering/quota/lease.py, "Resets"). Rows are updated in one order (no deadlock
+    between concurrent drainers), last in the transaction (the row locks are held briefly)."""
+    deltas: dict[tuple[int, date, int], int] = defaultdict(int)
+    for event in events:
+        if event.quota_period is not None and event.request_id in inserted:
+            used = event.input_tokens + event.output_tokens
+            deltas[(event.organization_id, event.quota_period, event.quota_generation)] += (
+                used - event.quota_tokens
+            )
+    for (organization_id, period, generation), delta in sorted(deltas.items()):
+        if delta:
+            settle_rows(organization_id, period, delta, generation=generation)
+
+
 def usage_record(*, events: Sequence[UsageEventData]) -> int:
-    """Store usage events, atomically. Idempotent: an event whose request_id is already stored is
-    skipped, so replaying a batch never counts a request twice. Returns how many events were
-    handed to the database (new or already there)."""
+    """Store usage events and settle the monthly quota's tokens of those stored now, in one
+    transaction. Idempotent: an event whose request_id is already stored is skipped, and so is
+    its settlement, so replaying a batch never counts or settles a request twice, and an event
+    that reaches the table has settled. Returns how many events were handed to the database
+    (new or already there)."""
     if not events:
         return 0
+    first: dict[str, UsageEventData] = {}
+    for event in events:
+        first.setdefault(event.request_id, event)
+    unique = list(first.values())
     with transaction.atomic():
-        rows = _rows(events)
-        UsageEvent.objects.bulk_create(rows, batch_size=500, ignore_conflicts=True)
+        rows = _rows(unique)
+        if rows:
+            inserted = _insert_new(rows)
+            _settle_quota(unique, inserted)
     return len(rows)

@@ -11,6 +11,17 @@
       catch (err) { reject(err); }
     });
   }
+  // <select data-autosubmit> submits its form on change (no inline handlers: see the CSP).
+  document.addEventListener("change", function (event) {
+    var select = event.target.closest("[data-autosubmit]");
+    if (select && select.form) { select.form.submit(); }
+  });
+  // A read-only secret (the new key) selects itself on focus, ready to copy.
+  document.addEventListener("focusin", function (event) {
+    if (event.target.matches && event.target.matches("input[data-select-on-focus]")) {
+      event.target.select();
+    }
+  });
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy-target]");
     if (!button) { return; }

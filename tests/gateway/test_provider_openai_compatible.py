@@ -236,6 +236,30 @@ def test_client_hanging_up_mid_stream_closes_upstream_and_keeps_usage(upstream, 
     assert usage.usage.input_tokens > 0 and usage.usage.output_tokens >= 3
 
 
+def test_a_stream_counts_the_content_chunks_it_relayed_while_running(upstream, monkeypatch):
+    # Upstreams report usage at the end: the in-flight registry's checkpoints (the output
+    # tokens of a stream whose process dies) read this count instead.
+    monkeypatch.setattr(fake_upstream, "FIRST_TOKEN_DELAY", 0.05)
+    monkeypatch.setattr(fake_upstream, "STREAM_SECONDS", 2.0)
+    usage = StreamUsage()
+    chunks = run(
+        lambda: collect(
+            spec(up(upstream.base_url, "fake-slow")), dict(CHAT, stream=True), usage, limit=5
+        )
+    )
+    with_text = [e for e in _events(chunks) if e["choices"][0]["delta"].get("content")]
+    assert len(with_text) >= 3
+    assert usage.produced == len(with_text)
+
+    usage = StreamUsage()
+    events = _events(
+        run(lambda: collect(spec(up(upstream.base_url)), dict(CHAT, stream=True), usage))
+    )
+    assert usage.produced == len(
+        [e for e in events[:-1] if e["choices"][0]["delta"].get("content")]
+    )
+
+
 def test_stream_from_a_hung_upstream_is_a_504(upstream):
     with pytest.raises(ProviderError) as caught:
         run(

@@ -187,6 +187,8 @@ def expected_june(data: Dataset) -> dict:
             "input_tokens": 107,
             "output_tokens": 200,
             "cost": "0.00010007",
+            "errors": 0,
+            "refused": 0,
         },
         {
             "key_id": data.beta.api_key.key_id,
@@ -195,6 +197,8 @@ def expected_june(data: Dataset) -> dict:
             "input_tokens": 31,
             "output_tokens": 41,
             "cost": "0.00001235",
+            "errors": 0,
+            "refused": 0,
         },
     ]
     return {
@@ -206,12 +210,16 @@ def expected_june(data: Dataset) -> dict:
             "input_tokens": 138,
             "output_tokens": 241,
             "cost": "0.00011242",
+            "errors": 0,
+            "refused": 0,
         },
         "last_24h": {
             "requests": 2,
             "input_tokens": 37,
             "output_tokens": 40,
             "cost": "0.00001241",
+            "errors": 0,
+            "refused": 0,
         },
         "by_key": sorted(by_key, key=lambda row: row["key_id"]),
         "by_model": [
@@ -221,6 +229,7 @@ def expected_june(data: Dataset) -> dict:
                 "input_tokens": 131,
                 "output_tokens": 241,
                 "cost": "0.00011235",
+                "errors": 0,
             },
             {
                 "model": "demo-embed",
@@ -228,6 +237,8 @@ def expected_june(data: Dataset) -> dict:
                 "input_tokens": 7,
                 "output_tokens": 0,
                 "cost": "0.00000007",
+                "errors": 0,
             },
         ],
+        "refused_by_code": {},
     }

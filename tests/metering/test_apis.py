@@ -70,9 +70,11 @@ def test_shape_and_types(usage_dataset):
         "last_24h",
         "by_key",
         "by_model",
+        "refused_by_code",
     ]
     for totals in (body["totals"], body["last_24h"], *body["by_key"], *body["by_model"]):
         assert isinstance(totals["requests"], int)
+        assert isinstance(totals["errors"], int)
         assert isinstance(totals["input_tokens"], int)
         assert isinstance(totals["output_tokens"], int)
         assert isinstance(totals["cost"], str)
@@ -83,6 +85,8 @@ def test_shape_and_types(usage_dataset):
         "input_tokens",
         "output_tokens",
         "cost",
+        "errors",
+        "refused",
     }
     assert set(body["by_model"][0]) == {
         "model",
@@ -90,7 +94,9 @@ def test_shape_and_types(usage_dataset):
         "input_tokens",
         "output_tokens",
         "cost",
+        "errors",
     }
+    assert body["refused_by_code"] == {}
 
 
 def test_month_parameter_selects_the_period(usage_dataset):

@@ -42,10 +42,21 @@ def test_csv_report(usage_dataset):
             str(totals["input_tokens"]),
             str(totals["output_tokens"]),
             totals["cost"],
+            str(totals["errors"]),
+            str(totals.get("refused", "")),
         ]
 
     assert rows == [
-        ["section", "key_id/model", "requests", "input_tokens", "output_tokens", "cost"],
+        [
+            "section",
+            "key_id/model/code",
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cost",
+            "errors",
+            "refused",
+        ],
         row("totals", "", expected["totals"]),
         row("last_24h", "", expected["last_24h"]),
         *[row("by_key", r["key_id"], r) for r in expected["by_key"]],

@@ -24,10 +24,10 @@ def test_summary_of_the_current_month_is_exact(usage_dataset):
     assert usage_summary(organization=usage_dataset.org) == expected_june(usage_dataset)
 
 
-def test_summary_is_four_queries_whatever_the_number_of_events(
+def test_summary_is_five_queries_whatever_the_number_of_events(
     usage_dataset, django_assert_num_queries
 ):
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(5):
         usage_summary(organization=usage_dataset.org)
 
 
@@ -38,6 +38,8 @@ def test_another_organizations_events_are_never_counted(usage_dataset):
         "input_tokens": 5000,
         "output_tokens": 5000,
         "cost": "9.00000000",
+        "errors": 0,
+        "refused": 0,
     }
     assert [row["key_id"] for row in summary["by_key"]] == [usage_dataset.other.api_key.key_id]
     assert summary["last_24h"]["requests"] == 0
@@ -52,6 +54,8 @@ def test_previous_month_holds_only_its_own_last_instant(usage_dataset):
         "input_tokens": 1000,
         "output_tokens": 1000,
         "cost": "1.00000000",
+        "errors": 0,
+        "refused": 0,
     }
     assert [row["name"] for row in summary["by_key"]] == ["alpha"]
     # The last 24 hours do not depend on the period asked for.
@@ -69,6 +73,7 @@ def test_next_month_starts_at_its_first_instant(usage_dataset):
             "input_tokens": 50,
             "output_tokens": 50,
             "cost": "0.50000000",
+            "errors": 0,
         }
     ]
 
@@ -81,6 +86,8 @@ def test_last_24h_moves_with_the_clock(usage_dataset, time_machine):
         "input_tokens": 7,
         "output_tokens": 0,
         "cost": "0.00000007",
+        "errors": 0,
+        "refused": 0,
     }
 
 
@@ -93,9 +100,16 @@ def test_default_period_follows_the_calendar_month_in_utc(usage_dataset, time_ma
 
 def test_organization_without_usage_gets_zeros(org):
     summary = usage_summary(organization=org)
-    zero = {"requests": 0, "input_tokens": 0, "output_tokens": 0, "cost": "0.00000000"}
+    zero = {
+        "requests": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cost": "0.00000000",
+        "errors": 0,
+        "refused": 0,
+    }
     assert (summary["totals"], summary["last_24h"]) == (zero, zero)
-    assert (summary["by_key"], summary["by_model"]) == ([], [])
+    assert (summary["by_key"], summary["by_model"], summary["refused_by_code"]) == ([], [], {})
 
 
 def test_a_deleted_keys_usage_stays_under_its_key_id(usage_dataset):

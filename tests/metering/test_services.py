@@ -1,6 +1,7 @@
 """usage_record (idempotent writes), the event codec, and emit without a stream: the embedded
 defaults, REDIS_URL without a broker, and Redis down at emit time."""
 
+import json
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -77,29 +78,63 @@ def test_cost_given_as_float_or_str_becomes_an_exact_decimal(issued):
     assert make_event(issued, cost="0.00001234").cost == Decimal("0.00001234")
 
 
-def test_naive_created_at_is_refused(issued):
-    with pytest.raises(ValueError, match="timezone-aware"):
-        make_event(issued, created_at=datetime(2025, 1, 1))
+def test_naive_created_at_is_utc(issued):
+    event = make_event(issued, created_at=datetime(2025, 1, 1))
+    assert event.created_at == datetime(2025, 1, 1, tzinfo=UTC)
+
+
+LONG = "m" * 10_000
 
 
 @pytest.mark.parametrize(
-    "fields",
+    ("fields", "stored"),
     [
-        {"input_tokens": -1},
-        {"output_tokens": -5},
-        {"cost": Decimal("-0.00000001")},
-        {"latency_ms": -1},
-        {"upstream_latency_ms": -1},
-        {"status_code": -1},
-        {"request_id": ""},
-        {"model": ""},
-        {"client_ip": "not-an-address"},
+        ({"input_tokens": -1}, {"input_tokens": 0}),
+        ({"output_tokens": 10**30}, {"output_tokens": 2**31 - 1}),
+        ({"input_tokens": float("inf")}, {"input_tokens": 0}),
+        ({"cost": Decimal("-0.00000001")}, {"cost": Decimal(0)}),
+        ({"cost": Decimal("1e40")}, {"cost": Decimal("9999999999")}),
+        ({"cost": Decimal("NaN")}, {"cost": Decimal(0)}),
+        ({"cost": "0.123456789"}, {"cost": Decimal("0.12345679")}),
+        ({"latency_ms": -1}, {"latency_ms": 0}),
+        ({"upstream_latency_ms": 10**12}, {"upstream_latency_ms": 2**31 - 1}),
+        ({"status_code": 10**6}, {"status_code": 2**15 - 1}),
+        ({"model": ""}, {"model": "unknown"}),
+        ({"model": "demo-chat\x00"}, {"model": "demo-chat\ufffd"}),
+        ({"model": "a\ud800b\udfff"}, {"model": "a\ufffdb\ufffd"}),
+        ({"model": LONG}, {"model": "m" * 200}),
+        ({"model": "\x00" * 500}, {"model": "\ufffd" * 200}),
+        ({"error_code": "x\x00" * 40}, {"error_code": ("x\ufffd" * 25)}),
+        ({"key_id": "k" * 99}, {"key_id": "k" * 32}),
+        ({"request_id": "r\x00" + "r" * 200}, {"request_id": "r\ufffd" + "r" * 98}),
+        ({"client_ip": "not-an-address"}, {"client_ip": None}),
+        ({"client_ip": 7}, {"client_ip": None}),
     ],
-    ids=lambda fields: next(iter(fields)),
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else "",
 )
-def test_event_with_impossible_values_is_refused(issued, fields):
-    with pytest.raises(ValueError):
-        make_event(issued, **fields)
+def test_hostile_values_become_storable_values(issued, fields, stored):
+    event = make_event(issued, **fields)
+    for name, value in stored.items():
+        assert getattr(event, name) == value
+    usage_record(events=[event])
+    row = UsageEvent.objects.get()
+    for name, value in stored.items():
+        if isinstance(value, Decimal):  # SQLite keeps a decimal as a double
+            value = pytest.approx(value, rel=Decimal("1e-15"))
+        assert getattr(row, name) == value
+    assert UsageEventData.from_json(event.to_json()) == event
+
+
+def test_event_without_request_id_is_refused(issued):
+    with pytest.raises(ValueError, match="request_id"):
+        make_event(issued, request_id="\x00"[:0])
+
+
+def test_legacy_stream_entry_without_billable_is_classified_by_its_status(issued):
+    for status, tokens, billable in [(200, 5, True), (404, 0, False), (429, 0, False)]:
+        data = json.loads(make_event(issued, status_code=status, input_tokens=tokens).to_json())
+        del data["billable"], data["error_code"]
+        assert UsageEventData.from_json(json.dumps(data)).billable is billable
 
 
 def test_event_is_immutable(issued):

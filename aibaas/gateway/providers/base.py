@@ -63,6 +63,10 @@ class StreamUsage:
     usage: Usage = field(default_factory=Usage)
     upstream_latency_ms: float = 0.0  # time to the first byte from the upstream
     finished: bool = False  # the stream reached its end ([DONE])
+    # Content chunks relayed so far (one token each or more): while `usage` is known only at
+    # the end (upstreams), the output count of a stream cut short by the death of its process
+    # (metering/inflight.py checkpoints max(usage.output_tokens, produced)).
+    produced: int = 0
 
 
 class Provider(Protocol):

@@ -7,13 +7,23 @@ from accounts.selectors import organization_get
 from aibaas.errors import ApplicationError
 from metering.selectors import month_period, usage_summary
 
-CSV_HEADER = ["section", "key_id/model", "requests", "input_tokens", "output_tokens", "cost"]
+CSV_HEADER = [
+    "section",
+    "key_id/model/code",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "errors",
+    "refused",
+]
 
 
 class Command(BaseCommand):
     help = (
         "Print an organization's usage for a calendar month (UTC): the body of GET /v1/usage as "
-        "JSON, or CSV rows (section,key_id/model,requests,input_tokens,output_tokens,cost)."
+        "JSON, or CSV rows (section,key_id/model/code,requests,input_tokens,output_tokens,cost,"
+        "errors,refused). requests are billable requests; refusals are counted apart."
     )
 
     def add_arguments(self, parser):
@@ -39,6 +49,8 @@ class Command(BaseCommand):
             writer.writerow(_row("by_key", row["key_id"], row))
         for row in summary["by_model"]:
             writer.writerow(_row("by_model", row["model"], row))
+        for code, count in summary["refused_by_code"].items():
+            writer.writerow(["refused_by_code", code, "", "", "", "", "", count])
 
 
 def _row(section: str, label: str, totals: dict) -> list:
@@ -49,4 +61,6 @@ def _row(section: str, label: str, totals: dict) -> list:
         totals["input_tokens"],
         totals["output_tokens"],
         totals["cost"],
+        totals["errors"],
+        totals.get("refused", ""),
     ]

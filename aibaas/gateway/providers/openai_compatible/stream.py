@@ -11,6 +11,7 @@ stream is closed and the usage of what was sent is kept.
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,6 +52,11 @@ def _contents(chunk: Any) -> list[str]:
         and (content := choice["delta"].get("content"))
         and isinstance(content, str)
     ]
+
+
+# A chunk with some text in a delta: `"content"` followed by a non-empty string (a quote
+# inside generated text is escaped, `\\"content\\"`, and cannot match).
+_CONTENT = re.compile(rb'"content"\s*:\s*"[^"]')
 
 
 def _model_renames(model: ModelSpec) -> list[tuple[bytes, bytes]]:
@@ -119,6 +125,8 @@ async def relay_chat_stream(
         fast = _renamed(data, renames)
         if fast is not None:
             unparsed.append(data)
+            if _CONTENT.search(data):
+                usage.produced += 1
             return b"data: " + fast + b"\n\n"
         try:
             chunk = json.loads(data)
@@ -141,6 +149,8 @@ async def relay_chat_stream(
             usage.usage = upstream_usage
             reported = True
         parsed(chunk)
+        if _contents(chunk):
+            usage.produced += 1
         if chunk.get("usage") is not None and (upstream_usage is None or not client_wants_usage):
             # Not asked for, or nonsense that is neither recorded nor relayed (our
             # estimate goes out before [DONE] instead).

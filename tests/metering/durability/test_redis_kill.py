@@ -1,7 +1,8 @@
 """Redis killed with kill -9 under load loses no billable usage event and doubles none (issue
 10, item 3).
 
-The production setup: gunicorn with 2 uvicorn workers, PostgreSQL, a private redis-server run
+The production setup: the production start command (gunicorn, deploy/gunicorn.conf.py, 2
+uvicorn workers), PostgreSQL, a private redis-server run
 with the checked-in deploy/redis.conf (the README's production Redis: appendonly, appendfsync
 always, noeviction), and the drain Celery beat runs. 1,000 chat requests at concurrency 16;
 Redis is killed -9 in the middle and restarted on the same directory a second later, while the
@@ -22,16 +23,12 @@ import pytest
 import redis
 from django.db.models import Count
 
-from accounts.actors import Actor
-from aibaas.gateway.models import AIModel
-from billing.models import Plan
-from keys.services import api_key_create
 from metering.events import STREAM_KEY
+from metering.inflight import HEARTBEAT_SECONDS, PROCESSES_KEY, keys_of
 from metering.models import UsageEvent
 from metering.services import GROUP, usage_drain
-from tests.factories import AIModelFactory, MembershipFactory
-from tests.metering.production import REDIS_CONF, Drainer, gunicorn_server
-from tests.redis_server import redis_process, redis_server_available
+from tests.metering.durability.production import Drainer
+from tests.servers import production_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -43,26 +40,6 @@ DOWN_SECONDS = 1.0
 BODY = {"model": "demo-chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10}
 SERVER_ENV = {"GATEWAY_IP_RATE": "", "DEMO_TOKEN_DELAY_SECONDS": "0.012", "LOG_LEVEL": "ERROR"}
 SETTLE_SECONDS = 30.0
-
-
-@pytest.fixture
-def private_redis():
-    if not redis_server_available():
-        pytest.skip("needs the redis-server binary for a private Redis to kill")
-    with redis_process(REDIS_CONF) as server:
-        yield server
-
-
-@pytest.fixture
-def unlimited_key(db) -> str:
-    if not AIModel.objects.filter(name="demo-chat").exists():
-        AIModelFactory(name="demo-chat", test_mode_allowed=True)
-    plan = Plan.objects.create(slug=f"unlimited{time.monotonic_ns()}", name="unlimited")
-    organization = MembershipFactory().organization
-    organization.plan = plan
-    organization.save()
-    issued = api_key_create(organization=organization, name="load", actor=Actor.for_system("t"))
-    return issued.raw_key
 
 
 class Load:
@@ -117,6 +94,19 @@ def _drain_everything(control: redis.Redis, served: set[str]) -> dict[str, int]:
         time.sleep(0.2)
 
 
+def _markers(control: redis.Redis) -> int:
+    return sum(
+        control.hlen(keys_of(process.decode())[0]) for process in control.smembers(PROCESSES_KEY)
+    )
+
+
+def _wait_for_no_markers(control: redis.Redis) -> None:
+    deadline = time.monotonic() + 5 * HEARTBEAT_SECONDS
+    while _markers(control) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _markers(control) == 0
+
+
 def test_redis_killed_9_under_load_loses_and_doubles_no_usage_event(
     settings, private_redis, unlimited_key
 ):
@@ -130,8 +120,8 @@ def test_redis_killed_9_under_load_loses_and_doubles_no_usage_event(
         time.sleep(DOWN_SECONDS)
         private_redis.start()  # same port, same directory: it loads its append-only file
 
-    with gunicorn_server(env) as (base, _):
-        load = Load(base, unlimited_key)
+    with production_server(extra_env=env) as server:
+        load = Load(server.url, unlimited_key)
         load.at(KILL_AFTER, kill_and_restart)
         with Drainer(every=0.5):
             started = time.monotonic()
@@ -140,6 +130,9 @@ def test_redis_killed_9_under_load_loses_and_doubles_no_usage_event(
         control = redis.Redis.from_url(private_redis.url)
         served = {request_id for _, request_id in results if request_id}
         counts = _drain_everything(control, served)
+        # The in-flight markers of every request are gone, those whose removal failed while
+        # Redis was down included (retried by the workers' heartbeats).
+        _wait_for_no_markers(control)
 
     assert kills, "Redis was never killed"
     assert elapsed - (kills[0] - started) > 5.5, "the load ended inside the fallback window"
