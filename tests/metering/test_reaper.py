@@ -2,6 +2,7 @@
 (metering/inflight.py's keys), on a private Redis: who is dead, exactly-once claims, what an
 interrupted event holds."""
 
+import json
 import threading
 import time
 from decimal import Decimal
@@ -35,7 +36,9 @@ def register(control, process: str, events, checkpoints=None, *, alive=False) ->
     inflight, progress, alive_key = keys_of(process)
     control.sadd(PROCESSES_KEY, process)
     for event in events:
-        control.hset(inflight, event.request_id, marker(event, test_mode=False))
+        control.hset(
+            inflight, event.request_id, marker(json.loads(event.to_json()), test_mode=False)
+        )
     if checkpoints:
         control.hset(progress, mapping=checkpoints)
     if alive:
