@@ -3,9 +3,13 @@
 from django.conf import settings
 from django.utils.decorators import method_decorator
 from django_ratelimit.decorators import ratelimit
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,12 +21,24 @@ from accounts.models import Role
 from accounts.services import user_tokens_revoke
 from accounts.tokens import TokenObtainSerializer, TokenRefreshSerializer
 from aibaas.errors import ApplicationError
+from aibaas.pagination import Pagination
+from aibaas.schema import errors
 
 
 def _login_rate(group, request) -> str:
     return settings.RATELIMIT_LOGIN
 
 
+_TOKENS = inline_serializer(
+    "TokenPair",
+    {
+        "access": serializers.CharField(help_text="Short-lived access token (Bearer)."),
+        "refresh": serializers.CharField(required=False),
+    },
+)
+
+
+@extend_schema_view(post=extend_schema(responses={200: _TOKENS, **errors(400, 401, 429)}))
 @method_decorator(ratelimit(key="ip", rate=_login_rate, method="POST", block=True), name="post")
 class TokenObtainApi(TokenObtainPairView):
     """POST email + password → short-lived access token and a refresh token."""
@@ -31,6 +47,7 @@ class TokenObtainApi(TokenObtainPairView):
     serializer_class = TokenObtainSerializer
 
 
+@extend_schema_view(post=extend_schema(responses={200: _TOKENS, **errors(400, 401)}))
 class TokenRefreshApi(TokenRefreshView):
     """POST a refresh token → a new access token; refused once the user changed their password
     or logged out since the refresh token was issued."""
@@ -45,7 +62,9 @@ class LogoutApi(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=None, responses={204: None}, operation_id="auth_logout")
+    @extend_schema(
+        request=None, responses={204: None, **errors(401, 403)}, operation_id="auth_logout"
+    )
     def post(self, request):
         user_tokens_revoke(user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -68,6 +87,7 @@ class AuditListApi(APIView):
     """The organization's audit log, newest first. Owners, admins and admin-scoped keys."""
 
     permission_classes = [OrganizationAccess]
+    pagination_class = Pagination  # the schema documents the paginated envelope
     key_scopes = ("admin",)
 
     @extend_schema(
@@ -75,7 +95,7 @@ class AuditListApi(APIView):
             OpenApiParameter("action", str, description="Prefix, e.g. 'key.' or 'key.revoked'."),
             OpenApiParameter("actor", str, description="Part of the actor's email or key id."),
         ],
-        responses=AuditEventOutputSerializer(many=True),
+        responses={200: AuditEventOutputSerializer(many=True), **errors(401, 403)},
         operation_id="audit_list",
     )
     def get(self, request):
@@ -89,6 +109,6 @@ class AuditListApi(APIView):
             action=request.query_params.get("action"),
             actor=request.query_params.get("actor"),
         )
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(events, request, view=self)
         return paginator.get_paginated_response(AuditEventOutputSerializer(page, many=True).data)

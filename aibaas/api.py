@@ -1,5 +1,7 @@
 """The DRF glue every API shares: one exception handler for OpenAI-shaped errors."""
 
+import math
+
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -82,7 +84,9 @@ def exception_handler(exc, context):
         message = exc.detail if isinstance(exc.detail, str) else _first_error(exc.detail)[1]
         error = ApplicationError(code or _CODES.get(status, "error"), str(message), status=status)
         if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = str(int(exc.wait))
+            retry = max(1, math.ceil(exc.wait))  # whole seconds, as every 429 of DESIGN.md
+            headers["Retry-After"] = str(retry)
+            error.extra["retry_after"] = retry
     else:
         return None
 

@@ -2,15 +2,21 @@
 
 from datetime import timedelta
 
-from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api_access import OrganizationAccess, resolve_access
+from aibaas.pagination import Pagination
+from aibaas.schema import errors
 from keys.authentication import ApiKeyAuthentication
-from keys.models import ApiKey, Scope
+from keys.models import ApiKey, ApiKeyStatus, Scope
 from keys.permissions import HasApiKey
 from keys.selectors import api_key_effective_scopes, api_key_get, api_key_list
 from keys.services import api_key_create, api_key_revoke, api_key_rotate, api_key_update
@@ -89,6 +95,8 @@ class _OrgApi(APIView):
 
 
 class KeyListCreateApi(_OrgApi):
+    pagination_class = Pagination  # the schema documents the paginated envelope
+
     @extend_schema_serializer(component_name="KeyCreateInput")
     class InputSerializer(_LimitsMixin):
         name = serializers.CharField(max_length=100)
@@ -104,19 +112,27 @@ class KeyListCreateApi(_OrgApi):
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
         test_mode = serializers.BooleanField(required=False, default=False)
 
-    @extend_schema(responses=KeyOutputSerializer(many=True), operation_id="keys_list")
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "status", str, enum=ApiKeyStatus.values, description="Only keys in this state."
+            )
+        ],
+        responses={200: KeyOutputSerializer(many=True), **errors(400, 401, 403)},
+        operation_id="keys_list",
+    )
     def get(self, request):
         access = resolve_access(request)
         keys = api_key_list(
             organization=access.organization, status=request.query_params.get("status")
         )
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(keys, request, view=self)
         return paginator.get_paginated_response(KeyOutputSerializer(page, many=True).data)
 
     @extend_schema(
         request=InputSerializer,
-        responses={201: IssuedKeyOutputSerializer},
+        responses={201: IssuedKeyOutputSerializer, **errors(400, 401, 403)},
         operation_id="keys_create",
     )
     def post(self, request):
@@ -144,14 +160,18 @@ class KeyDetailApi(_OrgApi):
         )
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
-    @extend_schema(responses=KeyOutputSerializer, operation_id="keys_read")
+    @extend_schema(
+        responses={200: KeyOutputSerializer, **errors(401, 403, 404)}, operation_id="keys_read"
+    )
     def get(self, request, ident: str):
         access = resolve_access(request)
         key = api_key_get(organization=access.organization, ident=ident)
         return Response(KeyOutputSerializer(key).data)
 
     @extend_schema(
-        request=InputSerializer, responses=KeyOutputSerializer, operation_id="keys_update"
+        request=InputSerializer,
+        responses={200: KeyOutputSerializer, **errors(400, 401, 403, 404)},
+        operation_id="keys_update",
     )
     def patch(self, request, ident: str):
         access = resolve_access(request)
@@ -168,7 +188,9 @@ class KeyRevokeApi(_OrgApi):
         reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
     @extend_schema(
-        request=InputSerializer, responses=KeyOutputSerializer, operation_id="keys_revoke"
+        request=InputSerializer,
+        responses={200: KeyOutputSerializer, **errors(400, 401, 403, 404)},
+        operation_id="keys_revoke",
     )
     def post(self, request, ident: str):
         access = resolve_access(request)
@@ -191,7 +213,7 @@ class KeyRotateApi(_OrgApi):
 
     @extend_schema(
         request=InputSerializer,
-        responses={201: IssuedKeyOutputSerializer},
+        responses={201: IssuedKeyOutputSerializer, **errors(400, 401, 403, 404)},
         operation_id="keys_rotate",
     )
     def post(self, request, ident: str):
@@ -217,25 +239,32 @@ class KeyInfoApi(RateLimitHeadersMixin, APIView):
     permission_classes = [HasApiKey]
 
     @extend_schema(
-        responses=inline_serializer(
-            "KeyInfo",
-            {
-                "object": serializers.CharField(),
-                "id": serializers.CharField(),
-                "name": serializers.CharField(),
-                "organization": serializers.CharField(),
-                "plan": serializers.CharField(),
-                "scopes": serializers.ListField(child=serializers.CharField()),
-                "models": serializers.ListField(child=serializers.CharField(), allow_null=True),
-                "expires_at": serializers.DateTimeField(allow_null=True),
-                "test_mode": serializers.BooleanField(),
-                "limits": serializers.DictField(child=serializers.IntegerField(allow_null=True)),
-                "remaining": serializers.DictField(child=serializers.IntegerField(allow_null=True)),
-                "reset_seconds": serializers.DictField(
-                    child=serializers.IntegerField(allow_null=True)
-                ),
-            },
-        ),
+        responses={
+            200: inline_serializer(
+                "KeyInfo",
+                {
+                    "object": serializers.CharField(),
+                    "id": serializers.CharField(),
+                    "name": serializers.CharField(),
+                    "organization": serializers.CharField(),
+                    "plan": serializers.CharField(),
+                    "scopes": serializers.ListField(child=serializers.CharField()),
+                    "models": serializers.ListField(child=serializers.CharField(), allow_null=True),
+                    "expires_at": serializers.DateTimeField(allow_null=True),
+                    "test_mode": serializers.BooleanField(),
+                    "limits": serializers.DictField(
+                        child=serializers.IntegerField(allow_null=True)
+                    ),
+                    "remaining": serializers.DictField(
+                        child=serializers.IntegerField(allow_null=True)
+                    ),
+                    "reset_seconds": serializers.DictField(
+                        child=serializers.IntegerField(allow_null=True)
+                    ),
+                },
+            ),
+            **errors(401, 503),
+        },
         operation_id="v1_key",
     )
     def get(self, request):

@@ -1,15 +1,22 @@
 """Machine API of metering: GET /v1/usage."""
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import organization_get
+from aibaas.schema import errors
 from keys.authentication import ApiKeyAuthentication
 from keys.permissions import HasApiKey
 from keys.verification import KeyContext
-from metering.selectors import key_rate_limit_headers, month_period, usage_summary
+from metering.selectors import (
+    MONTH_PATTERN,
+    key_rate_limit_headers,
+    month_period,
+    usage_summary,
+)
 
 
 class RateLimitHeadersMixin:
@@ -52,6 +59,38 @@ def _totals_fields(*, refusals: bool = True) -> dict:
 _TOTALS = inline_serializer("UsageTotals", _totals_fields())
 
 
+class UsageOutputSerializer(serializers.Serializer):
+    """The body of GET /v1/usage (metering.selectors.usage_summary): its OpenAPI schema."""
+
+    object = serializers.CharField()
+    organization = serializers.CharField()
+    period = inline_serializer(
+        "UsagePeriod", {"start": serializers.DateTimeField(), "end": serializers.DateTimeField()}
+    )
+    totals = _TOTALS
+    last_24h = _TOTALS
+    by_key = inline_serializer(
+        "UsageByKey",
+        {
+            "key_id": serializers.CharField(),
+            "name": serializers.CharField(allow_null=True),
+            **_totals_fields(),
+        },
+        many=True,
+    )
+    by_model = inline_serializer(
+        "UsageByModel",
+        {"model": serializers.CharField(), **_totals_fields(refusals=False)},
+        many=True,
+        help_text="Billable requests only: a refused request is never a model row.",
+    )
+    refused_by_code = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text='Refused requests by error code, e.g. {"rate_limit_exceeded": 3, '
+        '"insufficient_quota": 250}.',
+    )
+
+
 class UsageApi(RateLimitHeadersMixin, APIView):
     """GET /v1/usage: the calling key's organization's usage this month (or ?month=YYYY-MM),
     the last 24 hours, per key and per model. Needs the usage:read scope."""
@@ -63,42 +102,13 @@ class UsageApi(RateLimitHeadersMixin, APIView):
     @extend_schema(
         parameters=[
             OpenApiParameter(
-                "month", str, description="Calendar month (UTC) as YYYY-MM; default: this one."
+                "month",
+                OpenApiTypes.STR,
+                description="Calendar month (UTC) as YYYY-MM, from 1970-01; default: this one.",
+                pattern=MONTH_PATTERN,
             )
         ],
-        responses=inline_serializer(
-            "Usage",
-            {
-                "object": serializers.CharField(),
-                "organization": serializers.CharField(),
-                "period": inline_serializer(
-                    "UsagePeriod",
-                    {"start": serializers.DateTimeField(), "end": serializers.DateTimeField()},
-                ),
-                "totals": _TOTALS,
-                "last_24h": _TOTALS,
-                "by_key": inline_serializer(
-                    "UsageByKey",
-                    {
-                        "key_id": serializers.CharField(),
-                        "name": serializers.CharField(allow_null=True),
-                        **_totals_fields(),
-                    },
-                    many=True,
-                ),
-                "by_model": inline_serializer(
-                    "UsageByModel",
-                    {"model": serializers.CharField(), **_totals_fields(refusals=False)},
-                    many=True,
-                    help_text="Billable requests only: a refused request is never a model row.",
-                ),
-                "refused_by_code": serializers.DictField(
-                    child=serializers.IntegerField(),
-                    help_text='Refused requests by error code, e.g. {"rate_limit_exceeded": 3, '
-                    '"insufficient_quota": 250}.',
-                ),
-            },
-        ),
+        responses={200: UsageOutputSerializer, **errors(400, 401, 403, 503)},
         operation_id="v1_usage",
     )
     def get(self, request):

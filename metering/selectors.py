@@ -16,7 +16,9 @@ INVALID_MONTH = "invalid_request_error"
 INVALID_MONTH_MESSAGE = "'month' must be a calendar month written YYYY-MM, e.g. 2025-06."
 COST_QUANTUM = Decimal("0.00000001")
 
-_MONTH = re.compile(r"(\d{4})-(\d{2})", re.ASCII)
+# A calendar month from 1970-01 on, YYYY-MM: the validator and the OpenAPI schema share it.
+MONTH_PATTERN = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$"
+MONTH_REGEX = re.compile(MONTH_PATTERN)
 _COST = DecimalField(max_digits=28, decimal_places=8)
 
 
@@ -26,11 +28,13 @@ def month_period(month: str | None = None) -> tuple[datetime, datetime]:
         now = timezone.now().astimezone(UTC)
         year, number = now.year, now.month
     else:
-        match = _MONTH.fullmatch(month)
-        if match is None or not 1 <= int(match[2]) <= 12 or int(match[1]) < 1970:
+        match = MONTH_REGEX.fullmatch(month)
+        if match is None:
             raise ApplicationError(INVALID_MONTH, INVALID_MONTH_MESSAGE, status=400, param="month")
         year, number = int(match[1]), int(match[2])
     start = datetime(year, number, 1, tzinfo=UTC)
+    if (year, number) == (9999, 12):  # the next month is past what datetime holds
+        return start, datetime.max.replace(tzinfo=UTC)
     end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
     return start, end
 

@@ -6,6 +6,7 @@ provider unchanged: the upstream is the judge of those.
 """
 
 import json
+import re
 from typing import Any
 
 from aibaas.errors import ApplicationError
@@ -21,6 +22,8 @@ MAX_N = 128
 MAX_EMBEDDING_INPUTS = 2048
 ENCODING_FORMATS = ("float", "base64")
 MAX_TOKEN_ID = 2**31 - 1
+# A model name holds something besides whitespace (the OpenAPI schema uses the same pattern).
+MODEL_PATTERN = re.compile(r"\S")
 
 
 def invalid(param: str | None, message: str, code: str = INVALID_REQUEST) -> ApplicationError:
@@ -86,7 +89,7 @@ def _model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
         raise invalid("model", "You must provide a model parameter.")
-    if not isinstance(model, str) or not model.strip():
+    if not isinstance(model, str) or not MODEL_PATTERN.search(model):
         raise invalid("model", "'model' must be a non-empty string.")
     return model
 

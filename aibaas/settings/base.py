@@ -1,5 +1,7 @@
 """Django core: apps, middleware, templates, auth, i18n, static files."""
 
+import ipaddress
+
 from django.core.exceptions import ImproperlyConfigured
 
 from aibaas.proxies import proxies_from_env
@@ -131,6 +133,19 @@ if env.str("RATELIMIT_IP_META_KEY", default="REMOTE_ADDR") != "REMOTE_ADDR":
         "CLIENT_IP_PROXIES (e.g. CLIENT_IP_PROXIES=10.0.0.0/8), and from nobody else."
     )
 RATELIMIT_IP_META_KEY = "aibaas.http.ratelimit_ip"  # django-ratelimit: the same address
+# Who may read /metrics and the detail of /readyz (aibaas/health.py): a bearer token and/or
+# client networks. Neither set: nobody (/readyz still answers its status to everyone).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+try:
+    METRICS_ALLOWED_NETWORKS = [
+        str(ipaddress.ip_network(item.strip()))
+        for item in env.list("METRICS_ALLOWED_NETWORKS", default=[])
+        if item.strip()
+    ]
+except ValueError as _error:
+    raise ImproperlyConfigured(
+        f"METRICS_ALLOWED_NETWORKS must be IP addresses or networks like 10.0.0.0/8: {_error}"
+    ) from None
 # Per-IP limits count an IPv6 address as its network of this many bits (django-ratelimit's).
 RATELIMIT_IPV6_MASK = env.int("RATELIMIT_IPV6_MASK", default=64)
 if not 1 <= RATELIMIT_IPV6_MASK <= 128:
@@ -145,7 +160,7 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO").upper()},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
     },
@@ -186,7 +201,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "aibaas.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "aibaas.pagination.Pagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -213,6 +228,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The /v1 inference endpoints are not DRF views: aibaas/gateway/schema.py adds them.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "aibaas.gateway.schema.add_inference_paths",
+        "aibaas.schema.add_retry_after_headers",
+    ],
 }
 
 # --- Gateway: how long a process keeps its copy of the model registry and prices, and the

@@ -1,0 +1,374 @@
+"""OpenAPI description of the /v1 inference endpoints, which are not DRF views (the lean ASGI
+handler and the async Django views serve them): a drf-spectacular postprocessing hook adds them
+to /api/schema/ and /api/docs/.
+
+This file is the one place for the /v1 schema: the inference paths are written here by hand,
+and the two /v1 DRF views point here (`/v1/key`: keys/apis.py KeyInfoApi, `/v1/usage`:
+metering/apis.py UsageApi, whose response serializers describe their bodies). Every constraint
+below is the one aibaas/gateway/validation.py enforces (its constants are used), so the schema
+never allows a body the server refuses with a 400; tests/e2e/test_schemathesis.py checks the
+responses against it.
+"""
+
+from aibaas.gateway import validation
+from aibaas.schema import ERROR_DESCRIPTIONS
+from keys.schema import KEY_SECURITY, KEY_SECURITY_SCHEMES
+
+TAG = "v1"
+SECURITY = KEY_SECURITY
+INFERENCE_ERRORS = (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
+
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+_RETRYABLE_REF = {"$ref": "#/components/schemas/RetryableError"}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict) -> dict:
+    return {**schema, "nullable": True}
+
+
+def _positive_int(description: str) -> dict:
+    return _nullable({"type": "integer", "minimum": 1, "description": description})
+
+
+_TOKEN_ID = {"type": "integer", "minimum": 0, "maximum": validation.MAX_TOKEN_ID}
+_TOKEN_IDS = {"type": "array", "minItems": 1, "items": _TOKEN_ID}
+_INPUTS = {"type": "array", "minItems": 1, "maxItems": validation.MAX_EMBEDDING_INPUTS}
+_MODEL_NAME = {
+    "type": "string",
+    "pattern": validation.MODEL_PATTERN.pattern,
+    "description": "A model id from GET /v1/models.",
+    "example": "demo-chat",
+}
+_CONTENT_PART = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string", "example": "text"}, "text": {"type": "string"}},
+}
+_CONTENT = {
+    "anyOf": [{"type": "string"}, {"type": "array", "items": _CONTENT_PART}],
+    "description": "Text, or a list of content parts.",
+}
+_USAGE = {
+    "type": "object",
+    "properties": {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+    },
+}
+
+SCHEMAS: dict[str, dict] = {
+    "Model": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["model"]},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": _ref("Model")},
+        },
+    },
+    "ChatMessage": {
+        "type": "object",
+        "required": ["role"],
+        "properties": {
+            "role": {"type": "string", "enum": list(validation.ROLES)},
+            "content": _nullable(_CONTENT),
+            "name": {"type": "string"},
+            "tool_calls": {"type": "array", "items": {"type": "object"}},
+        },
+        # content is required, except for an assistant message that carries tool calls
+        "anyOf": [
+            {"required": ["content"], "properties": {"content": _CONTENT}},
+            {
+                "required": ["tool_calls"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["assistant"]},
+                    "tool_calls": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+                },
+            },
+        ],
+    },
+    "ChatCompletionRequest": {
+        "type": "object",
+        "required": ["model", "messages"],
+        "description": "OpenAI's chat completion request. Fields not listed pass through to "
+        "the model server unchanged.",
+        "properties": {
+            "model": _MODEL_NAME,
+            "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
+            "stream": _nullable(
+                {"type": "boolean", "description": "Answer as server-sent events."}
+            ),
+            "stream_options": _nullable(
+                {
+                    "type": "object",
+                    "description": "Only with stream: true.",
+                    "properties": {"include_usage": _nullable({"type": "boolean"})},
+                }
+            ),
+            "max_tokens": _positive_int("Most tokens to generate."),
+            "max_completion_tokens": _positive_int("Most tokens to generate."),
+            "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2}),
+            "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+            "n": _nullable({"type": "integer", "minimum": 1, "maximum": validation.MAX_N}),
+            "stop": _nullable(
+                {
+                    "anyOf": [
+                        {"type": "string"},
+                        {
+                            "type": "array",
+                            "maxItems": validation.MAX_STOP,
+                            "items": {"type": "string"},
+                        },
+                    ]
+                }
+            ),
+        },
+        # stream_options only with stream: true
+        "anyOf": [
+            {"required": ["stream"], "properties": {"stream": {"type": "boolean", "enum": [True]}}},
+            {"properties": {"stream_options": {"nullable": True, "enum": [None]}}},
+        ],
+        "example": {
+            "model": "demo-chat",
+            "messages": [{"role": "user", "content": "Tell me about foxes."}],
+            "max_tokens": 16,
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["object", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["chat.completion"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "message": {"type": "object"},
+                        "finish_reason": _nullable({"type": "string"}),
+                    },
+                },
+            },
+            "usage": _USAGE,
+        },
+    },
+    "ChatCompletionChunk": {
+        "type": "object",
+        "required": ["object", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["chat.completion.chunk"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "delta": {"type": "object"},
+                        "finish_reason": _nullable({"type": "string"}),
+                    },
+                },
+            },
+            "usage": _nullable(_USAGE),
+        },
+    },
+    # One server-sent event of a stream: a chunk as JSON, or the closing "[DONE]". (Validators
+    # that know contentMediaType/contentSchema, as schemathesis does, check the chunk.)
+    "ChatCompletionStreamEvent": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "anyOf": [
+            {"properties": {"data": {"type": "string", "enum": ["[DONE]"]}}},
+            {
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": _ref("ChatCompletionChunk"),
+                    }
+                }
+            },
+        ],
+    },
+    "EmbeddingRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {**_MODEL_NAME, "example": "demo-embed"},
+            "input": {
+                "description": "A text, a list of texts, token ids, or lists of token ids.",
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {
+                        **_INPUTS,
+                        "items": {"anyOf": [{"type": "string", "minLength": 1}, _TOKEN_IDS]},
+                    },
+                    {**_INPUTS, "items": _TOKEN_ID},
+                ],
+            },
+            "encoding_format": _nullable(
+                {"type": "string", "enum": list(validation.ENCODING_FORMATS)}
+            ),
+            "dimensions": _positive_int("At most the model's dimensions (400 above)."),
+        },
+        "example": {"model": "demo-embed", "input": "Tell me about foxes."},
+    },
+    "EmbeddingList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "model": {"type": "string"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["object", "index", "embedding"],
+                    "properties": {
+                        "object": {"type": "string", "enum": ["embedding"]},
+                        "index": {"type": "integer"},
+                        "embedding": {
+                            "anyOf": [
+                                {"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "description": "base64 float32s"},
+                            ]
+                        },
+                    },
+                },
+            },
+            "usage": _USAGE,
+        },
+    },
+}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _responses(ok: dict, *statuses: int) -> dict:
+    responses = {"200": ok}
+    for status in statuses:
+        ref = _RETRYABLE_REF if status == 429 else _ERROR_REF
+        responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": _json(ref)}
+    return responses
+
+
+def _operation(operation_id: str, description: str, responses: dict, **extra) -> dict:
+    return {
+        "operationId": operation_id,
+        "description": description,
+        "tags": [TAG],
+        "security": SECURITY,
+        "responses": responses,
+        **extra,
+    }
+
+
+def _body(name: str) -> dict:
+    return {"required": True, "content": _json(_ref(name))}
+
+
+PATHS: dict[str, dict] = {
+    "/v1/models": {
+        "get": _operation(
+            "v1_models_list",
+            "The models this key may use (needs the inference scope).",
+            _responses(
+                {"description": "OpenAI's model list.", "content": _json(_ref("ModelList"))},
+                401,
+                403,
+                429,
+                503,
+            ),
+        )
+    },
+    "/v1/models/{model}": {
+        "get": _operation(
+            "v1_models_retrieve",
+            "One model this key may use.",
+            _responses(
+                {"description": "The model.", "content": _json(_ref("Model"))},
+                401,
+                403,
+                404,
+                429,
+                503,
+            ),
+            parameters=[
+                {
+                    "in": "path",
+                    "name": "model",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "example": "demo-chat",
+                }
+            ],
+        )
+    },
+    "/v1/chat/completions": {
+        "post": _operation(
+            "v1_chat_completions",
+            "OpenAI-compatible chat completion. With `stream: true` the answer is server-sent "
+            "events: `data: <chat.completion.chunk JSON>` lines, then `data: [DONE]` "
+            "(with stream_options.include_usage, a last chunk carries `usage`).",
+            _responses(
+                {
+                    "description": "The completion, or its stream of chunks.",
+                    "content": {
+                        **_json(_ref("ChatCompletion")),
+                        "text/event-stream": {"schema": _ref("ChatCompletionStreamEvent")},
+                    },
+                },
+                *INFERENCE_ERRORS,
+            ),
+            requestBody=_body("ChatCompletionRequest"),
+        )
+    },
+    "/v1/embeddings": {
+        "post": _operation(
+            "v1_embeddings",
+            "OpenAI-compatible embeddings.",
+            _responses(
+                {"description": "The embeddings.", "content": _json(_ref("EmbeddingList"))},
+                *INFERENCE_ERRORS,
+            ),
+            requestBody=_body("EmbeddingRequest"),
+        )
+    },
+}
+
+
+def add_inference_paths(result, generator, request, public):
+    """drf-spectacular postprocessing hook: the /v1 inference paths and their components."""
+    paths = result.setdefault("paths", {})
+    for path, item in PATHS.items():
+        paths[path] = item
+    result["paths"] = dict(sorted(paths.items()))
+    components = result.setdefault("components", {})
+    components.setdefault("securitySchemes", {}).update(KEY_SECURITY_SCHEMES)
+    schemas = components.setdefault("schemas", {})
+    schemas.update(SCHEMAS)
+    result["components"]["schemas"] = dict(sorted(schemas.items()))
+    return result
