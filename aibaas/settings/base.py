@@ -183,6 +183,12 @@ API_KEY_VERIFIER_TTL = env.int("API_KEY_VERIFIER_TTL", default=30 * 24 * 3600)
 API_KEY_CONTEXT_TTL = env.int("API_KEY_CONTEXT_TTL", default=60)
 # The per-process layer on top of the cache; bounds how stale another instance can be.
 API_KEY_LOCAL_TTL = env.float("API_KEY_LOCAL_TTL", default=0.5)
+# Every serving process polls the key change log this often (keys/changes.py): a change made by
+# any process (another instance, manage.py) reaches its caches within about this much time.
+API_KEY_CHANGE_POLL_SECONDS = env.float("API_KEY_CHANGE_POLL_SECONDS", default=0.5)
+# How long change rows are kept (far longer than API_KEY_CONTEXT_TTL: a process that missed
+# pruned rows holds nothing older than that).
+API_KEY_CHANGE_RETENTION = env.int("API_KEY_CHANGE_RETENTION", default=600)
 # Wrong secrets for one key id that may run argon2 per minute before they are refused cheaply.
 API_KEY_MAX_FAILED_VERIFICATIONS = env.int("API_KEY_MAX_FAILED_VERIFICATIONS", default=10)
 # last_used_at / last_used_ip are written at most this often per key.
