@@ -37,6 +37,7 @@ from aibaas.errors import ApplicationError, internal_error
 from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
 from aibaas.http import pick_client_ip
+from keys import changes
 from keys.authentication import MAX_HEADER
 from keys.format import key_in_query
 from keys.middleware import key_in_query_error
@@ -163,6 +164,7 @@ class GatewayApplication:
                     await shutdown()
                 except Exception:
                     logger.exception("gateway shutdown")
+                changes.stop_polling()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -381,10 +383,12 @@ class GatewayApplication:
 
 def startup() -> None:
     """Start the in-flight registry (metering/inflight.py): from now on, if this process dies,
-    a survivor records its admitted requests as interrupted."""
+    a survivor records its admitted requests as interrupted; and the key change poller
+    (keys/changes.py)."""
     from metering import inflight
 
     inflight.start()
+    changes.start_polling()  # key revocations made by any process reach this one
 
 
 async def shutdown() -> None:

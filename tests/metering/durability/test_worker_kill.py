@@ -26,7 +26,7 @@ import redis
 from aibaas.gateway.tokenizer import count_chat_tokens
 from metering.inflight import PROCESSES_KEY, keys_of
 from metering.models import UsageEvent
-from metering.reaper import INTERRUPTED_STATUS
+from metering.reaper import INTERRUPTED, INTERRUPTED_STATUS
 from tests.metering.durability.production import Drainer, worker_pids
 from tests.servers import production_server
 
@@ -145,7 +145,11 @@ def test_worker_killed_mid_stream_leaves_one_interrupted_event_per_stream(
     for stream in dead:
         event = events[stream.request_id]
         assert stream.broken and not stream.finished
-        assert event.status_code == INTERRUPTED_STATUS
+        assert (event.status_code, event.error_code, event.billable) == (
+            INTERRUPTED_STATUS,
+            INTERRUPTED,
+            True,
+        )
         assert event.input_tokens == prompt
         assert checkpoints[stream.request_id] >= DELIVERED_BEFORE_KILL - 1 / TOKEN_DELAY
         assert checkpoints[stream.request_id] <= event.output_tokens <= stream.delivered
