@@ -22,9 +22,11 @@ ORGANIZATION_HAS_USAGE_MESSAGE = (
     "Organization {slug} has recorded usage ({count} events): usage is billing data, so the "
     "organization cannot be deleted. Revoke its keys and remove its members instead."
 )
-ORGANIZATION_HAS_KEYS = "organization_has_live_keys"
+ORGANIZATION_HAS_KEYS = "organization_has_keys"
 ORGANIZATION_HAS_KEYS_MESSAGE = (
-    "Organization {slug} has {count} live API key(s): revoke them before deleting it."
+    "Organization {slug} has {count} API key(s), revoked ones included: keys are revoked, never "
+    "deleted, so the organization cannot be deleted. Revoke its keys and remove its members "
+    "instead."
 )
 
 
@@ -131,24 +133,25 @@ def organization_set_plan(*, organization: Organization, plan: Plan) -> Organiza
 
 
 def organization_delete_refusal(*, organization: Organization) -> ApplicationError | None:
-    """Why the organization may not be deleted, or None. Usage events are billing data and
-    live keys are someone's integration: neither goes away with a click."""
+    """Why the organization may not be deleted, or None. Usage events are billing data and keys
+    are revoked, never deleted: an organization that has either does not go away with a click.
+    What may be deleted is one created by mistake (members and audit events only)."""
     usage = organization.usage_events.count()
     if usage:
         message = ORGANIZATION_HAS_USAGE_MESSAGE.format(slug=organization.slug, count=usage)
         return ApplicationError(ORGANIZATION_HAS_USAGE, message, status=409)
-    live_keys = organization.api_keys.filter(revoked_at__isnull=True).count()
-    if live_keys:
-        message = ORGANIZATION_HAS_KEYS_MESSAGE.format(slug=organization.slug, count=live_keys)
+    keys = organization.api_keys.count()
+    if keys:
+        message = ORGANIZATION_HAS_KEYS_MESSAGE.format(slug=organization.slug, count=keys)
         return ApplicationError(ORGANIZATION_HAS_KEYS, message, status=409)
     return None
 
 
 @transaction.atomic
 def organization_delete(*, organization: Organization, actor: Actor) -> None:
-    """Delete an organization without usage or live keys (else ApplicationError, 409): its
-    memberships, revoked keys and quota counters go with it; its audit events stay, with its
-    slug, and gain one `organization.deleted` event."""
+    """Delete an organization without usage or keys (else ApplicationError, 409): its
+    memberships and quota counters go with it; its audit events stay, with its slug, and gain
+    one `organization.deleted` event."""
     organization = Organization.objects.select_for_update().get(pk=organization.pk)
     refusal = organization_delete_refusal(organization=organization)
     if refusal is not None:

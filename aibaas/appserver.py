@@ -5,10 +5,13 @@ our settings and gunicorn's logger with key redaction.
 and each worker both call it, so they cannot disagree.
 """
 
+import asyncio
 import os
 from dataclasses import dataclass
 
+import httptools
 from gunicorn.glogging import Logger
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from aibaas.logs import AccessLogWithoutQuery, protect_handlers
@@ -87,7 +90,187 @@ class RedactingLogger(Logger):
 
 class Worker(UvicornWorker):
     """uvicorn under gunicorn with the server settings of deploy/gunicorn.conf.py: forwarded
-    headers from CLIENT_IP_PROXIES only (gunicorn's forwarded_allow_ips), lifespan on, no
-    Server header."""
+    headers from CLIENT_IP_PROXIES only (gunicorn's forwarded_allow_ips), gunicorn's request
+    line and header limits and our header/body timeouts (BoundedHttpToolsProtocol), lifespan
+    on, no Server header."""
 
-    CONFIG_KWARGS = {"loop": "auto", "http": "auto", "lifespan": "on", "server_header": False}
+    CONFIG_KWARGS = {"loop": "auto", "http": "httptools", "lifespan": "on", "server_header": False}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        server = ServerSettings.from_env()
+        limits = HttpLimits(
+            header_timeout=server.header_timeout,
+            body_timeout=server.body_timeout,
+            max_request_line=self.cfg.limit_request_line,
+            max_header_fields=self.cfg.limit_request_fields,
+            max_header_bytes=self.cfg.limit_request_field_size,
+        )
+        # Resolved when the server starts (Config.load), after this.
+        self.config.http = type("HttpProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    header_timeout: float
+    body_timeout: float
+    max_request_line: int  # 0: no limit (gunicorn's convention)
+    max_header_fields: int
+    max_header_bytes: int  # per field, name and value
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with the bounds gunicorn's own workers have and uvicorn
+    lacks: a request's headers must arrive within `header_timeout` of its first byte (of the
+    connection, for the first request) and its body within `body_timeout` of the headers,
+    else 408 and the connection is closed; a request line or headers over the limits is
+    414/431. Slow or endless clients never hold a connection open (slowloris)."""
+
+    limits: HttpLimits
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_headers = False
+        self._request_began = False  # a byte of the current request was parsed
+        self._header_bytes = 0
+        self._header_fields = 0
+        self._refusal: tuple[int, str] | None = None
+
+    # --- timers
+
+    def _arm(self, seconds: float, on_expiry) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, on_expiry)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self._request_began or self._header_bytes:
+            self._refuse(408, "Request Timeout: the headers took too long.")
+        else:
+            self.transport.close()  # nothing was asked: nothing to answer
+
+    def _body_too_slow(self) -> None:
+        self._timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None:
+            return
+        if not cycle.response_started:
+            cycle.response_started = cycle.response_complete = True
+            self._refuse(408, "Request Timeout: the body took too long.")
+        else:
+            self.transport.close()
+        cycle.disconnected = True
+        cycle.message_event.set()
+
+    # --- answers
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = message.encode("ascii")
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head.extend([name, b": ", value, b"\r\n"])
+        head.extend(
+            [
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n\r\n",
+                body,
+            ]
+        )
+        self.transport.write(b"".join(head))
+        self.transport.close()
+
+    def _over(self, status: int, message: str) -> None:
+        self._refusal = (status, message)
+        raise _LimitExceeded  # stops the parser; data_received answers
+
+    # --- connection and parser callbacks
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._reading_headers = True
+        self._arm(self.limits.header_timeout, self._headers_too_slow)
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        if self._reading_headers:
+            self._header_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            self._disarm()
+            if self._refusal is not None:
+                self._refuse(*self._refusal)
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        limits = self.limits
+        if self._reading_headers and self._header_bytes > _header_section_limit(limits):
+            self._disarm()
+            self._refuse(431, "Request Header Fields Too Large.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._request_began = True
+        self._header_fields = 0
+        if not self._reading_headers:  # a keep-alive connection's next request
+            self._reading_headers = True
+            self._header_bytes = 0
+            self._arm(self.limits.header_timeout, self._headers_too_slow)
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        limit = self.limits.max_request_line
+        if limit and len(self.url) > limit:
+            self._over(414, "URI Too Long.")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_fields += 1
+        limits = self.limits
+        if limits.max_header_fields and self._header_fields > limits.max_header_fields:
+            self._over(431, "Request Header Fields Too Large: too many fields.")
+        if limits.max_header_bytes and len(name) + len(value) > limits.max_header_bytes:
+            self._over(431, "Request Header Fields Too Large.")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = self._request_began = False
+        self._disarm()
+        super().on_headers_complete()
+        if self.parser.should_upgrade():
+            return
+        self._arm(self.limits.body_timeout, self._body_too_slow)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+
+class _LimitExceeded(Exception):
+    pass
+
+
+def _header_section_limit(limits: HttpLimits) -> int:
+    """Bytes a request may send before its headers end (request line and every field)."""
+    line = limits.max_request_line or 8190
+    fields = limits.max_header_fields or 100
+    return line + fields * ((limits.max_header_bytes or 8190) + 4) + 4

@@ -3,9 +3,19 @@
 import os
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
+
+from aibaas.logs import protect_handlers
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aibaas.settings")
 
 app = Celery("aibaas")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_keys(logger, **kwargs) -> None:
+    """Celery replaces the logging Django set up: its handlers redact keys too."""
+    protect_handlers(logger)

@@ -1,10 +1,11 @@
 """Database helpers shared by the apps."""
 
+import functools
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from django.db import OperationalError
+from django.db import OperationalError, connections
 
 T = TypeVar("T")
 
@@ -24,3 +25,26 @@ def when_unlocked(write: Callable[[], T], *, attempts: int = LOCKED_ATTEMPTS) ->
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def release_connections() -> None:
+    """Give this thread's database connections back (to the pool: aibaas/settings/services.py),
+    unless a transaction is open. Django does this at the end of each request; ORM work outside
+    one (a gateway task's thread, an executor) must do it itself, or its thread keeps a pooled
+    connection that no request can use."""
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close()
+
+
+def releasing_connections(func: Callable[..., T]) -> Callable[..., T]:
+    """`func`, followed by release_connections(), whatever it raised."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs) -> T:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            release_connections()
+
+    return wrapper

@@ -1,5 +1,13 @@
-"""Liveness and readiness probes for load balancers and orchestrators, and Prometheus metrics."""
+"""Liveness and readiness probes for load balancers and orchestrators, and Prometheus metrics.
 
+/healthz is public. /metrics and the detail of /readyz (what is down, the limiter's state) are
+for operators only: a request carrying `Authorization: Bearer <METRICS_TOKEN>`, or coming from
+METRICS_ALLOWED_NETWORKS (the client address as everywhere: aibaas.http.client_ip). Anyone else
+gets /readyz's status alone, and 401/403 from /metrics.
+"""
+
+import hmac
+import ipaddress
 import os
 
 import redis
@@ -9,7 +17,50 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from aibaas.http import client_ip
+
 PROBE_TIMEOUT_SECONDS = 1.0
+METRICS_UNAUTHORIZED = "metrics_unauthorized"
+METRICS_UNAUTHORIZED_MESSAGE = (
+    "Metrics are for operators: send Authorization: Bearer <METRICS_TOKEN>, or call from "
+    "METRICS_ALLOWED_NETWORKS."
+)
+
+
+def operator_authorized(request: HttpRequest) -> bool:
+    """The caller may see metrics and readiness detail: the METRICS_TOKEN bearer, or an address
+    in METRICS_ALLOWED_NETWORKS. Neither configured: nobody."""
+    token = settings.METRICS_TOKEN
+    if token:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode(), token.encode()
+        ):
+            return True
+    networks = settings.METRICS_ALLOWED_NETWORKS
+    if networks:
+        address = client_ip(request)
+        if address is not None:
+            ip = ipaddress.ip_address(address)
+            return any(ip in ipaddress.ip_network(network) for network in networks)
+    return False
+
+
+def _unauthorized() -> JsonResponse:
+    response = JsonResponse(
+        {
+            "error": {
+                "type": "authentication_error",
+                "code": METRICS_UNAUTHORIZED,
+                "message": METRICS_UNAUTHORIZED_MESSAGE,
+                "param": None,
+            }
+        },
+        status=401 if settings.METRICS_TOKEN else 403,
+    )
+    if settings.METRICS_TOKEN:
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
 
 
 @never_cache
@@ -50,9 +101,9 @@ def _check_redis(url: str) -> str | None:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Ready when the database and, if configured, Redis answer. 503 names what is down.
-    `limiter` says where this process counts rate limits ("redis", or "local" while Redis is
-    unreachable: still limiting, per process)."""
+    """Ready when the database and, if configured, Redis answer: 200, else 503. Operators
+    (operator_authorized) also get what is down and `limiter`: where this process counts rate
+    limits ("redis", or "local" while Redis is unreachable: still limiting, per process)."""
     from metering.limiter import backend_status
 
     checks: dict[str, str] = {}
@@ -67,6 +118,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
             down[name] = error
         else:
             checks[name] = "ok"
+    if not operator_authorized(request):
+        if down:
+            return JsonResponse({"status": "unavailable"}, status=503)
+        return JsonResponse({"status": "ok"})
     limiter = backend_status()
     if down:
         return JsonResponse(
@@ -127,7 +182,11 @@ def _metrics_registry():
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus metrics of this process (each server process answers for itself: the `pid`
-    label tells them apart). Today: where the rate limiter counts, and its fallbacks."""
+    label tells them apart). Today: where the rate limiter counts, and its fallbacks.
+    Operators only (operator_authorized)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    if not operator_authorized(request):
+        return _unauthorized()
 
     return HttpResponse(generate_latest(_metrics_registry()), content_type=CONTENT_TYPE_LATEST)

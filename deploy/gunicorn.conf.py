@@ -30,3 +30,4 @@ logger_class = "aibaas.appserver.RedactingLogger"
 loglevel = _server.log_level
 errorlog = "-"
 accesslog = _server.access_log
+control_socket_disable = True  # one per host path: parallel servers would share it

@@ -1,6 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from accounts.actors import Actor
@@ -141,7 +141,25 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+        # Only a revoked key, and only as part of deleting its organization (which refuses one
+        # with live keys): the key pages never delete (no action, no delete page or link).
+        return (
+            obj is not None
+            and obj.revoked_at is not None
+            and super().has_delete_permission(request, obj)
+        )
+
+    def delete_view(self, request, object_id, extra_context=None):
+        raise PermissionDenied("Keys are revoked, never deleted.")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "show_delete": False}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="scopes")
     def scope_list(self, obj: ApiKey) -> str:

@@ -138,3 +138,19 @@ class ApiKey(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status == ApiKeyStatus.ACTIVE
+
+
+class ApiKeyChange(models.Model):
+    """One change to a key that caches must see (revoked, rotated, edited, its plan or its
+    creator's membership changed). Append-only, written in the transaction of the change; every
+    serving process polls for rows newer than the last it saw and drops those keys from its
+    caches (keys/changes.py). Pruned after API_KEY_CHANGE_RETENTION seconds."""
+
+    key_id = models.CharField(max_length=12)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.key_id} changed at {self.at:%Y-%m-%d %H:%M:%S}"

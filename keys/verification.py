@@ -10,8 +10,9 @@ Layers, fastest first:
    per key id in a process, and at most API_KEY_MAX_FAILED_VERIFICATIONS wrong secrets per
    key id and minute.
 
-Changes (revoke, rotate, edit, plan change) delete the context entry and this process's local
-entry at once; other processes notice within API_KEY_LOCAL_TTL.
+Changes (revoke, rotate, edit, plan change, the creator's membership) delete the context entry
+and this process's local entry at once; every other process drops them within
+API_KEY_CHANGE_POLL_SECONDS (keys/changes.py), whatever the cache.
 The braces in the cache keys are Redis Cluster hash tags: a key's entries share a slot.
 """
 
@@ -113,6 +114,12 @@ def failures_cache_key(key_id: str) -> str:
 
 # key id -> (deadline on the monotonic clock, context, verifier)
 _local: dict[str, tuple[float, KeyContext, bytes]] = {}
+# Invalidations are numbered; a load remembers the number when it started and does not cache
+# what it read if its key was invalidated meanwhile (what it read may predate the change, and
+# would otherwise outlive the invalidation for API_KEY_CONTEXT_TTL).
+_generation = 0
+_generation_lock = threading.Lock()
+_invalidated: dict[str, int] = {}  # key id -> number of its last invalidation
 _LOCAL_MAX = 50_000
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -235,23 +242,34 @@ def _verify_cold(parsed: key_format.ParsedKey, key_hash: str | None) -> bytes:
         return digest
 
 
+def _changed_since(key_id: str, generation: int) -> bool:
+    return _invalidated.get(key_id, 0) > generation
+
+
 def _load(parsed: key_format.ParsedKey) -> tuple[KeyContext, bytes]:
     key_id = parsed.key_id
+    started = _generation
     ckey, vkey = context_cache_key(key_id), verifier_cache_key(key_id)
     found = cache.get_many([ckey, vkey])
     data, digest = found.get(ckey), found.get(vkey)
     key_hash = None
-    if data is None:
-        data, key_hash = _context_row(key_id)
-        cache.set(ckey, data, MISSING_TTL if data.get("missing") else settings.API_KEY_CONTEXT_TTL)
+    if data is None or _changed_since(key_id, started):
+        for _ in range(3):
+            started = _generation
+            data, key_hash = _context_row(key_id)
+            if not _changed_since(key_id, started):
+                ttl = MISSING_TTL if data.get("missing") else settings.API_KEY_CONTEXT_TTL
+                cache.set(ckey, data, ttl)
+                break
     if data.get("missing"):
         raise _invalid()
     if digest is None:
         digest = _verify_cold(parsed, key_hash)
     context = _to_context(data)
-    if len(_local) > _LOCAL_MAX:
-        _local.clear()
-    _local[key_id] = (time.monotonic() + settings.API_KEY_LOCAL_TTL, context, digest)
+    if not _changed_since(key_id, started):
+        if len(_local) > _LOCAL_MAX:
+            _local.clear()
+        _local[key_id] = (time.monotonic() + settings.API_KEY_LOCAL_TTL, context, digest)
     return context, digest
 
 
@@ -345,8 +363,15 @@ def prime(raw: str) -> None:
 
 def invalidate(*key_ids: str) -> None:
     """Forget the cached contexts of these keys (after any change to them or their plan)."""
+    global _generation
     if not key_ids:
         return
+    with _generation_lock:
+        _generation += 1
+        if len(_invalidated) > _LOCAL_MAX:
+            _invalidated.clear()
+        for key_id in key_ids:
+            _invalidated[key_id] = _generation
     cache.delete_many([context_cache_key(k) for k in key_ids])
     for key_id in key_ids:
         _local.pop(key_id, None)

@@ -13,8 +13,8 @@ from accounts.views import form_add_service_errors
 from aibaas.durations import parse_duration
 from aibaas.errors import ApplicationError
 from keys.forms import KeyCreateForm, KeyRevokeForm, KeyRotateForm
-from keys.selectors import api_key_get, api_key_list
-from keys.services import api_key_create, api_key_revoke, api_key_rotate
+from keys.selectors import api_key_effective_scopes, api_key_get, api_key_list
+from keys.services import api_key_create, api_key_revoke, api_key_rotate, grantor_of
 
 
 def _actor(request) -> Actor:
@@ -39,6 +39,9 @@ def key_list(request: HttpRequest) -> HttpResponse:
         keys = api_key_list(organization=request.organization, status=status)
     except ApplicationError:
         keys, status = api_key_list(organization=request.organization), None
+    keys = list(keys)
+    for key in keys:  # a scope its creator's role no longer allows is shown as inactive
+        key.inactive_scopes = set(key.scopes) - api_key_effective_scopes(key)
     return render(
         request,
         "keys/list.html",
@@ -50,6 +53,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
 @organization_required
 def key_create(request: HttpRequest) -> HttpResponse:
     form = KeyCreateForm(request.POST or None)
+    held = grantor_of(_actor(request), request.organization).held
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
         expires_in = data.pop("expires_in")
@@ -66,7 +70,7 @@ def key_create(request: HttpRequest) -> HttpResponse:
             form.add_error(None, error.message)
         else:
             return _show_once(request, issued, "Your new API key")
-    return render(request, "keys/create.html", {"form": form})
+    return render(request, "keys/create.html", {"form": form, "held": sorted(held)})
 
 
 @never_cache

@@ -49,6 +49,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from aibaas.db import releasing_connections
 from aibaas.redis_clients import apipelined, redis_client
 from metering import inflight
 from metering.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
@@ -263,6 +264,6 @@ async def ausage_emit(event: UsageEventData) -> None:
             return
         except REDIS_ERRORS as error:
             _redis_failed(error, event)
-    await sync_to_async(_record)(event)
+    await sync_to_async(releasing_connections(_record))(event)
     if marked:
         registry.forget(event.request_id)

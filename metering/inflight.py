@@ -122,16 +122,22 @@ class Registry:
 
     # --- the heartbeat -----------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Register (one beat, before the process serves: a process killed right after its
+        first request is known), then beat every HEARTBEAT_SECONDS."""
         if self.heartbeat is None:
-            self.heartbeat = self.loop.create_task(self._beat_forever())
+            first = self.loop.create_future()
+            self.heartbeat = self.loop.create_task(self._beat_forever(first))
+            await asyncio.wait([first], timeout=2 * HEARTBEAT_SECONDS)
 
-    async def _beat_forever(self) -> None:
+    async def _beat_forever(self, first: asyncio.Future) -> None:
         while True:
             try:
                 await self.beat()
             except Exception as error:  # Redis unreachable: the next beat retries everything
                 logger.warning("in-flight registry heartbeat failed: %s", error)
+            if not first.done():
+                first.set_result(None)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def beat(self) -> None:
@@ -220,10 +226,10 @@ def _reap_in_thread(reap) -> None:
 _registries: PerLoop[Registry] = PerLoop(Registry)
 
 
-def start() -> None:
+async def start() -> None:
     """Start this event loop's registry and heartbeat (the gateway's lifespan)."""
     if settings.REDIS_URL:
-        _registries.get().start()
+        await _registries.get().start()
 
 
 def current() -> Registry | None:

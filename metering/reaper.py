@@ -67,10 +67,11 @@ return 1
 """
 
 
-def marker(event: UsageEventData, *, test_mode: bool) -> str:
-    """A request's marker: its event as recorded if it died now (the reaper adds the output
-    tokens of the last checkpoint, the cost and the latency)."""
-    return f'{{"t":{int(test_mode)},"e":{event.to_json()}}}'
+def marker(fields: dict, *, test_mode: bool) -> str:
+    """A request's marker: its event as recorded if it died now, as the fields of
+    UsageEventData.to_json (the reaper adds the output tokens of the last checkpoint, the cost
+    and the latency)."""
+    return json.dumps({"t": int(test_mode), "e": fields}, separators=(",", ":"))
 
 
 def interrupted_event(raw: bytes | str, output_tokens: int, now: datetime) -> UsageEventData:
@@ -84,6 +85,8 @@ def interrupted_event(raw: bytes | str, output_tokens: int, now: datetime) -> Us
     return replace(
         event,
         status_code=INTERRUPTED_STATUS,
+        error_code=INTERRUPTED,
+        billable=True,
         output_tokens=output_tokens,
         estimated=True,
         cost=cost,

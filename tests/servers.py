@@ -37,11 +37,18 @@ def test_database_url() -> str:
 
 @contextmanager
 def server_process(extra_env: dict | None = None, startup_timeout: float = 30.0):
-    """Yield the base URL of a new aibaas server process; stop it afterwards."""
+    """Yield the base URL of a new aibaas server process; stop it afterwards. `extra_env` may
+    name another DATABASE_URL (e.g. a SQLite file) and unset variables with None values."""
     port = free_port()
     env = dict(os.environ)
-    env["DATABASE_URL"] = test_database_url()
-    env.update(extra_env or {})
+    extra_env = extra_env or {}
+    if "DATABASE_URL" not in extra_env:
+        env["DATABASE_URL"] = test_database_url()
+    for name, value in extra_env.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     command = [
         sys.executable,
         "-m",
@@ -53,6 +60,8 @@ def server_process(extra_env: dict | None = None, startup_timeout: float = 30.0)
         str(port),
         "--lifespan",
         "on",
+        # X-Forwarded-For is the app's to judge (CLIENT_IP_PROXIES), not uvicorn's default.
+        "--no-proxy-headers",
         "--log-level",
         "warning",
     ]

@@ -37,6 +37,7 @@ from aibaas.errors import ApplicationError, internal_error
 from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
 from aibaas.http import pick_client_ip
+from keys import changes
 from keys.authentication import MAX_HEADER
 from keys.format import key_in_query
 from keys.middleware import key_in_query_error
@@ -156,13 +157,14 @@ class GatewayApplication:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                startup()
+                await startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
                     await shutdown()
                 except Exception:
                     logger.exception("gateway shutdown")
+                changes.stop_polling()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -379,12 +381,14 @@ class GatewayApplication:
         return scope.get("scheme") == "https"
 
 
-def startup() -> None:
+async def startup() -> None:
     """Start the in-flight registry (metering/inflight.py): from now on, if this process dies,
-    a survivor records its admitted requests as interrupted."""
+    a survivor records its admitted requests as interrupted; and the key change poller
+    (keys/changes.py)."""
     from metering import inflight
 
-    inflight.start()
+    await inflight.start()
+    changes.start_polling()  # key revocations made by any process reach this one
 
 
 async def shutdown() -> None:

@@ -22,6 +22,8 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
+from django.utils import timezone
+
 from aibaas.errors import INTERNAL_ERROR, ApplicationError
 from aibaas.gateway import response_cache, streaming, validation
 from aibaas.gateway.providers import provider_for
@@ -136,8 +138,30 @@ class Call:
         )
         registry = inflight.current()
         if registry is not None:
-            event = self._event(INTERRUPTED_STATUS, Usage(input_tokens, 0, estimated=True))
-            registry.admitted(event.request_id, marker(event, test_mode=self.key.test_mode))
+            registry.admitted(self.inbound.request_id, self._marker(input_tokens))
+
+    def _marker(self, input_tokens: int) -> str:
+        """This request's event if its process died now, in UsageEventData.to_json's fields,
+        without building one (~3 times cheaper: this is the request path)."""
+        fields = {
+            "request_id": self.inbound.request_id,
+            "organization_id": self.key.organization_id,
+            "api_key_id": self.key.pk,
+            "key_id": self.key.key_id,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "status_code": INTERRUPTED_STATUS,
+            "error_code": INTERRUPTED,
+            "input_tokens": input_tokens,
+            "estimated": True,
+            "cost": "0",
+            "client_ip": canonical_ip(self.inbound.client_ip),
+            "created_at": timezone.now().isoformat(),
+            **self._admitted(),
+        }
+        if "quota_period" in fields:
+            fields["quota_period"] = fields["quota_period"].isoformat()
+        return marker(fields, test_mode=self.key.test_mode)
 
     def _event(
         self,

@@ -32,6 +32,7 @@ from typing import Generic, TypeVar
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from aibaas.db import releasing_connections
 from aibaas.gateway.providers.base import ModelSpec
 from aibaas.settings.env import env
 
@@ -93,7 +94,9 @@ class ProcessSnapshot(Generic[T]):
             return self._value  # type: ignore[return-value]
         future, owner = self._claim()
         if owner:
-            task = asyncio.ensure_future(sync_to_async(self._refresh)(future))
+            task = asyncio.ensure_future(
+                sync_to_async(releasing_connections(self._refresh))(future)
+            )
             self._tasks.add(task)
             task.add_done_callback(lambda task: self._refresh_task_done(task, future))
         if (

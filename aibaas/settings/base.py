@@ -1,5 +1,7 @@
 """Django core: apps, middleware, templates, auth, i18n, static files."""
 
+import ipaddress
+
 from django.core.exceptions import ImproperlyConfigured
 
 from aibaas.proxies import proxies_from_env
@@ -131,6 +133,19 @@ if env.str("RATELIMIT_IP_META_KEY", default="REMOTE_ADDR") != "REMOTE_ADDR":
         "CLIENT_IP_PROXIES (e.g. CLIENT_IP_PROXIES=10.0.0.0/8), and from nobody else."
     )
 RATELIMIT_IP_META_KEY = "aibaas.http.ratelimit_ip"  # django-ratelimit: the same address
+# Who may read /metrics and the detail of /readyz (aibaas/health.py): a bearer token and/or
+# client networks. Neither set: nobody (/readyz still answers its status to everyone).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+try:
+    METRICS_ALLOWED_NETWORKS = [
+        str(ipaddress.ip_network(item.strip()))
+        for item in env.list("METRICS_ALLOWED_NETWORKS", default=[])
+        if item.strip()
+    ]
+except ValueError as _error:
+    raise ImproperlyConfigured(
+        f"METRICS_ALLOWED_NETWORKS must be IP addresses or networks like 10.0.0.0/8: {_error}"
+    ) from None
 # Per-IP limits count an IPv6 address as its network of this many bits (django-ratelimit's).
 RATELIMIT_IPV6_MASK = env.int("RATELIMIT_IPV6_MASK", default=64)
 if not 1 <= RATELIMIT_IPV6_MASK <= 128:
@@ -145,7 +160,7 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO").upper()},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
     },
@@ -168,6 +183,12 @@ API_KEY_VERIFIER_TTL = env.int("API_KEY_VERIFIER_TTL", default=30 * 24 * 3600)
 API_KEY_CONTEXT_TTL = env.int("API_KEY_CONTEXT_TTL", default=60)
 # The per-process layer on top of the cache; bounds how stale another instance can be.
 API_KEY_LOCAL_TTL = env.float("API_KEY_LOCAL_TTL", default=0.5)
+# Every serving process polls the key change log this often (keys/changes.py): a change made by
+# any process (another instance, manage.py) reaches its caches within about this much time.
+API_KEY_CHANGE_POLL_SECONDS = env.float("API_KEY_CHANGE_POLL_SECONDS", default=0.5)
+# How long change rows are kept (far longer than API_KEY_CONTEXT_TTL: a process that missed
+# pruned rows holds nothing older than that).
+API_KEY_CHANGE_RETENTION = env.int("API_KEY_CHANGE_RETENTION", default=600)
 # Wrong secrets for one key id that may run argon2 per minute before they are refused cheaply.
 API_KEY_MAX_FAILED_VERIFICATIONS = env.int("API_KEY_MAX_FAILED_VERIFICATIONS", default=10)
 # last_used_at / last_used_ip are written at most this often per key.

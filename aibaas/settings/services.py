@@ -1,5 +1,7 @@
 """Backing services: database, cache/Redis, Celery, email. Each switches on with its variable."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .env import BASE_DIR, env
 
 # --- Database: SQLite file in the repository unless DATABASE_URL says otherwise.
@@ -7,8 +9,31 @@ DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+    # Connections come from one psycopg pool per process (Django's, at most DB_POOL_MAX_SIZE),
+    # so no request mix or thread can open more; each is returned when its request or task ends
+    # (CONN_MAX_AGE 0). README "Production" gives a deployment's total.
+    if "DB_CONN_MAX_AGE" in env:
+        raise ImproperlyConfigured(
+            "DB_CONN_MAX_AGE is no longer read: PostgreSQL connections come from a pool "
+            "(DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE, DB_POOL_TIMEOUT; README, Production). "
+            "Unset it."
+        )
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DB_POOL_MIN_SIZE = env.int("DB_POOL_MIN_SIZE", default=1)
+    DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=8)
+    if not 0 <= DB_POOL_MIN_SIZE <= DB_POOL_MAX_SIZE or DB_POOL_MAX_SIZE < 1:
+        raise ImproperlyConfigured(
+            "DB_POOL_MAX_SIZE must be at least 1 and DB_POOL_MIN_SIZE from 0 to DB_POOL_MAX_SIZE."
+        )
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": DB_POOL_MIN_SIZE,
+        "max_size": DB_POOL_MAX_SIZE,
+        # Seconds a request waits for a free connection before it fails.
+        "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+        # Idle connections above min_size are closed after this many seconds.
+        "max_idle": env.float("DB_POOL_MAX_IDLE", default=300.0),
+    }
 else:
     DATABASES["default"].setdefault("OPTIONS", {})
     # Several test threads and the dev server write to one file: wait instead of failing.

@@ -14,8 +14,8 @@ from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
 from aibaas.errors import ApplicationError
+from keys import changes, verification
 from keys import format as key_format
-from keys import verification
 from keys.hashing import hash_key
 from keys.models import ApiKey
 from keys.services.grants import Grantor, grantor_of, require_manage
@@ -63,6 +63,9 @@ def _audit_key(action: str, actor: Actor, api_key: ApiKey, metadata: dict) -> No
 
 
 def _on_commit_invalidate(*key_ids: str) -> None:
+    if not key_ids:
+        return
+    changes.record(*key_ids)  # every other process, within API_KEY_CHANGE_POLL_SECONDS
     verification.invalidate(*key_ids)  # this process, right now
     transaction.on_commit(lambda: verification.invalidate(*key_ids))
 

@@ -1,9 +1,11 @@
-"""The append-only audit log outlives its subjects: deleting an organization, a user or a key in
-Django admin keeps every audit row with the identifiers copied onto it; an organization with
-usage or live keys cannot be deleted from the admin at all."""
+"""The append-only audit log outlives its subjects: deleting an organization, a user or a key
+keeps every audit row with the identifiers copied onto it; an organization with usage or keys
+cannot be deleted from the admin at all."""
 
 import pytest
+from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.actors import Actor
 from accounts.audit import audit_list
@@ -17,7 +19,8 @@ from aibaas.errors import ApplicationError
 from keys.models import ApiKey
 from keys.services import api_key_create, api_key_revoke
 from metering.models import UsageEvent
-from tests.factories import MembershipFactory, UserFactory
+from metering.quota import quota_reset
+from tests.factories import PASSWORD, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -30,14 +33,29 @@ def operator_client(client):
 
 @pytest.fixture
 def alpha():
-    """An organization whose owner created and revoked a key: three audit events."""
+    """An organization created by mistake: its owner logged in and reset its quota (two audit
+    events), no key, no usage."""
     membership = MembershipFactory(
         user__email="alice@alpha.example", organization__slug="alpha", organization__name="Alpha"
     )
+    login = Client().post(
+        reverse("accounts:login"),
+        {"username": "alice@alpha.example", "password": PASSWORD},
+        REMOTE_ADDR="203.0.113.7",
+    )
+    assert login.status_code == 302
     actor = Actor(user=membership.user, role="owner", ip="203.0.113.7")
-    issued = api_key_create(organization=membership.organization, name="ci", actor=actor)
-    api_key_revoke(api_key=issued.api_key, actor=actor, reason="done")
+    quota_reset(membership.organization, actor=actor, reason="mistake")
     return membership
+
+
+@pytest.fixture
+def keyed(alpha):
+    """alpha, whose owner then created and revoked a key."""
+    actor = Actor(user=alpha.user, role="owner", ip="203.0.113.7")
+    issued = api_key_create(organization=alpha.organization, name="ci", actor=actor)
+    api_key_revoke(api_key=issued.api_key, actor=actor, reason="done")
+    return alpha
 
 
 def _usage(organization: Organization) -> None:
@@ -58,11 +76,10 @@ def _delete_url(organization: Organization) -> str:
 
 
 def test_deleting_an_organization_in_admin_keeps_its_audit_log(operator_client, alpha):
-    key = ApiKey.objects.get(organization=alpha.organization)
     before = set(
         AuditEvent.objects.filter(organization=alpha.organization).values_list("pk", flat=True)
     )
-    assert len(before) == 2  # key.created, key.revoked
+    assert len(before) == 2  # login.succeeded, quota.reset
 
     response = operator_client.post(_delete_url(alpha.organization), {"post": "yes"})
 
@@ -74,15 +91,15 @@ def test_deleting_an_organization_in_admin_keeps_its_audit_log(operator_client, 
         assert event.organization_id is None
         assert event.organization_slug == "alpha"
         assert event.actor_label == "alice@alpha.example"
-        assert event.target_id == key.key_id
         assert str(event.ip) == "203.0.113.7"
+    assert {e.target_id for e in events} == {str(alpha.user.pk), f"{timezone.now():%Y-%m}"}
     deleted = AuditEvent.objects.get(action=AuditAction.ORGANIZATION_DELETED)
     assert (deleted.organization_slug, deleted.target_id) == ("alpha", "alpha")
     assert deleted.actor_label == "root@ops.example"
     # The admin's audit log still finds them by the slug.
     page = operator_client.get(reverse("admin:accounts_auditevent_changelist"), {"q": "alpha"})
     assert page.status_code == 200
-    assert b"key.revoked" in page.content
+    assert b"quota.reset" in page.content
 
 
 def test_an_organization_with_usage_cannot_be_deleted_in_admin(operator_client, alpha):
@@ -101,15 +118,17 @@ def test_an_organization_with_usage_cannot_be_deleted_in_admin(operator_client, 
     assert not AuditEvent.objects.filter(action=AuditAction.ORGANIZATION_DELETED).exists()
 
 
-def test_an_organization_with_live_keys_cannot_be_deleted_in_admin(operator_client, alpha):
-    actor = Actor.for_system("test")
-    api_key_create(organization=alpha.organization, name="prod", actor=actor)
+def test_an_organization_with_keys_cannot_be_deleted_in_admin(operator_client, keyed):
+    """Keys are revoked, never deleted: a revoked key's row keeps its organization too."""
+    page = operator_client.get(_delete_url(keyed.organization))
+    assert b"has 1 API key(s), revoked ones included" in page.content
+    assert b"Yes, I" not in page.content
 
-    response = operator_client.post(_delete_url(alpha.organization), {"post": "yes"})
+    response = operator_client.post(_delete_url(keyed.organization), {"post": "yes"})
 
     assert response.status_code == 200
-    assert b"has 1 live API key(s): revoke them" in response.content
     assert Organization.objects.filter(slug="alpha").exists()
+    assert ApiKey.objects.filter(organization=keyed.organization).count() == 1
 
 
 def test_the_bulk_delete_action_refuses_too(operator_client, alpha):
@@ -147,8 +166,8 @@ def test_organization_delete_refuses_with_a_clear_error(alpha, with_usage, code)
     assert "alpha" in caught.value.message
 
 
-def test_deleting_a_user_in_admin_keeps_the_events_they_acted_in(operator_client, alpha):
-    user = alpha.user
+def test_deleting_a_user_in_admin_keeps_the_events_they_acted_in(operator_client, keyed):
+    user = keyed.user
 
     response = operator_client.post(
         reverse("admin:accounts_user_delete", args=[user.pk]), {"post": "yes"}
@@ -156,13 +175,13 @@ def test_deleting_a_user_in_admin_keeps_the_events_they_acted_in(operator_client
 
     assert response.status_code == 302
     assert not User.objects.filter(pk=user.pk).exists()
-    events = audit_list(organization=alpha.organization)
-    assert events.count() == 2
+    events = audit_list(organization=keyed.organization)
+    assert events.count() == 4  # login, quota reset, key created, key revoked
     assert {(e.actor_user_id, e.actor_label) for e in events} == {(None, "alice@alpha.example")}
 
 
-def test_deleting_a_key_keeps_its_audit_events(alpha):
-    key = ApiKey.objects.get(organization=alpha.organization)
+def test_deleting_a_key_keeps_its_audit_events(keyed):
+    key = ApiKey.objects.get(organization=keyed.organization)
 
     key.delete()  # the admin revokes instead; nothing else may take the audit log with it
 

@@ -177,3 +177,14 @@ def test_a_token_without_the_version_claim_is_refused(api, member):
 
     refresh = RefreshToken.for_user(member.user)
     assert_revoked(api, str(refresh.access_token), str(refresh))
+
+
+def test_tokens_of_a_deleted_user_are_refused(api, member):
+    access, refresh = api.obtain()
+
+    member.user.delete()
+
+    assert api.keys(access).status_code == 401
+    response = api.refresh(refresh)  # was a 500 (DoesNotExist) in simplejwt's serializer
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "no_active_account"

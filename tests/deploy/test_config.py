@@ -51,3 +51,52 @@ def test_client_ip_proxies_are_read_as_canonical_networks_and_default_to_nobody(
 def test_trusted_proxies_read_x_forwarded_for_from_the_right(peer, forwarded_for, expected):
     proxies = TrustedProxies(parse_proxies("10.0.0.0/8"))
     assert proxies.client(peer, forwarded_for) == expected
+
+
+POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/aibaas_settings_only"
+
+
+def test_postgresql_connections_come_from_a_bounded_pool_and_are_never_kept():
+    database = "settings.DATABASES['default']"
+    code = f"{SETUP}; d = {database}; print(d['CONN_MAX_AGE'], d['OPTIONS']['pool'])"
+    result = run_python(
+        ["-c", code],
+        production_env(DATABASE_URL=POSTGRES_URL, DB_POOL_MAX_SIZE="5", DB_POOL_TIMEOUT="3"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "0 {'min_size': 1, 'max_size': 5, 'timeout': 3.0, 'max_idle': 300.0}"
+    )
+
+
+def test_the_old_persistent_connection_setting_refuses_to_start():
+    result = run_python(
+        ["-c", SETUP], production_env(DATABASE_URL=POSTGRES_URL, DB_CONN_MAX_AGE="60")
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DB_CONN_MAX_AGE is no longer read" in result.stderr
+
+
+@pytest.mark.parametrize(("low", "high"), [("0", "0"), ("5", "4"), ("-1", "4")])
+def test_an_impossible_pool_size_refuses_to_start(low, high):
+    env = production_env(DATABASE_URL=POSTGRES_URL, DB_POOL_MIN_SIZE=low, DB_POOL_MAX_SIZE=high)
+    result = run_python(["-c", SETUP], env)
+    assert result.returncode != 0
+    assert "DB_POOL_MAX_SIZE must be at least 1" in result.stderr
+
+
+def test_the_deploy_check_is_clean_with_everything_production_sets():
+    env = production_env(
+        DATABASE_URL=POSTGRES_URL,
+        REDIS_URL="redis://127.0.0.1:6379/15",
+        CELERY_BROKER_URL="redis://127.0.0.1:6379/15",
+        ALLOWED_HOSTS="api.example.com",
+        CSRF_TRUSTED_ORIGINS="https://api.example.com",
+        CLIENT_IP_PROXIES="10.0.0.0/8",
+        METRICS_TOKEN="a-long-random-operator-token-0b6c1d",
+        METRICS_ALLOWED_NETWORKS="10.0.0.0/8",
+        DB_POOL_MAX_SIZE="6",
+    )
+    result = run_python(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout

@@ -62,6 +62,8 @@ def browser():
     width, height = DESKTOP
     for arg in (*CHROMIUM_ARGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
         options.add_argument(arg)
+    # The browser's console log (driver.get_log("browser")): CSP violations are reported there.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = None
     try:
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)

@@ -28,7 +28,8 @@ from tests.servers import server_process
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 BODY = {"model": "demo-chat", "messages": [{"role": "user", "content": "Hello there"}]}
-SERVER_ENV = {"GATEWAY_IP_RATE": "", "LOG_LEVEL": "WARNING"}
+SERVER_ENV = {"GATEWAY_IP_RATE": "", "LOG_LEVEL": "WARNING", "METRICS_TOKEN": "operator-e2e"}
+OPERATOR = {"Authorization": "Bearer operator-e2e"}  # /readyz's detail is for operators
 
 
 @pytest.fixture
@@ -149,13 +150,19 @@ def test_redis_stopped_mid_run_keeps_limiting_and_recovers(chat_model):
         with server_process(env) as base:
             first = [r[0] for r in _fire([base], key, 8, threads=1)]
             assert first == [200] * 5 + [429] * 3
-            assert httpx.get(f"{base}/readyz").json()["limiter"]["backend"] == "redis"
+            assert (
+                httpx.get(f"{base}/readyz", headers=OPERATOR).json()["limiter"]["backend"]
+                == "redis"
+            )
 
             redis_server.stop()
             # Still limiting, per process, on a fresh count: 5 more, then 429s.
             during = [r[0] for r in _fire([base], key, 8, threads=1)]
             assert during == [200] * 5 + [429] * 3
-            assert httpx.get(f"{base}/readyz").json()["limiter"]["backend"] == "local"
+            assert (
+                httpx.get(f"{base}/readyz", headers=OPERATOR).json()["limiter"]["backend"]
+                == "local"
+            )
 
             redis_server.start()
             time.sleep(0.6)
@@ -163,6 +170,9 @@ def test_redis_stopped_mid_run_keeps_limiting_and_recovers(chat_model):
             # over to it, so the window is still full and the next requests are refused.
             after = [r[0] for r in _fire([base], key, 2, threads=1)]
             assert after == [429, 429]
-            assert httpx.get(f"{base}/readyz").json()["limiter"]["backend"] == "redis"
+            assert (
+                httpx.get(f"{base}/readyz", headers=OPERATOR).json()["limiter"]["backend"]
+                == "redis"
+            )
     finally:
         redis_server.stop()

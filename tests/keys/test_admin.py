@@ -2,6 +2,7 @@
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import AuditAction, AuditEvent, Role, User
 from keys.models import ApiKey, ApiKeyStatus
@@ -91,10 +92,15 @@ def test_admin_edit_with_a_bad_value_is_a_form_error_not_a_500(operator, issued,
     assert not AuditEvent.objects.filter(action=AuditAction.KEY_UPDATED).exists()
 
 
-def test_keys_are_revoked_never_deleted_in_the_admin(operator, issued):
+@pytest.mark.parametrize("revoked", [False, True])
+def test_keys_are_revoked_never_deleted_in_the_admin(operator, issued, revoked):
     key = issued.api_key
+    if revoked:
+        ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
     assert operator.get(f"/admin/keys/apikey/{key.pk}/delete/").status_code == 403
     assert operator.post(f"/admin/keys/apikey/{key.pk}/delete/", {"post": "yes"}).status_code == 403
+    change = operator.get(f"/admin/keys/apikey/{key.pk}/change/").content.decode()
+    assert f"/admin/keys/apikey/{key.pk}/delete/" not in change
     changelist = operator.get("/admin/keys/apikey/")
     actions = [value for value, _ in changelist.context["action_form"].fields["action"].choices]
     assert "delete_selected" not in actions
@@ -105,7 +111,8 @@ def test_keys_are_revoked_never_deleted_in_the_admin(operator, issued):
     )
     assert response.status_code in (200, 302)
     assert ApiKey.objects.filter(pk=key.pk).exists()
-    assert Client().get("/v1/key", **bearer(issued.raw_key)).status_code == 200
+    if not revoked:
+        assert Client().get("/v1/key", **bearer(issued.raw_key)).status_code == 200
 
 
 def test_admin_revoke_is_audited_with_the_operator_and_their_address(operator, issued):

@@ -344,3 +344,16 @@ def test_the_refusal_message_is_the_constant_one(team):
     assert error["message"] == SCOPE_NOT_HELD_MESSAGE.format(
         missing="admin", held="inference, usage:read"
     )
+
+
+def test_dashboard_shows_what_a_member_can_grant_and_which_scopes_are_inactive(
+    client, make_key, org, team
+):
+    escalated = pre_existing_key(make_key, org, team[Role.MEMBER], ["admin", "inference"])
+    client.force_login(team[Role.MEMBER].user)
+    page = client.get("/dashboard/keys/new/").content.decode()
+    assert "You can grant: inference, usage:read" in page
+    listed = client.get("/dashboard/keys/").content.decode()
+    row = listed.split(f'data-key-id="{escalated.api_key.key_id}"')[1].split("</tr>")[0]
+    assert "admin (inactive)" in row
+    assert "inference (inactive)" not in row

@@ -2,15 +2,17 @@
 (metering/inflight.py's keys), on a private Redis: who is dead, exactly-once claims, what an
 interrupted event holds."""
 
+import json
 import threading
 import time
+from datetime import date
 from decimal import Decimal
 
 import pytest
 import redis
 
 from metering.inflight import PREFIX, PROCESSES_KEY, keys_of
-from metering.models import UsageEvent
+from metering.models import QuotaCounter, UsageEvent
 from metering.reaper import CLAIM, INTERRUPTED_STATUS, marker, usage_reap
 from tests.factories import ModelPriceFactory
 from tests.metering.conftest import make_event
@@ -35,7 +37,9 @@ def register(control, process: str, events, checkpoints=None, *, alive=False) ->
     inflight, progress, alive_key = keys_of(process)
     control.sadd(PROCESSES_KEY, process)
     for event in events:
-        control.hset(inflight, event.request_id, marker(event, test_mode=False))
+        control.hset(
+            inflight, event.request_id, marker(json.loads(event.to_json()), test_mode=False)
+        )
     if checkpoints:
         control.hset(progress, mapping=checkpoints)
     if alive:
@@ -58,6 +62,20 @@ def test_a_dead_process_s_requests_get_one_interrupted_event_each(control, issue
     assert control.smembers(PROCESSES_KEY) == set()
     assert control.exists(*keys_of("host:101:aa")) == 0
     assert usage_reap() == 0
+
+
+def test_an_interrupted_request_settles_the_monthly_quota_to_what_it_used(control, issued):
+    period = date(2026, 12, 1)
+    counter = QuotaCounter.objects.create(
+        organization_id=issued.api_key.organization_id, period=period, requests=1, tokens=1000
+    )
+    event = make_event(
+        issued, input_tokens=11, quota_period=period, quota_generation=0, quota_tokens=1000
+    )
+    register(control, "host:105:ab", [event], {event.request_id: 42})
+    assert usage_reap() == 1
+    counter.refresh_from_db()
+    assert (counter.requests, counter.tokens) == (1, 53)  # the estimate, settled to 11 + 42
 
 
 def test_a_live_process_is_not_reaped(control, issued):
