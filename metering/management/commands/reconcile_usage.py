@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.selectors import organization_get
 from aibaas.errors import ApplicationError
-from metering.reconciliation import usage_reconcile
+from metering.selectors import usage_reconcile
 
 
 class Command(BaseCommand):

@@ -26,7 +26,7 @@ from django.db.models.functions import Coalesce
 from accounts.models import AuditAction, AuditEvent, Organization
 from metering.events import ENTRY_FIELD, dead_letter_key, redis_client, stream_key
 from metering.models import QuotaCounter, UsageEvent
-from metering.selectors import month_period
+from metering.selectors.usage import month_period
 
 logger = logging.getLogger(__name__)
 
