@@ -33,7 +33,7 @@ run: .env venv
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py bootstrap
 	@echo "aibaas on http://$(HOST):$(PORT)/  (dashboard: /dashboard/, admin: /admin/)"
-	$(BIN)/uvicorn aibaas.asgi:application --host $(HOST) --port $(PORT) --lifespan on
+	$(BIN)/uvicorn aibaas.asgi:application --host $(HOST) --port $(PORT) --lifespan on --no-proxy-headers
 
 test: venv
 	$(BIN)/python -m pytest

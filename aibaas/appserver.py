@@ -132,6 +132,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
         self._reading_headers = False
+        self._request_began = False  # a byte of the current request was parsed
         self._header_bytes = 0
         self._header_fields = 0
         self._refusal: tuple[int, str] | None = None
@@ -151,7 +152,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if self._header_bytes or self.url:
+        if self._request_began or self._header_bytes:
             self._refuse(408, "Request Timeout: the headers took too long.")
         else:
             self.transport.close()  # nothing was asked: nothing to answer
@@ -195,7 +196,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self.url = b""
         self._reading_headers = True
         self._arm(self.limits.header_timeout, self._headers_too_slow)
 
@@ -230,6 +230,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._request_began = True
         self._header_fields = 0
         if not self._reading_headers:  # a keep-alive connection's next request
             self._reading_headers = True
@@ -252,7 +253,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._reading_headers = False
+        self._reading_headers = self._request_began = False
         self._disarm()
         super().on_headers_complete()
         if self.parser.should_upgrade():

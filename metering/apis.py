@@ -56,7 +56,9 @@ def _totals_fields(*, refusals: bool = True) -> dict:
     return fields
 
 
-_TOTALS = inline_serializer("UsageTotals", _totals_fields())
+# The schema of `totals` and `last_24h`: a class, one instance each (one instance declared
+# twice is bound once, under its last name: "totals" was missing from the schema).
+UsageTotalsSerializer = type("UsageTotalsSerializer", (serializers.Serializer,), _totals_fields())
 
 
 class UsageOutputSerializer(serializers.Serializer):
@@ -67,8 +69,8 @@ class UsageOutputSerializer(serializers.Serializer):
     period = inline_serializer(
         "UsagePeriod", {"start": serializers.DateTimeField(), "end": serializers.DateTimeField()}
     )
-    totals = _TOTALS
-    last_24h = _TOTALS
+    totals = UsageTotalsSerializer()
+    last_24h = UsageTotalsSerializer()
     by_key = inline_serializer(
         "UsageByKey",
         {

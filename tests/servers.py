@@ -60,6 +60,8 @@ def server_process(extra_env: dict | None = None, startup_timeout: float = 30.0)
         str(port),
         "--lifespan",
         "on",
+        # X-Forwarded-For is the app's to judge (CLIENT_IP_PROXIES), not uvicorn's default.
+        "--no-proxy-headers",
         "--log-level",
         "warning",
     ]

@@ -83,3 +83,20 @@ def test_an_impossible_pool_size_refuses_to_start(low, high):
     result = run_python(["-c", SETUP], env)
     assert result.returncode != 0
     assert "DB_POOL_MAX_SIZE must be at least 1" in result.stderr
+
+
+def test_the_deploy_check_is_clean_with_everything_production_sets():
+    env = production_env(
+        DATABASE_URL=POSTGRES_URL,
+        REDIS_URL="redis://127.0.0.1:6379/15",
+        CELERY_BROKER_URL="redis://127.0.0.1:6379/15",
+        ALLOWED_HOSTS="api.example.com",
+        CSRF_TRUSTED_ORIGINS="https://api.example.com",
+        CLIENT_IP_PROXIES="10.0.0.0/8",
+        METRICS_TOKEN="a-long-random-operator-token-0b6c1d",
+        METRICS_ALLOWED_NETWORKS="10.0.0.0/8",
+        DB_POOL_MAX_SIZE="6",
+    )
+    result = run_python(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout

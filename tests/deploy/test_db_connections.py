@@ -123,3 +123,53 @@ def test_1000_mixed_requests_at_concurrency_32_stay_within_the_connection_bound(
     print(f"peak {sampler.peak} connections of bound {BOUND}, {sampler.samples} samples")
     assert sampler.samples > 10
     assert 0 < sampler.peak <= BOUND, f"{sampler.peak} connections, bound {BOUND}"
+
+
+def test_no_thread_keeps_a_pooled_connection_from_the_requests(chat_model):
+    """A pool of ONE connection: work the gateway does outside a request (registry and price
+    refreshes, usage events written to the database without Redis) must give it back, or
+    every later dashboard/API request waits DB_POOL_TIMEOUT and fails."""
+    plan = Plan.objects.create(slug=f"t{time.monotonic_ns()}", name="unlimited")
+    owner = MembershipFactory()
+    owner.organization.plan = plan
+    owner.organization.save()
+    created = api_key_create(
+        organization=owner.organization,
+        name="one",
+        actor=Actor.for_system("tests"),
+        scopes=["inference", "usage:read"],
+    )
+    key_headers = {"Authorization": f"Bearer {created.raw_key}"}
+    env = {
+        "DB_POOL_MIN_SIZE": "0",
+        "DB_POOL_MAX_SIZE": "1",
+        "DB_POOL_TIMEOUT": "3",
+        "REGISTRY_TTL": "0.1",
+        "PRICING_TTL": "0.1",
+        "REDIS_URL": None,  # usage events go to the database from the gateway's thread
+        "CACHE_URL": None,
+        "CELERY_BROKER_URL": None,
+        "GATEWAY_IP_RATE": "",
+        "LOG_LEVEL": "WARNING",
+        "ACCESS_LOG": "off",
+    }
+    requests = [
+        ("POST", "/v1/chat/completions", CHAT),
+        ("GET", "/v1/models", None),
+        ("GET", "/v1/key", None),
+        ("GET", "/v1/usage", None),
+    ]
+    with (
+        servers.production_server(workers=1, extra_env=env) as server,
+        httpx.Client(base_url=server.url, headers=key_headers, timeout=30) as client,
+    ):
+
+        def one(i: int) -> tuple[str, int]:
+            method, path, body = requests[i % len(requests)]
+            if i % 16 == 0:
+                time.sleep(0.15)  # let the snapshots age: refreshes run between requests
+            return path, client.request(method, path, json=body).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(one, range(160)))
+    assert [(path, status) for path, status in results if status != 200] == []

@@ -138,3 +138,13 @@ def test_oversized_request_lines_and_headers_are_refused(server, request_head, s
                 break
         answer, _ = _read_until_closed(sock)
     assert _status(answer) == status
+
+
+def test_the_next_request_on_a_keep_alive_connection_is_bounded_too(server):
+    with _connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert _status(sock.recv(65536)) == 200
+        sock.sendall(b"GE")  # the next request starts, and stops
+        answer, waited = _read_until_closed(sock)
+    assert _status(answer) == 408
+    assert waited < TIMEOUT + SLACK

@@ -118,3 +118,24 @@ def test_bad_month_is_400_naming_the_param(usage_dataset, month):
 
 def test_scope_is_checked_before_the_month(usage_dataset):
     assert get(usage_dataset.beta.raw_key, month="bad").status_code == 403
+
+
+def test_the_schema_describes_every_field_served(usage_dataset):
+    from django.test import Client
+
+    schema = Client().get("/api/schema/", {"format": "json"}).json()
+    body = get(usage_dataset.alpha.raw_key).json()
+    ok = schema["paths"]["/v1/usage"]["get"]["responses"]["200"]["content"]["application/json"]
+
+    def resolve(node: dict) -> dict:
+        while "$ref" in node:
+            node = schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+        return node
+
+    usage = resolve(ok["schema"])["properties"]
+    assert set(usage) == set(body)
+    for name in ("totals", "last_24h"):
+        assert set(resolve(usage[name])["properties"]) == set(body[name])
+    assert set(resolve(usage["by_key"]["items"])["properties"]) == set(body["by_key"][0])
+    assert set(resolve(usage["by_model"]["items"])["properties"]) == set(body["by_model"][0])
+    assert usage["refused_by_code"]["type"] == "object"

@@ -112,6 +112,11 @@ def test_100_admitted_and_250_refused_are_100_requests_everywhere(owner, client)
     refused = card[card.index('data-testid="refused"') :]
     assert re.search(r'class="value">251<', refused)
 
+    # The quota counter and the events agree, tokens included (settled by usage_record).
+    out = io.StringIO()
+    call_command("reconcile_usage", "--org", organization.slug, stdout=out)
+    assert out.getvalue().rstrip().endswith("0 difference(s)")
+
 
 def test_an_admitted_request_that_fails_upstream_is_a_billable_error(owner):
     """A request admitted then failed (here: the client hung up, 499) counts as a request and

@@ -1,0 +1,208 @@
+"""`usage_reconcile`: do the monthly quota counters agree with the usage events? (manage.py
+reconcile_usage). Reads only.
+
+Per organization and month: the counter's requests and tokens against the month's billable
+usage events in the database (since the counter's last reset, when it was reset). They agree
+once every event is stored and settled (while the usage stream has a backlog they differ by
+those requests for a few seconds). A lease out, or lost with a killed process
+(metering/quota/lease.py), is in the counter's leased_requests / leased_tokens, of which only
+the part it admitted has events: then the events must lie between the counter without the
+leased part and the counter. An organization without a counter row agrees with no billable
+events, unless its plan has no quota (then nothing counts its requests).
+
+The dead-letter stream (with Redis): every entry there is an event that is not stored, so it
+is a difference too, listed.
+"""
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+
+from django.conf import settings
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce
+
+from accounts.models import AuditAction, AuditEvent, Organization
+from metering.events import ENTRY_FIELD, dead_letter_key, redis_client, stream_key
+from metering.models import QuotaCounter, UsageEvent
+from metering.selectors.usage import month_period
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTERS_LISTED = 1_000
+SOCKET_TIMEOUT = 10.0
+
+
+@dataclass
+class Difference:
+    field: str  # "requests" | "tokens"
+    counter: int
+    events: int
+
+    @property
+    def difference(self) -> int:
+        return self.counter - self.events
+
+
+@dataclass
+class OrganizationMonth:
+    organization: str
+    period: str  # YYYY-MM
+    counter: dict | None  # requests, tokens, leased_requests, leased_tokens, generation
+    events: dict  # requests, tokens, since
+    differences: list[Difference] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["differences"] = [{**asdict(d), "difference": d.difference} for d in self.differences]
+        return data
+
+
+@dataclass
+class Reconciliation:
+    period: str
+    organizations: list[OrganizationMonth]
+    dead_letters: dict | None  # {"count", "entries"}; None without Redis
+    stream_backlog: int | None
+
+    @property
+    def difference_count(self) -> int:
+        dead = self.dead_letters["count"] if self.dead_letters else 0
+        return sum(len(org.differences) for org in self.organizations) + dead
+
+    def as_dict(self) -> dict:
+        return {
+            "period": self.period,
+            "organizations": [org.as_dict() for org in self.organizations],
+            "dead_letters": self.dead_letters,
+            "stream_backlog": self.stream_backlog,
+            "differences": self.difference_count,
+        }
+
+
+def _resets(period: date, organization_ids: set[int]) -> dict[int, datetime]:
+    """The instant of each organization's last quota reset of the month."""
+    rows = AuditEvent.objects.filter(
+        action=AuditAction.QUOTA_RESET,
+        target_id=f"{period:%Y-%m}",
+        organization_id__in=organization_ids,
+    ).values_list("organization_id", "created_at")
+    last: dict[int, datetime] = {}
+    for organization_id, at in rows:
+        if organization_id not in last or at > last[organization_id]:
+            last[organization_id] = at
+    return last
+
+
+def _billable(organization_id: int, start: datetime, end: datetime) -> tuple[int, int]:
+    """(requests, tokens) of the organization's billable events in [start, end)."""
+    row = UsageEvent.objects.filter(
+        organization_id=organization_id, billable=True, created_at__gte=start, created_at__lt=end
+    ).aggregate(
+        requests=Count("id"),
+        tokens=Coalesce(Sum("input_tokens"), 0) + Coalesce(Sum("output_tokens"), 0),
+    )
+    return row["requests"], row["tokens"]
+
+
+def _dead_letters(organization: Organization | None) -> tuple[dict, int]:
+    """The dead-letter stream's entries (of the organization, if given) and the stream's
+    backlog."""
+    client = redis_client(socket_timeout=SOCKET_TIMEOUT)
+    key = stream_key()
+    entries = []
+    for entry_id, fields in client.xrange(dead_letter_key(key)):
+        raw = fields.get(ENTRY_FIELD.encode(), b"")
+        try:
+            event = json.loads(raw)
+            request_id, organization_id = event.get("request_id"), event.get("organization_id")
+        except (ValueError, AttributeError):
+            request_id = organization_id = None
+        if organization is not None and organization_id != organization.pk:
+            continue
+        entries.append(
+            {
+                "entry_id": entry_id.decode(),
+                "request_id": request_id,
+                "organization_id": organization_id,
+                "reason": fields.get(b"reason", b"").decode("utf-8", "replace"),
+            }
+        )
+    listed = {"count": len(entries), "entries": entries[:DEAD_LETTERS_LISTED]}
+    return listed, client.xlen(key)
+
+
+def usage_reconcile(
+    *, organization: Organization | None = None, month: str | None = None
+) -> Reconciliation:
+    """Compare the quota counters of a month (default: this one) with the billable usage events
+    (module docstring), for one organization or all."""
+    start, end = month_period(month)
+    period = start.date()
+    counters = {
+        counter.organization_id: counter
+        for counter in QuotaCounter.objects.filter(period=period).filter(
+            Q(organization=organization) if organization is not None else Q()
+        )
+    }
+    organizations = Organization.objects.select_related("plan").order_by("slug")
+    if organization is not None:
+        organizations = organizations.filter(pk=organization.pk)
+    with_events = set(
+        UsageEvent.objects.filter(billable=True, created_at__gte=start, created_at__lt=end)
+        .filter(Q(organization=organization) if organization is not None else Q())
+        .order_by()
+        .values_list("organization_id", flat=True)
+        .distinct()
+    )
+    organizations = [org for org in organizations if org.pk in counters or org.pk in with_events]
+    resets = _resets(period, set(counters))
+    results = []
+    for org in organizations:
+        counter = counters.get(org.pk)
+        since = resets.get(org.pk) if counter is not None and counter.generation else None
+        requests, tokens = _billable(org.pk, since or start, end)
+        plan = org.plan
+        has_quota = plan is not None and (
+            plan.monthly_request_quota is not None or plan.monthly_token_quota is not None
+        )
+        month_result = OrganizationMonth(
+            organization=org.slug,
+            period=f"{period:%Y-%m}",
+            counter=None,
+            events={
+                "requests": requests,
+                "tokens": tokens,
+                "since": (since or start).isoformat(),
+            },
+        )
+        if counter is None:
+            if has_quota and requests:
+                month_result.differences.append(Difference("requests", 0, requests))
+            results.append(month_result)
+            continue
+        month_result.counter = {
+            "requests": counter.requests,
+            "tokens": counter.tokens,
+            "leased_requests": counter.leased_requests,
+            "leased_tokens": counter.leased_tokens,
+            "generation": counter.generation,
+        }
+        for name, events_figure in (("requests", requests), ("tokens", tokens)):
+            total = getattr(counter, name)
+            leased = getattr(counter, f"leased_{name}")
+            # Of a lease out (or lost with its process), the requests it admitted have events
+            # and the rest does not: the events lie between the counter without it and with it.
+            if not total - leased <= events_figure <= total:
+                month_result.differences.append(Difference(name, total - leased, events_figure))
+        results.append(month_result)
+    dead, backlog = (None, None)
+    if settings.REDIS_URL:
+        dead, backlog = _dead_letters(organization)
+    return Reconciliation(
+        period=f"{period:%Y-%m}",
+        organizations=results,
+        dead_letters=dead,
+        stream_backlog=backlog,
+    )
