@@ -106,10 +106,13 @@ class Registry:
         self._send(request_id, submit("hdel", self.inflight, request_id))
         submit("hdel", self.progress, request_id)
 
-    def _send(self, request_id: str, future: asyncio.Future) -> None:
+    def _send(self, request_ids, future: asyncio.Future) -> None:
+        """Retry the writes of these request ids (one, or a list) if this command fails."""
+
         def done(sent: asyncio.Future) -> None:
             if sent.cancelled() or sent.exception() is not None:
-                self._retry_later(request_id)
+                for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
+                    self._retry_later(request_id)
 
         future.add_done_callback(done)
 
@@ -148,12 +151,12 @@ class Registry:
         checkpoints = self._checkpoints(everything=False)
         retries = list(self.pending)
         self.pending.clear()
-        for request_id in retries:
+        for request_id in retries:  # each retried again if it fails again
             entry = self.active.get(request_id)
             if entry is not None:
-                submit("hset", self.inflight, request_id, entry.marker)
+                self._send(request_id, submit("hset", self.inflight, request_id, entry.marker))
             else:
-                submit("hdel", self.inflight, request_id)
+                self._send(request_id, submit("hdel", self.inflight, request_id))
                 submit("hdel", self.progress, request_id)
         if checkpoints:
             done = submit("hset", self.progress, mapping=checkpoints)
@@ -161,15 +164,13 @@ class Registry:
             if await asyncio.shield(new):
                 markers = {rid: entry.marker for rid, entry in self.active.items()}
                 if markers:
-                    submit("hset", self.inflight, mapping=markers)
+                    self._send(list(markers), submit("hset", self.inflight, mapping=markers))
                 progress = self._checkpoints(everything=True)
                 if progress:
                     submit("hset", self.progress, mapping=progress)
             if checkpoints:
                 await asyncio.shield(done)
         except Exception:
-            for request_id in retries:
-                self._retry_later(request_id)
             for request_id in checkpoints:
                 entry = self.active.get(request_id)
                 if entry is not None:

@@ -357,3 +357,16 @@ def test_dashboard_shows_what_a_member_can_grant_and_which_scopes_are_inactive(
     row = listed.split(f'data-key-id="{escalated.api_key.key_id}"')[1].split("</tr>")[0]
     assert "admin (inactive)" in row
     assert "inference (inactive)" not in row
+
+
+def test_a_deactivated_creators_key_can_do_nothing_until_reactivated(make_key, org, team):
+    member = team[Role.MEMBER]
+    members = make_key(org, actor=actor_for(member), scopes=["usage:read"])
+    key = as_key(members.raw_key)
+    assert key.get("/v1/usage").status_code == 200
+    member.user.is_active = False
+    member.user.save(update_fields=["is_active"])
+    assert error_of(key.get("/v1/usage"), 403)["code"] == "insufficient_scope"
+    member.user.is_active = True
+    member.user.save()
+    assert key.get("/v1/usage").status_code == 200

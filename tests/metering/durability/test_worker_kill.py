@@ -30,7 +30,7 @@ from aibaas.gateway.tokenizer import count_chat_tokens
 from metering.inflight import HEARTBEAT_SECONDS, PROCESSES_KEY, keys_of
 from metering.models import UsageEvent
 from metering.reaper import INTERRUPTED, INTERRUPTED_STATUS
-from tests.metering.durability.production import Drainer, worker_pids
+from tests.metering.durability.production import Drainer, assert_reconciled, worker_pids
 from tests.servers import production_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -95,7 +95,7 @@ def _registered(control: redis.Redis) -> dict[str, str]:
 
 @pytest.mark.parametrize("reaper", ["celery", "surviving worker"])
 def test_worker_killed_mid_stream_leaves_one_interrupted_event_per_stream(
-    settings, private_redis, unlimited_key, reaper
+    settings, private_redis, metered_key, reaper
 ):
     settings.REDIS_URL = private_redis.url
     env = {**SERVER_ENV, "REDIS_URL": private_redis.url, "CELERY_BROKER_URL": None}
@@ -107,7 +107,7 @@ def test_worker_killed_mid_stream_leaves_one_interrupted_event_per_stream(
     drainer = Drainer(every=1.0) if reaper == "celery" else None
     with production_server(extra_env=env) as server:
         _wait(lambda: len(control.smembers(PROCESSES_KEY)) == 2, 30, "both workers' registries")
-        streams = [Stream(server.url, unlimited_key) for _ in range(STREAMS)]
+        streams = [Stream(server.url, metered_key) for _ in range(STREAMS)]
         _wait(lambda: all(s.delivered >= DELIVERED_BEFORE_KILL for s in streams), 30, "the streams")
         # A Redis that lost the registry (restarted without its data): each process's next
         # heartbeat writes its markers and checkpoints again.
@@ -171,3 +171,4 @@ def test_worker_killed_mid_stream_leaves_one_interrupted_event_per_stream(
         event = events[stream.request_id]
         assert stream.finished
         assert (event.status_code, event.output_tokens) == (200, stream.delivered)
+    assert_reconciled()
