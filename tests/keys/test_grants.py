@@ -370,3 +370,11 @@ def test_a_deactivated_creators_key_can_do_nothing_until_reactivated(make_key, o
     member.user.is_active = True
     member.user.save()
     assert key.get("/v1/usage").status_code == 200
+
+
+def test_the_admin_shows_a_keys_effective_scopes(make_key, org, team, admin_client):
+    escalated = pre_existing_key(make_key, org, team[Role.MEMBER], ["admin", "inference"])
+    listed = admin_client.get("/admin/keys/apikey/").content.decode()
+    assert "admin (inactive), inference" in listed
+    page = admin_client.get(f"/admin/keys/apikey/{escalated.api_key.pk}/change/").content.decode()
+    assert "inference, usage:read" in page
