@@ -25,7 +25,7 @@ from accounts.tokens import TokenObtainSerializer, TokenRefreshSerializer
 from aibaas.errors import ApplicationError
 from aibaas.http import ratelimit_retry_after
 from aibaas.pagination import Pagination
-from aibaas.schema import errors
+from aibaas.schema import NO_NUL_PATTERN, errors
 
 TOKEN_RATELIMIT_GROUP = "api-token"
 
@@ -106,12 +106,27 @@ class AuditListApi(APIView):
     pagination_class = Pagination  # the schema documents the paginated envelope
     key_scopes = ("admin",)
 
+    class FilterSerializer(serializers.Serializer):
+        # DRF's CharField refuses NUL characters (400), which PostgreSQL cannot compare (a 500).
+        action = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+        actor = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+
     @extend_schema(
         parameters=[
-            OpenApiParameter("action", str, description="Prefix, e.g. 'key.' or 'key.revoked'."),
-            OpenApiParameter("actor", str, description="Part of the actor's email or key id."),
+            OpenApiParameter(
+                "action",
+                str,
+                description="Prefix, e.g. 'key.' or 'key.revoked'.",
+                pattern=NO_NUL_PATTERN,
+            ),
+            OpenApiParameter(
+                "actor",
+                str,
+                description="Part of the actor's email or key id.",
+                pattern=NO_NUL_PATTERN,
+            ),
         ],
-        responses={200: AuditEventOutputSerializer(many=True), **errors(401, 403)},
+        responses={200: AuditEventOutputSerializer(many=True), **errors(400, 401, 403)},
         operation_id="audit_list",
     )
     def get(self, request):
@@ -120,10 +135,12 @@ class AuditListApi(APIView):
             raise ApplicationError(
                 "insufficient_role", "Only owners and admins can read the audit log.", status=403
             )
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
         events = audit_list(
             organization=access.organization,
-            action=request.query_params.get("action"),
-            actor=request.query_params.get("actor"),
+            action=filters.validated_data.get("action"),
+            actor=filters.validated_data.get("actor"),
         )
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(events, request, view=self)

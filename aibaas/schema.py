@@ -24,6 +24,10 @@ ERROR_DESCRIPTIONS = {
 }
 
 
+# A text parameter without NUL characters (DRF's CharField refuses them, with a 400).
+NO_NUL_PATTERN = r"^[^\u0000]*$"
+
+
 class ErrorDetailSerializer(serializers.Serializer):
     type = serializers.CharField(help_text="e.g. invalid_request_error, authentication_error.")
     code = serializers.CharField(help_text="Machine-readable, e.g. invalid_api_key.")

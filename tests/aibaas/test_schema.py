@@ -124,7 +124,7 @@ EXPECTED_ERRORS = {
     ("/api/keys/{ident}", "patch"): {400, 401, 403, 404},
     ("/api/keys/{ident}/revoke", "post"): {400, 401, 403, 404},
     ("/api/keys/{ident}/rotate", "post"): {400, 401, 403, 404},
-    ("/api/audit", "get"): {401, 403},
+    ("/api/audit", "get"): {400, 401, 403},
     ("/v1/key", "get"): {401, 503},
     ("/v1/usage", "get"): {400, 401, 403, 503},
     ("/v1/models", "get"): {401, 403, 429, 503},
@@ -351,3 +351,22 @@ def test_a_key_needs_a_scope_in_the_schema_as_on_the_server(schema, operation):
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "scopes"
+
+
+@pytest.mark.parametrize("param", ["action", "actor"])
+def test_audit_filters_with_a_nul_character_are_a_400_not_a_500(schema, param):
+    """PostgreSQL cannot hold NUL in text: `?action=%00` was a 500 there."""
+    parameter = next(
+        p for p in _operation(schema, "/api/audit", "get")["parameters"] if p["name"] == param
+    )
+    assert re.search(parameter["schema"]["pattern"], "a\x00b") is None
+    assert re.search(parameter["schema"]["pattern"], "key.") is not None
+    organization = MembershipFactory().organization
+    issued = api_key_create(
+        organization=organization, actor=Actor.for_system("tests"), name="a", scopes=["admin"]
+    )
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {issued.raw_key}"}
+    response = Client().get("/api/audit", {param: "key.\x00"}, **auth)
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["error"]["param"] == param
+    assert Client().get("/api/audit", {param: "key."}, **auth).status_code == 200
