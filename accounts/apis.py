@@ -3,6 +3,7 @@
 from django.conf import settings
 from django.utils.decorators import method_decorator
 from django_ratelimit.decorators import ratelimit
+from django_ratelimit.exceptions import Ratelimited
 from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
@@ -10,6 +11,7 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
+from rest_framework.exceptions import Throttled
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,8 +23,11 @@ from accounts.models import Role
 from accounts.services import user_tokens_revoke
 from accounts.tokens import TokenObtainSerializer, TokenRefreshSerializer
 from aibaas.errors import ApplicationError
+from aibaas.http import ratelimit_retry_after
 from aibaas.pagination import Pagination
 from aibaas.schema import errors
+
+TOKEN_RATELIMIT_GROUP = "api-token"
 
 
 def _login_rate(group, request) -> str:
@@ -39,12 +44,23 @@ _TOKENS = inline_serializer(
 
 
 @extend_schema_view(post=extend_schema(responses={200: _TOKENS, **errors(400, 401, 429)}))
-@method_decorator(ratelimit(key="ip", rate=_login_rate, method="POST", block=True), name="post")
+@method_decorator(
+    ratelimit(group=TOKEN_RATELIMIT_GROUP, key="ip", rate=_login_rate, method="POST", block=True),
+    name="post",
+)
 class TokenObtainApi(TokenObtainPairView):
     """POST email + password → short-lived access token and a refresh token."""
 
     authentication_classes: list = []
     serializer_class = TokenObtainSerializer
+
+    def handle_exception(self, exc):
+        if isinstance(exc, Ratelimited):  # the real wait, never more than the limit's period
+            wait = ratelimit_retry_after(
+                self.request, group=TOKEN_RATELIMIT_GROUP, rate=_login_rate
+            )
+            exc = Throttled(wait=wait, detail="Too many attempts from your address.")
+        return super().handle_exception(exc)
 
 
 @extend_schema_view(post=extend_schema(responses={200: _TOKENS, **errors(400, 401)}))

@@ -10,7 +10,6 @@ from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
-from django_ratelimit.core import get_usage
 from django_ratelimit.decorators import ratelimit
 
 from accounts.audit import audit_list
@@ -19,6 +18,7 @@ from accounts.models import AuditAction
 from accounts.selectors import membership_list, organization_members
 from accounts.services import organization_create, user_signup, user_tokens_revoke
 from accounts.tenancy import organization_required, set_current_organization
+from aibaas.http import ratelimit_retry_after
 from metering.selectors import organization_limit_overview
 
 # The limit groups are the views' URL names, so the 429 page can tell which limit was hit.
@@ -39,7 +39,7 @@ _RATE_BY_GROUP = {LOGIN_RATELIMIT_GROUP: _login_rate, SIGNUP_RATELIMIT_GROUP: _s
 
 
 def _retry_after(request: HttpRequest) -> int:
-    """Seconds until the client's current window of the limit it hit ends.
+    """Seconds until the client's current window of the limit it hit ends, at most its period.
 
     The rates are configurable ("5/h" is valid), so a fixed minute would send clients back while
     they are still blocked.
@@ -48,11 +48,7 @@ def _retry_after(request: HttpRequest) -> int:
     rate = _RATE_BY_GROUP.get(match.view_name if match else "")
     if rate is None:
         return DEFAULT_RETRY_AFTER_SECONDS
-    usage = get_usage(request, group=match.view_name, key="ip", rate=rate, method="POST")
-    if not usage or usage["time_left"] < 0:  # cache unreachable: no window to report
-        return DEFAULT_RETRY_AFTER_SECONDS
-    # The window's last second still counts against the limit: the next one is free.
-    return usage["time_left"] + 1
+    return ratelimit_retry_after(request, group=match.view_name, rate=rate)
 
 
 def ratelimited(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -4,6 +4,7 @@ import ipaddress
 
 from django.conf import settings
 from django.core.signals import setting_changed
+from django_ratelimit.core import _split_rate, get_usage
 
 from aibaas.proxies import TrustedProxies
 
@@ -71,6 +72,19 @@ def ratelimit_ip(request) -> str:
     """django-ratelimit's RATELIMIT_IP_META_KEY: the same address as everything else (it
     would take a whole X-Forwarded-For list as one address, and fail on it)."""
     return client_ip(request) or "0.0.0.0"  # noqa: S104 (no address: one shared bucket)
+
+
+def ratelimit_retry_after(request, *, group: str, rate, key: str = "ip", method="POST") -> int:
+    """Retry-After of a django-ratelimit refusal: whole seconds until the client's current
+    window of that limit ends (its next request then counts afresh), at most the rate's period.
+    `rate` as given to @ratelimit (a string or a callable (group, request))."""
+    rate_value = rate(group, request) if callable(rate) else rate
+    _, period = _split_rate(rate_value)
+    usage = get_usage(request, group=group, key=key, rate=rate_value, method=method)
+    if not usage or usage["time_left"] < 0:  # cache unreachable: no window to report
+        return period
+    # The window's last whole second still counts against the limit: the next one is free.
+    return min(usage["time_left"] + 1, period)
 
 
 def user_agent(request) -> str:

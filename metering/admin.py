@@ -21,6 +21,8 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "model",
         "endpoint",
         "status_code",
+        "billable",
+        "error_code",
         "input_tokens",
         "output_tokens",
         "cost",
@@ -28,8 +30,16 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "estimated",
         "latency_ms",
     ]
-    list_filter = ["organization", "model", "status_code", "cached", "endpoint"]
-    search_fields = ["request_id", "key_id"]
+    list_filter = [
+        "organization",
+        "billable",
+        "error_code",
+        "model",
+        "status_code",
+        "cached",
+        "endpoint",
+    ]
+    search_fields = ["request_id", "key_id", "model"]
     list_select_related = ["organization"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # COUNT(*) over millions of events on every page is slow

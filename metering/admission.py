@@ -54,9 +54,9 @@ _LIMIT_WORDS = {
 }
 
 
-def _seconds(ms: int) -> int:
-    """Whole seconds, rounded up, at least 1 (Retry-After)."""
-    return max(1, math.ceil(ms / 1000))
+def _seconds(ms: int, window_ms: int) -> int:
+    """Retry-After: whole seconds, rounded up, at least 1, never more than the window."""
+    return min(max(1, math.ceil(ms / 1000)), math.ceil(window_ms / 1000))
 
 
 def duration(ms: int) -> str:
@@ -283,7 +283,7 @@ def _counted(verdict) -> bool:
 
 def _window_refusal(context, decision, tokens: int, headers, client_ip) -> ApplicationError:
     refused = decision.refused_by
-    retry = _seconds(decision.retry_after_ms)
+    retry = _seconds(decision.retry_after_ms, refused.window_ms)
     words = _LIMIT_WORDS.get(refused.name, refused.name)
     if refused.kind == "tokens" and tokens > refused.limit:
         message = (

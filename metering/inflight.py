@@ -106,10 +106,13 @@ class Registry:
         self._send(request_id, submit("hdel", self.inflight, request_id))
         submit("hdel", self.progress, request_id)
 
-    def _send(self, request_id: str, future: asyncio.Future) -> None:
+    def _send(self, request_ids, future: asyncio.Future) -> None:
+        """Retry the writes of these request ids (one, or a list) if this command fails."""
+
         def done(sent: asyncio.Future) -> None:
             if sent.cancelled() or sent.exception() is not None:
-                self._retry_later(request_id)
+                for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
+                    self._retry_later(request_id)
 
         future.add_done_callback(done)
 
@@ -122,16 +125,22 @@ class Registry:
 
     # --- the heartbeat -----------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Register (one beat, before the process serves: a process killed right after its
+        first request is known), then beat every HEARTBEAT_SECONDS."""
         if self.heartbeat is None:
-            self.heartbeat = self.loop.create_task(self._beat_forever())
+            first = self.loop.create_future()
+            self.heartbeat = self.loop.create_task(self._beat_forever(first))
+            await asyncio.wait([first], timeout=2 * HEARTBEAT_SECONDS)
 
-    async def _beat_forever(self) -> None:
+    async def _beat_forever(self, first: asyncio.Future) -> None:
         while True:
             try:
                 await self.beat()
             except Exception as error:  # Redis unreachable: the next beat retries everything
                 logger.warning("in-flight registry heartbeat failed: %s", error)
+            if not first.done():
+                first.set_result(None)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def beat(self) -> None:
@@ -142,12 +151,12 @@ class Registry:
         checkpoints = self._checkpoints(everything=False)
         retries = list(self.pending)
         self.pending.clear()
-        for request_id in retries:
+        for request_id in retries:  # each retried again if it fails again
             entry = self.active.get(request_id)
             if entry is not None:
-                submit("hset", self.inflight, request_id, entry.marker)
+                self._send(request_id, submit("hset", self.inflight, request_id, entry.marker))
             else:
-                submit("hdel", self.inflight, request_id)
+                self._send(request_id, submit("hdel", self.inflight, request_id))
                 submit("hdel", self.progress, request_id)
         if checkpoints:
             done = submit("hset", self.progress, mapping=checkpoints)
@@ -155,15 +164,13 @@ class Registry:
             if await asyncio.shield(new):
                 markers = {rid: entry.marker for rid, entry in self.active.items()}
                 if markers:
-                    submit("hset", self.inflight, mapping=markers)
+                    self._send(list(markers), submit("hset", self.inflight, mapping=markers))
                 progress = self._checkpoints(everything=True)
                 if progress:
                     submit("hset", self.progress, mapping=progress)
             if checkpoints:
                 await asyncio.shield(done)
         except Exception:
-            for request_id in retries:
-                self._retry_later(request_id)
             for request_id in checkpoints:
                 entry = self.active.get(request_id)
                 if entry is not None:
@@ -220,10 +227,10 @@ def _reap_in_thread(reap) -> None:
 _registries: PerLoop[Registry] = PerLoop(Registry)
 
 
-def start() -> None:
+async def start() -> None:
     """Start this event loop's registry and heartbeat (the gateway's lifespan)."""
     if settings.REDIS_URL:
-        _registries.get().start()
+        await _registries.get().start()
 
 
 def current() -> Registry | None:

@@ -73,15 +73,18 @@ def current_rate() -> tuple[int, int] | None:
 
 
 def _retry_after(count: int, previous: int, limit: int, elapsed_ms: int, period_ms: int) -> int:
-    """Whole seconds until the estimate is back under the limit, if nothing else comes."""
-    if count <= limit and previous > 0:
+    """Whole seconds until a retry would be admitted, if nothing else comes (the retry counts
+    too: one more in this window, or the first of the next), rounded up; never more than the
+    period, as every Retry-After (an address that keeps hammering counts itself further out,
+    and is told again)."""
+    if count < limit and previous > 0:
         # Within this window: the previous window's weight has to fall far enough.
-        free_at = period_ms * (1 - (limit - count) / previous)
+        free_at = period_ms * (1 - (limit - count - 1) / previous)
         wait = free_at - elapsed_ms
     else:
-        # Next window, where this one's count is the weighted previous.
-        wait = period_ms - elapsed_ms + period_ms * (1 - limit / count) if count else 0
-    return max(1, math.ceil(wait / 1000))
+        # Next window, where this one's count is the weighted previous and the retry the first.
+        wait = period_ms - elapsed_ms + max(0.0, period_ms * (1 - (limit - 1) / count))
+    return min(max(1, math.ceil(wait / 1000)), math.ceil(period_ms / 1000))
 
 
 def _verdict(count: int, previous: int, limit: int, now_ms: int, period_ms: int) -> int:

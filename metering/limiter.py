@@ -8,20 +8,21 @@ move the token windows from the estimate to the tokens really used, or release a
 later (by the monthly quota); `peek`/`apeek` read without counting; `reset` forgets keys.
 
 Algorithm: a finely bucketed sliding counter. A window of length W is split into 60 buckets of
-width ceil(W/60) ms (1 s for a minute, 24 min for a day); a request at `now` is counted against
-every bucket that overlaps [now - W, now]. So the count always covers at least the last W ms,
-and in no span of W ms can more than the limit be admitted (a fixed window lets 2x through
-around its boundary; this cannot); the price is that capacity frees up to one bucket late (at
-most 1 s late for per-minute limits, 24 min for per-day limits). Retry-After is exact for that
-rule: the ms until enough of the oldest counted buckets have aged out for the request to fit.
+width ceil(W/60) ms (1 s for a minute, 24 min for a day); a request at `now` is counted in the
+bucket of `now`, and a bucket stays counted until its latest admission is W ms old. So every
+admission counts for at least W ms, and in no span of W ms can more than the limit be admitted
+(a fixed window lets 2x through around its boundary; this cannot); the price is that the
+earlier admissions of a bucket count up to one bucket longer. Retry-After is exact for that
+rule and never more than W: the ms until enough of the oldest counted buckets have aged out
+for the request to fit, and what is counted was admitted by now.
 The alternatives: a log of timestamps (a sorted set) is exact to the ms but holds one entry per
 request (300/min and 10,000/day a key: ~10,300 entries, ~1 MB, O(log n) per request); the
 two-bucket estimate (weighted previous window) is small but can overshoot a limit. Memory here
-is bounded whatever the rate: per window one Redis hash of at most 61 live buckets plus three
-fields ("w" window, "o" oldest bucket, "t" total), small integers in the listpack encoding:
-a full window measures 600-850 bytes (MEMORY USAGE, Redis 7; tests/metering/test_limiter.py
-holds it under 1 KB), so under 3.5 KB for the four windows of the busiest key; idle keys
-vanish (PEXPIRE W + one bucket).
+is bounded whatever the rate: per window one Redis hash of at most 61 live buckets (a count and
+the latest admission's offset in the bucket each) plus three fields ("w" window, "o" oldest
+bucket, "t" total), small integers in the listpack encoding: a full window measures about
+1.35 KB (MEMORY USAGE, Redis 7; tests/metering/test_limiter.py holds it under 1.5 KB), so
+under 6 KB for the four windows of the busiest key; idle keys vanish (PEXPIRE W + one bucket).
 Expiry is amortized O(1): "o" is the oldest live bucket, and each call drops buckets from it
 up to the cutoff (a gap longer than the window resets the hash); a window with no count left
 has no hash at all.
@@ -192,26 +193,35 @@ def _specs(limits: list[Limit], adds: dict[str, int] | None = None, at: int = 0)
 
 
 class _Window:
-    __slots__ = ("buckets", "dirty", "oldest", "total", "width", "window_ms")
+    __slots__ = ("buckets", "dirty", "lasts", "oldest", "total", "width", "window_ms")
 
     def __init__(self, window_ms: int) -> None:
         self.window_ms = window_ms
         self.width = _width(window_ms)
         self.buckets: dict[int, int] = {}
+        self.lasts: dict[int, int] = {}  # bucket -> its latest admission (ms)
         self.total = 0
         self.oldest: int | None = None
         self.dirty = False
 
     def clear(self) -> None:
         self.buckets.clear()
+        self.lasts.clear()
         self.total, self.oldest, self.dirty = 0, None, False
+
+    def last(self, index: int) -> int:
+        return self.lasts.get(index, (index + 1) * self.width - 1)
+
+    def drop(self, index: int) -> int:
+        self.lasts.pop(index, None)
+        return self.buckets.pop(index, 0)
 
     def advance(self, cutoff: int) -> None:
         if self.total <= 0:
             self.clear()
             return
         while self.buckets.get(self.oldest, 0) <= 0:
-            self.buckets.pop(self.oldest, None)
+            self.drop(self.oldest)
             self.oldest += 1
             self.dirty = True
             if self.oldest > cutoff + SPAN:
@@ -226,15 +236,22 @@ class _Window:
             return cutoff
         if self.oldest < cutoff:  # else the oldest bucket is non-empty, as after every call
             while self.oldest < cutoff:
-                self.total -= self.buckets.pop(self.oldest, 0)
+                self.total -= self.drop(self.oldest)
                 self.oldest += 1
+            self.dirty = True
+            self.advance(cutoff)
+        # The cutoff bucket straddles now - window: it leaves with its latest admission.
+        if self.total > 0 and self.oldest == cutoff and self.last(cutoff) <= now - self.window_ms:
+            self.total -= self.drop(cutoff)
+            self.oldest += 1
             self.dirty = True
             self.advance(cutoff)
         return cutoff
 
-    def add(self, cutoff: int, at_ms: int, delta: int) -> None:
+    def add(self, cutoff: int, at_ms: int, delta: int, now: int) -> None:
         index = at_ms // self.width
-        if delta == 0 or index < cutoff:
+        aged = index == cutoff and self.oldest != cutoff and at_ms <= now - self.window_ms
+        if delta == 0 or index < cutoff or aged:
             return
         old = self.buckets.get(index, 0)
         new = max(0, old + delta)
@@ -242,8 +259,10 @@ class _Window:
             return
         if new:
             self.buckets[index] = new
+            if delta > 0 and (old == 0 or at_ms > self.last(index)):
+                self.lasts[index] = at_ms
         else:
-            self.buckets.pop(index, None)
+            self.drop(index)
         self.total += new - old
         if new > 0 and (self.oldest is None or index < self.oldest):
             self.oldest = index
@@ -251,15 +270,14 @@ class _Window:
         self.advance(cutoff)
 
     def retry_after(self, now: int, cutoff: int, amount: int, limit: int) -> int:
-        last = self.window_ms + (now // self.width + 1) * self.width - now
         if amount > limit:
-            return last
+            return self.window_ms
         need, freed = self.total + amount - limit, 0
         for index in range(self.oldest, cutoff + SPAN + 1):
             freed += self.buckets.get(index, 0)
             if freed >= need:
-                return self.window_ms + (index + 1) * self.width - now
-        return last
+                return self.last(index) + self.window_ms - now
+        return self.window_ms
 
 
 class _Local:
@@ -284,7 +302,7 @@ class _Local:
                 win.dirty = False
                 cutoff = win.prune(now)
                 for at_ms, delta in adds:
-                    win.add(cutoff, at_ms, delta)
+                    win.add(cutoff, at_ms, delta, now)
                 states.append((win, cutoff, limit, requests if kind == 0 else tokens))
             allowed = all(win.total + amount <= limit for win, _, limit, amount in states)
             refused = retry = 0
@@ -293,6 +311,7 @@ class _Local:
                     if amount > 0:
                         index = now // win.width
                         win.buckets[index] = win.buckets.get(index, 0) + amount
+                        win.lasts[index] = now
                         win.total += amount
                         if win.oldest is None or index < win.oldest:
                             win.oldest = index
@@ -308,9 +327,7 @@ class _Local:
                 if win.dirty:
                     expires = max(expires, now + win.window_ms + win.width)
                 result.append(win.total)
-                result.append(
-                    win.window_ms + (win.oldest + 1) * win.width - now if win.total > 0 else 0
-                )
+                result.append(win.last(win.oldest) + win.window_ms - now if win.total > 0 else 0)
             windows = {suffix: win for suffix, win in windows.items() if win.total > 0}
             if windows:
                 self.keys[key_id] = (expires, windows)
@@ -345,7 +362,7 @@ class _Local:
                     continue
                 cutoff = mine.prune(now)
                 for index, value in win.buckets.items():
-                    mine.add(cutoff, index * win.width, value)
+                    mine.add(cutoff, win.last(index), value, now)
             self.keys[key_id] = (max(expires, now + DAY_MS), current)
             self.handover.add(key_id)
 
@@ -562,7 +579,7 @@ def _handed_adds(handed: dict[str, _Window], suffix: str, window_ms: int) -> lis
     win = handed.get(suffix)
     if win is None or win.window_ms != window_ms:
         return []
-    return [(index * win.width, value) for index, value in win.buckets.items()]
+    return [(win.last(index), value) for index, value in win.buckets.items()]
 
 
 def _take(key_id: str, mode: int, specs: list[_Spec]):

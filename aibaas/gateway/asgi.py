@@ -157,7 +157,7 @@ class GatewayApplication:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                startup()
+                await startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
@@ -381,13 +381,13 @@ class GatewayApplication:
         return scope.get("scheme") == "https"
 
 
-def startup() -> None:
+async def startup() -> None:
     """Start the in-flight registry (metering/inflight.py): from now on, if this process dies,
     a survivor records its admitted requests as interrupted; and the key change poller
     (keys/changes.py)."""
     from metering import inflight
 
-    inflight.start()
+    await inflight.start()
     changes.start_polling()  # key revocations made by any process reach this one
 
 

@@ -304,8 +304,8 @@ def api_keys_invalidate(
     created_by_id: int | None = None,
 ) -> None:
     """After a plan change or a plan edit (the keys re-read their limits), or a change of the
-    membership of `created_by_id` in `organization_id` (their keys re-read their effective
-    scopes)."""
+    membership (in `organization_id`) or account of `created_by_id` (their keys re-read their
+    effective scopes)."""
     keys = ApiKey.objects.all()
     if organization is not None:
         keys = keys.filter(organization=organization)

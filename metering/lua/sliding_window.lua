@@ -10,7 +10,11 @@
 --          (at_ms, delta): delta is added to the bucket of at_ms if that bucket is still live,
 --          never below 0 (settlement, and a fallback's counts handed back to Redis).
 -- Hash     "w" window_ms, "t" total of the live buckets, "o" oldest non-empty bucket,
---          "<bucket index>" count. An empty window has no hash.
+--          "<bucket index>" count, "-<bucket index>" the latest admission in that bucket (ms
+--          from the bucket's start; numeric names and small values keep the listpack small).
+--          A bucket is counted until its latest admission is window_ms old: every admission
+--          counts for at least the window, and Retry-After is never more than the window.
+--          An empty window has no hash.
 -- Returns  {allowed, refusing window (1-based, 0 none), retry_after_ms, used_1, reset_1, ...}.
 
 local BUCKETS = 60
@@ -33,6 +37,27 @@ local function count(win, index)
   return tonumber(redis.call('HGET', win.key, field(index))) or 0
 end
 
+local function lfield(index)
+  return '-' .. field(index)
+end
+
+-- The latest admission counted in a bucket (a hash written before these were kept: its end),
+-- remembered for the rest of the call (`win.lasts`: read once, kept current by the writes).
+local function last(win, index)
+  local known = win.lasts[index]
+  if known then
+    return known
+  end
+  local offset = tonumber(redis.call('HGET', win.key, lfield(index))) or (win.width - 1)
+  win.lasts[index] = index * win.width + offset
+  return win.lasts[index]
+end
+
+local function drop(win, index)
+  redis.call('HDEL', win.key, field(index), lfield(index))
+  win.lasts[index] = nil
+end
+
 local function clear(win)
   redis.call('DEL', win.key)
   win.t, win.o, win.cur, win.dirty = 0, nil, 0, false
@@ -45,7 +70,7 @@ local function advance(win)
     return
   end
   while count(win, win.o) <= 0 do
-    redis.call('HDEL', win.key, field(win.o))
+    drop(win, win.o)
     win.o = win.o + 1
     win.dirty = true
     if win.o > win.c + SPAN then -- a total without buckets cannot happen; start over if it does
@@ -63,9 +88,10 @@ local function load(key, window_ms, limit, kind)
   local win = {
     key = key, window_ms = window_ms, width = width, limit = limit, kind = kind,
     c = math.floor((now - window_ms) / width), n = math.floor(now / width),
-    t = 0, o = nil, cur = 0, dirty = false, bumped = false, expire = false,
+    t = 0, o = nil, cur = 0, dirty = false, bumped = false, expire = false, lasts = {},
   }
-  local meta = redis.call('HMGET', key, 'w', 'o', 't', field(win.n))
+  -- With the cutoff bucket's latest admission: under steady use it is the oldest bucket.
+  local meta = redis.call('HMGET', key, 'w', 'o', 't', field(win.n), lfield(win.c))
   local w, o, t = tonumber(meta[1]), tonumber(meta[2]), tonumber(meta[3])
   if w ~= window_ms or not o or not t or t <= 0 or win.c - o > SPAN then
     -- empty, idle for longer than the window, or written for another window length
@@ -75,15 +101,24 @@ local function load(key, window_ms, limit, kind)
     return win
   end
   win.o, win.t, win.cur = o, t, tonumber(meta[4]) or 0
+  win.lasts[win.c] = win.c * width + (tonumber(meta[5]) or (width - 1))
   if win.o < win.c then
     while win.o < win.c do
       local old = redis.call('HGET', key, field(win.o))
       if old then
         win.t = win.t - tonumber(old)
-        redis.call('HDEL', key, field(win.o))
       end
+      drop(win, win.o)
       win.o = win.o + 1
     end
+    win.dirty = true
+    advance(win)
+  end
+  -- The cutoff bucket straddles now - window_ms: it leaves with its latest admission.
+  if win.o == win.c and win.t > 0 and last(win, win.c) <= now - window_ms then
+    win.t = win.t - count(win, win.c)
+    drop(win, win.c)
+    win.o = win.o + 1
     win.dirty = true
     advance(win)
   end
@@ -92,7 +127,8 @@ end
 
 local function add(win, at_ms, delta)
   local index = math.floor(at_ms / win.width)
-  if delta == 0 or index < win.c then -- aged out: what it held has left the window already
+  -- aged out: what it held has left the window already
+  if delta == 0 or index < win.c or (index == win.c and win.o ~= win.c and at_ms <= now - win.window_ms) then
     return
   end
   local old = index == win.n and win.cur or count(win, index)
@@ -101,9 +137,14 @@ local function add(win, at_ms, delta)
     return
   end
   if new == 0 then
-    redis.call('HDEL', win.key, field(index))
+    drop(win, index)
   else
     redis.call('HSET', win.key, field(index), new)
+    local latest = old > 0 and last(win, index) or nil
+    if delta > 0 and (not latest or at_ms > latest) then
+      redis.call('HSET', win.key, lfield(index), at_ms - index * win.width)
+      win.lasts[index] = at_ms
+    end
   end
   if index == win.n then
     win.cur = new
@@ -117,11 +158,11 @@ local function add(win, at_ms, delta)
   advance(win)
 end
 
--- ms until enough of the oldest buckets have aged out for `amount` more to fit.
+-- ms until enough of the oldest buckets have aged out for `amount` more to fit: at most the
+-- window, since whatever is counted was admitted by now.
 local function retry_after(win, amount)
-  local last = win.window_ms + (win.n + 1) * win.width - now
   if amount > win.limit then -- can never fit: until all that is counted now has left
-    return last
+    return win.window_ms
   end
   local need = win.t + amount - win.limit
   local indexes = {}
@@ -133,10 +174,10 @@ local function retry_after(win, amount)
   for i, value in ipairs(counts) do
     freed = freed + (tonumber(value) or 0)
     if freed >= need then
-      return win.window_ms + (win.o + i) * win.width - now
+      return last(win, win.o + i - 1) + win.window_ms - now
     end
   end
-  return last
+  return win.window_ms
 end
 
 local windows = {}
@@ -190,8 +231,9 @@ local result = { allowed, refused, retry }
 for _, win in ipairs(windows) do
   if win.dirty then
     if win.bumped then
-      redis.call('HSET', win.key, field(win.n), win.cur,
+      redis.call('HSET', win.key, field(win.n), win.cur, lfield(win.n), now - win.n * win.width,
         'w', win.window_ms, 'o', field(win.o), 't', win.t)
+      win.lasts[win.n] = now
     else
       redis.call('HSET', win.key, 'w', win.window_ms, 'o', field(win.o), 't', win.t)
     end
@@ -203,7 +245,7 @@ for _, win in ipairs(windows) do
   end
   result[#result + 1] = win.t
   if win.t > 0 then
-    result[#result + 1] = win.window_ms + (win.o + 1) * win.width - now
+    result[#result + 1] = last(win, win.o) + win.window_ms - now
   else
     result[#result + 1] = 0
   end

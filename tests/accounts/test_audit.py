@@ -1,4 +1,7 @@
+from datetime import UTC, datetime
+
 import pytest
+import time_machine
 from django.urls import reverse
 
 from accounts.actors import Actor
@@ -107,12 +110,14 @@ def test_audit_page_filters_by_action(client):
     assert b">key.created<" not in page.content
 
 
+# Rate limit windows are clock-aligned: a frozen clock never straddles two (this was flaky).
+@time_machine.travel(datetime(2030, 1, 15, 12, 0, 0, tzinfo=UTC), tick=False)
 def test_token_endpoint_rate_limit_answers_json_429(client, settings):
     settings.RATELIMIT_LOGIN = "2/m"
     url = reverse("api-token")
     body = {"email": "nobody@example.com", "password": "x"}
     codes = [client.post(url, body, content_type="application/json").status_code for _ in range(3)]
-    assert codes[:2] == [401, 401]
+    assert codes == [401, 401, 429]
     response = client.post(url, body, content_type="application/json")
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "rate_limit_exceeded"

@@ -5,7 +5,9 @@ empty. ("model": "demo-chat\\u0000" was a 404 whose event was dead-lettered fore
 text cannot hold NUL.)"""
 
 import json
+import time
 
+import httpx
 import pytest
 
 from metering import limiter
@@ -14,6 +16,7 @@ from metering.models import UsageEvent
 from metering.services import usage_drain
 from tests.factories import AIModelFactory
 from tests.gateway.asgi_client import AsgiTestClient
+from tests.servers import production_server
 
 pytestmark = [
     pytest.mark.postgres,
@@ -54,25 +57,19 @@ def _fresh_limiter():
     limiter.reset_state()
 
 
-def test_hostile_bodies_leave_one_event_each_and_nothing_dead_lettered(
-    stream_mode, stream, make_key, org
-):
-    AIModelFactory(name="demo-chat", test_mode_allowed=True)
-    raw = make_key(org).raw_key
-    client = AsgiTestClient()
+def _send_all(post) -> list[int]:
+    """Each hostile body, X-Request-ID hostile-<n>; the statuses."""
     answers = []
     for number, (body, expected) in enumerate(HOSTILE):
-        response = client.post(
-            CHAT,
-            data=body.encode("utf-8", "surrogatepass"),
-            content_type="application/json",
-            HTTP_AUTHORIZATION=f"Bearer {raw}",
-            HTTP_X_REQUEST_ID=f"hostile-{number}",
-        )
-        answers.append(response.status_code)
-        assert response.status_code < 500, (number, response.content[:300])
+        status, content = post(body.encode("utf-8", "surrogatepass"), f"hostile-{number}")
+        answers.append(status)
+        assert status < 500, (number, content[:300])
         if expected is not None:
-            assert response.status_code == expected, (number, response.content[:300])
+            assert status == expected, (number, content[:300])
+    return answers
+
+
+def _one_event_each_and_no_dead_letter(stream_mode, stream, answers: list[int]) -> None:
     usage_drain()
     key = stream_mode.USAGE_STREAM_KEY
     assert stream.xlen(dead_letter_key(key)) == 0
@@ -82,8 +79,57 @@ def test_hostile_bodies_leave_one_event_each_and_nothing_dead_lettered(
         assert event.status_code == status
         assert "\x00" not in event.model and len(event.model) <= 200
         assert event.billable == (status == 200)
-    model = UsageEvent.objects.get(request_id__startswith="hostile-0:").model
-    assert model == "demo-chat\ufffd"
-    assert UsageEvent.objects.get(request_id__startswith="hostile-0:").error_code == (
-        "model_not_found"
-    )
+    event = UsageEvent.objects.get(request_id__startswith="hostile-0:")
+    assert (event.model, event.error_code) == ("demo-chat\ufffd", "model_not_found")
+
+
+def test_hostile_bodies_leave_one_event_each_and_nothing_dead_lettered(
+    stream_mode, stream, make_key, org
+):
+    AIModelFactory(name="demo-chat", test_mode_allowed=True)
+    raw = make_key(org).raw_key
+    client = AsgiTestClient()
+
+    def post(body: bytes, request_id: str) -> tuple[int, bytes]:
+        response = client.post(
+            CHAT,
+            data=body,
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {raw}",
+            HTTP_X_REQUEST_ID=request_id,
+        )
+        return response.status_code, response.content
+
+    _one_event_each_and_no_dead_letter(stream_mode, stream, _send_all(post))
+
+
+def test_hostile_bodies_through_the_production_server(stream_mode, stream, make_key, org):
+    """The same through THE production command (gunicorn, uvicorn workers) over TCP."""
+    AIModelFactory(name="demo-chat", test_mode_allowed=True)
+    raw = make_key(org).raw_key
+    env = {
+        "CELERY_BROKER_URL": stream_mode.REDIS_URL,
+        "USAGE_STREAM_KEY": stream_mode.USAGE_STREAM_KEY,
+    }
+    with production_server(workers=1, extra_env=env) as server, httpx.Client() as client:
+
+        def post(body: bytes, request_id: str) -> tuple[int, bytes]:
+            response = client.post(
+                server.url + CHAT,
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {raw}",
+                    "X-Request-ID": request_id,
+                },
+                timeout=30,
+            )
+            return response.status_code, response.content
+
+        answers = _send_all(post)
+        # Events are emitted after their reply: wait for the last ones before stopping.
+        deadline = time.monotonic() + 10
+        while stream.xlen(stream_mode.USAGE_STREAM_KEY) < len(HOSTILE):
+            assert time.monotonic() < deadline, server.output()[-3000:]
+            time.sleep(0.05)
+    _one_event_each_and_no_dead_letter(stream_mode, stream, answers)

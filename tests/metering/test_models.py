@@ -110,7 +110,13 @@ def test_admin_lists_and_searches_events(admin_client, issued):
     response = admin_client.get(url, {"q": row.request_id})
     assert response.status_code == 200
     assert row.request_id in response.content.decode()
-    for params in ({"cached__exact": "1"}, {"status_code": "200"}, {"model": "demo-chat"}):
+    for params in (
+        {"cached__exact": "1"},
+        {"status_code": "200"},
+        {"model": "demo-chat"},
+        {"billable__exact": "0"},
+        {"error_code": "model_not_found"},
+    ):
         assert admin_client.get(url, params).status_code == 200
     assert admin_client.get(url, {"q": issued.api_key.key_id}).status_code == 200
 

@@ -103,3 +103,17 @@ def test_re_draining_the_same_batch_twice_leaves_the_counters_exact(stream_mode,
     assert stream.xlen(key) == 0
     assert UsageEvent.objects.count() == 20
     assert counter(issued) == (20, used(events))
+
+
+def test_an_interrupted_event_and_the_requests_own_event_settle_once(issued):
+    """metering/reaper.py may write a request's event (599, interrupted) while its own event is
+    on its way: whichever is stored first settles, the other is dropped with its settlement."""
+    from dataclasses import replace
+
+    first, second = admitted(issued, 2)
+    usage_record(events=[replace(first, status_code=599, error_code="interrupted")])
+    usage_record(events=[replace(first, output_tokens=500)])
+    usage_record(events=[second])
+    usage_record(events=[replace(second, status_code=599, output_tokens=0)])
+    assert counter(issued) == (2, used([first, second]))
+    assert UsageEvent.objects.get(request_id=first.request_id).status_code == 599

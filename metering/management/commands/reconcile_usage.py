@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.selectors import organization_get
 from aibaas.errors import ApplicationError
-from metering.reconciliation import usage_reconcile
+from metering.selectors import usage_reconcile
 
 
 class Command(BaseCommand):
@@ -55,7 +55,9 @@ class Command(BaseCommand):
                     f"  {difference.field}: counter {difference.counter}, events "
                     f"{difference.events} ({difference.difference:+d})"
                 )
-        if result.dead_letters is not None:
+        if result.dead_letters is not None and "error" in result.dead_letters:
+            write(f"dead-letter stream: {result.dead_letters['error']}")
+        elif result.dead_letters is not None:
             write(f"dead-letter stream: {result.dead_letters['count']} event(s) not stored")
             for entry in result.dead_letters["entries"]:
                 write(

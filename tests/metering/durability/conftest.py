@@ -23,11 +23,17 @@ def private_redis():
 
 
 @pytest.fixture
-def unlimited_key(db) -> str:
-    """The raw key of an organization whose plan has no limits, for demo-chat."""
+def metered_key(db) -> str:
+    """The raw key of an organization whose plan has no rate limit and a monthly quota far
+    above the tests' (so the quota counter is kept, for reconcile_usage), for demo-chat."""
     if not AIModel.objects.filter(name="demo-chat").exists():
         AIModelFactory(name="demo-chat", test_mode_allowed=True)
-    plan = Plan.objects.create(slug=f"unlimited{time.monotonic_ns()}", name="unlimited")
+    plan = Plan.objects.create(
+        slug=f"metered{time.monotonic_ns()}",
+        name="metered",
+        monthly_request_quota=10_000_000,
+        monthly_token_quota=10_000_000_000,
+    )
     organization = MembershipFactory().organization
     organization.plan = plan
     organization.save()

@@ -4,11 +4,22 @@ what Celery beat runs (metering.tasks.drain_usage_events: the reaper and the dra
 thread of the test."""
 
 import threading
+from io import StringIO
+
+from django.core.management import call_command
 
 from metering.tasks import drain_usage_events
 from tests.servers import ROOT
 
 REDIS_CONF = ROOT / "deploy" / "redis.conf"
+
+
+def assert_reconciled() -> None:
+    """`manage.py reconcile_usage`: the quota counters agree with the billable events (it
+    exits with an error on any difference), and there was a counter to check."""
+    out = StringIO()
+    call_command("reconcile_usage", stdout=out)
+    assert ": ok" in out.getvalue(), out.getvalue()
 
 
 def worker_pids(master: int) -> set[int]:

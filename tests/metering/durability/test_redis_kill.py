@@ -27,7 +27,7 @@ from metering.events import STREAM_KEY
 from metering.inflight import HEARTBEAT_SECONDS, PROCESSES_KEY, keys_of
 from metering.models import UsageEvent
 from metering.services import GROUP, usage_drain
-from tests.metering.durability.production import Drainer
+from tests.metering.durability.production import Drainer, assert_reconciled
 from tests.servers import production_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -108,7 +108,7 @@ def _wait_for_no_markers(control: redis.Redis) -> None:
 
 
 def test_redis_killed_9_under_load_loses_and_doubles_no_usage_event(
-    settings, private_redis, unlimited_key
+    settings, private_redis, metered_key
 ):
     settings.REDIS_URL = settings.CELERY_BROKER_URL = private_redis.url
     env = {**SERVER_ENV, "REDIS_URL": private_redis.url, "CELERY_BROKER_URL": private_redis.url}
@@ -121,7 +121,7 @@ def test_redis_killed_9_under_load_loses_and_doubles_no_usage_event(
         private_redis.start()  # same port, same directory: it loads its append-only file
 
     with production_server(extra_env=env) as server:
-        load = Load(server.url, unlimited_key)
+        load = Load(server.url, metered_key)
         load.at(KILL_AFTER, kill_and_restart)
         with Drainer(every=0.5):
             started = time.monotonic()
@@ -145,3 +145,4 @@ def test_redis_killed_9_under_load_loses_and_doubles_no_usage_event(
     assert control.xlen(STREAM_KEY) == 0
     assert control.xpending(STREAM_KEY, GROUP)["pending"] == 0
     control.close()
+    assert_reconciled()
