@@ -133,6 +133,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._reading_headers = False
         self._request_began = False  # a byte of the current request was parsed
+        self._awaiting_body = False
         self._header_bytes = 0
         self._header_fields = 0
         self._refusal: tuple[int, str] | None = None
@@ -223,10 +224,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.logger.warning("Invalid HTTP request received.")
                 self.send_400_response("Invalid HTTP request received.")
             return
-        limits = self.limits
-        if self._reading_headers and self._header_bytes > _header_section_limit(limits):
-            self._disarm()
-            self._refuse(431, "Request Header Fields Too Large.")
+        # Timers are armed only for what this data left unfinished: a request that arrives
+        # whole (most do) never costs one.
+        if self._reading_headers:
+            if self._header_bytes > _header_section_limit(self.limits):
+                self._disarm()
+                self._refuse(431, "Request Header Fields Too Large.")
+            elif self._timer is None:
+                self._arm(self.limits.header_timeout, self._headers_too_slow)
+        elif self._awaiting_body and self._timer is None:
+            self._arm(self.limits.body_timeout, self._body_too_slow)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -235,7 +242,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self._reading_headers:  # a keep-alive connection's next request
             self._reading_headers = True
             self._header_bytes = 0
-            self._arm(self.limits.header_timeout, self._headers_too_slow)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -256,11 +262,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = self._request_began = False
         self._disarm()
         super().on_headers_complete()
-        if self.parser.should_upgrade():
-            return
-        self._arm(self.limits.body_timeout, self._body_too_slow)
+        self._awaiting_body = not self.parser.should_upgrade()
 
     def on_message_complete(self) -> None:
+        self._awaiting_body = False
         self._disarm()
         super().on_message_complete()
 

@@ -6,6 +6,7 @@ from django.utils import timezone
 from accounts.actors import Actor
 from aibaas.http import client_ip, user_agent
 from keys.models import ApiKey, ApiKeyStatus
+from keys.selectors import api_key_effective_scopes, with_creator_role
 from keys.services import api_key_clean_changes, api_key_revoke
 
 OVERRIDE_HELP = (
@@ -113,10 +114,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "last_used_at",
         "last_used_ip",
         "status",
+        "effective_scope_list",
+        "operator_issued",
     ]
     fieldsets = (
         (None, {"fields": ("organization", "name", "key_id", "hint", "status", "test_mode")}),
-        ("Authorization", {"fields": ("scopes", "allowed_models", "expires_at")}),
+        (
+            "Authorization",
+            {
+                "fields": (
+                    "scopes",
+                    "effective_scope_list",
+                    "operator_issued",
+                    "allowed_models",
+                    "expires_at",
+                )
+            },
+        ),
         (
             "Limit overrides (only lower the plan's; empty = plan's)",
             {"fields": ApiKey.LIMIT_FIELDS},
@@ -161,9 +175,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
         extra_context = {**(extra_context or {}), "show_delete": False}
         return super().change_view(request, object_id, form_url, extra_context)
 
+    def get_queryset(self, request):
+        return with_creator_role(super().get_queryset(request))
+
     @admin.display(description="scopes")
     def scope_list(self, obj: ApiKey) -> str:
-        return ", ".join(obj.scopes)
+        """The key's scopes, those its creator's role no longer allows marked inactive."""
+        effective = api_key_effective_scopes(obj)
+        return ", ".join(s if s in effective else f"{s} (inactive)" for s in obj.scopes)
+
+    @admin.display(description="effective scopes")
+    def effective_scope_list(self, obj: ApiKey) -> str:
+        """What the key may do now: its scopes limited by its creator's current role."""
+        return ", ".join(sorted(api_key_effective_scopes(obj))) or "none"
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset):

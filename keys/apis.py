@@ -101,7 +101,10 @@ class KeyListCreateApi(_OrgApi):
     class InputSerializer(_LimitsMixin):
         name = serializers.CharField(max_length=100)
         scopes = serializers.ListField(
-            child=serializers.ChoiceField(choices=Scope.values), required=False, max_length=10
+            child=serializers.ChoiceField(choices=Scope.values),
+            required=False,
+            min_length=1,  # a key needs a scope (the service says so too; the schema shows it)
+            max_length=10,
         )
         models = serializers.ListField(
             child=serializers.CharField(max_length=200),
@@ -150,7 +153,10 @@ class KeyDetailApi(_OrgApi):
     class InputSerializer(_LimitsMixin):
         name = serializers.CharField(max_length=100, required=False)
         scopes = serializers.ListField(
-            child=serializers.ChoiceField(choices=Scope.values), required=False, max_length=10
+            child=serializers.ChoiceField(choices=Scope.values),
+            required=False,
+            min_length=1,  # a key needs a scope (the service says so too; the schema shows it)
+            max_length=10,
         )
         models = serializers.ListField(
             child=serializers.CharField(max_length=200),

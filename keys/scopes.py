@@ -32,7 +32,8 @@ def implied(scopes) -> frozenset[str]:
 
 def effective_scopes(scopes, *, operator_issued: bool, creator_role: str | None) -> frozenset[str]:
     """A key's power: its scopes, limited by its creator's current role in its organization
-    (`creator_role` None: the creator left the organization or was deleted → nothing)."""
+    (`creator_role` None: the creator left the organization, or their account was deactivated
+    or deleted → nothing)."""
     granted = frozenset(scopes or ())
     if operator_issued:
         return granted

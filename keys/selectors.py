@@ -62,11 +62,13 @@ def api_key_get_any(*, key_id: str) -> ApiKey:
 
 def with_creator_role(keys: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
     """`keys` annotated with `creator_role`: their creator's current role in their organization
-    (None when the creator left it), in the same query."""
+    (None when the creator left it or their account was deactivated), in the same query."""
     return keys.annotate(
         creator_role=Subquery(
             Membership.objects.filter(
-                user_id=OuterRef("created_by_id"), organization_id=OuterRef("organization_id")
+                user_id=OuterRef("created_by_id"),
+                organization_id=OuterRef("organization_id"),
+                user__is_active=True,
             ).values("role")[:1]
         )
     )
@@ -82,7 +84,9 @@ def api_key_effective_scopes(api_key: ApiKey) -> frozenset[str]:
     else:
         role = (
             Membership.objects.filter(
-                user_id=api_key.created_by_id, organization_id=api_key.organization_id
+                user_id=api_key.created_by_id,
+                organization_id=api_key.organization_id,
+                user__is_active=True,
             )
             .values_list("role", flat=True)
             .first()

@@ -1,13 +1,13 @@
-"""A key's effective scopes follow its creator's membership (keys/scopes.py), so every change
-of a membership, whichever path makes it (accounts' services, the admin's inline forms, the
-cascade of a deleted user or organization), drops that person's keys from every cache: the
-demotion applies on their next request. Receivers, because those paths do not all go through
-a service; the invalidation itself is the keys service's."""
+"""A key's effective scopes follow its creator's membership and account (keys/scopes.py), so
+every change of a membership or of an account, whichever path makes it (accounts' services,
+the admin's inline forms, the cascade of a deleted user or organization), drops that person's
+keys from every cache: a demotion or deactivation applies on their next request. Receivers,
+because those paths do not all go through a service; the invalidation is the keys service's."""
 
 from django.db.models.signals import post_save, pre_delete
 from django.dispatch import receiver
 
-from accounts.models import Membership
+from accounts.models import Membership, User
 
 
 @receiver(post_save, sender=Membership, dispatch_uid="keys-membership-saved")
@@ -17,3 +17,13 @@ def membership_changed(sender, instance: Membership, **kwargs) -> None:
     from keys.services import api_keys_invalidate
 
     api_keys_invalidate(organization_id=instance.organization_id, created_by_id=instance.user_id)
+
+
+@receiver(post_save, sender=User, dispatch_uid="keys-user-saved")
+def user_changed(sender, instance: User, created=False, update_fields=None, **kwargs) -> None:
+    # Deactivating an account takes its keys' power away; a login (last_login) changes nothing.
+    if created or (update_fields is not None and "is_active" not in update_fields):
+        return
+    from keys.services import api_keys_invalidate
+
+    api_keys_invalidate(created_by_id=instance.pk)

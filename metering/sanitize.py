@@ -43,7 +43,7 @@ def clamp_int(value: object, maximum: int = INT_MAX) -> int:
             value = int(number) if math.isfinite(number) else 0
         except (TypeError, ValueError, OverflowError):
             return 0
-    return 0 if value < 0 else min(value, maximum)
+    return 0 if value < 0 else value if value <= maximum else maximum
 
 
 def clamp_cost(value: object) -> Decimal:

@@ -1,5 +1,6 @@
 """Writes on API keys (create, update, revoke, rotate, mark used), each audited, and the rules
-they share: validation (validation.py) and who may grant what (grants.py)."""
+they share: validation (validation.py), who may grant what (grants.py) and how every process
+forgets a changed key (invalidation.py)."""
 
 from keys.services.api_keys import (
     KEY_ALREADY_ROTATED,
@@ -11,9 +12,9 @@ from keys.services.api_keys import (
     api_key_revoke,
     api_key_rotate,
     api_key_update,
-    api_keys_invalidate,
 )
 from keys.services.grants import FORBIDDEN, SCOPE_NOT_HELD, Grantor, grantor_of
+from keys.services.invalidation import api_keys_invalidate
 from keys.services.validation import LIMIT_ABOVE_PLAN, api_key_clean_changes
 
 __all__ = [

@@ -14,11 +14,12 @@ from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
 from aibaas.errors import ApplicationError
-from keys import changes, verification
 from keys import format as key_format
+from keys import verification
 from keys.hashing import hash_key
 from keys.models import ApiKey
 from keys.services.grants import Grantor, grantor_of, require_manage
+from keys.services.invalidation import keys_changed
 from keys.services.validation import (
     api_key_clean_changes,
     clean_expiry,
@@ -60,14 +61,6 @@ def _audit_key(action: str, actor: Actor, api_key: ApiKey, metadata: dict) -> No
         target_id=api_key.key_id,
         metadata=metadata,
     )
-
-
-def _on_commit_invalidate(*key_ids: str) -> None:
-    if not key_ids:
-        return
-    changes.record(*key_ids)  # every other process, within API_KEY_CHANGE_POLL_SECONDS
-    verification.invalidate(*key_ids)  # this process, right now
-    transaction.on_commit(lambda: verification.invalidate(*key_ids))
 
 
 # --- services --------------------------------------------------------------------------------
@@ -198,7 +191,7 @@ def api_key_update(*, api_key: ApiKey, actor: Actor, **changes) -> ApiKey:
         api_key,
         {"changes": diff},
     )
-    _on_commit_invalidate(api_key.key_id)
+    keys_changed(api_key.key_id)
     return api_key
 
 
@@ -221,7 +214,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor, reason: str = "") -> ApiKey
         api_key,
         {"name": api_key.name, "reason": api_key.revoked_reason},
     )
-    _on_commit_invalidate(api_key.key_id)
+    keys_changed(api_key.key_id)
     return api_key
 
 
@@ -285,7 +278,7 @@ def api_key_rotate(*, api_key: ApiKey, actor: Actor, grace: timedelta | None = N
             "old_key_expires_at": old.expires_at.isoformat(),
         },
     )
-    _on_commit_invalidate(old.key_id)
+    keys_changed(old.key_id)
     return IssuedKey(api_key=issued.api_key, raw_key=issued.raw_key, replaced=old)
 
 
@@ -294,26 +287,3 @@ def api_key_mark_used(*, pk: int, at: datetime, ip: str | None) -> None:
     ApiKey.objects.filter(pk=pk).filter(
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=at)
     ).update(last_used_at=at, last_used_ip=ip)
-
-
-def api_keys_invalidate(
-    *,
-    organization: Organization | None = None,
-    plan=None,
-    organization_id: int | None = None,
-    created_by_id: int | None = None,
-) -> None:
-    """After a plan change or a plan edit (the keys re-read their limits), or a change of the
-    membership of `created_by_id` in `organization_id` (their keys re-read their effective
-    scopes)."""
-    keys = ApiKey.objects.all()
-    if organization is not None:
-        keys = keys.filter(organization=organization)
-    if organization_id is not None:
-        keys = keys.filter(organization_id=organization_id)
-    if plan is not None:
-        keys = keys.filter(organization__plan=plan)
-    if created_by_id is not None:
-        keys = keys.filter(created_by_id=created_by_id)
-    key_ids = list(keys.values_list("key_id", flat=True))
-    _on_commit_invalidate(*key_ids)

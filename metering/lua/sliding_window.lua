@@ -41,14 +41,21 @@ local function lfield(index)
   return '-' .. field(index)
 end
 
--- The latest admission counted in a bucket (a hash written before these were kept: its end).
+-- The latest admission counted in a bucket (a hash written before these were kept: its end),
+-- remembered for the rest of the call (`win.lasts`: read once, kept current by the writes).
 local function last(win, index)
+  local known = win.lasts[index]
+  if known then
+    return known
+  end
   local offset = tonumber(redis.call('HGET', win.key, lfield(index))) or (win.width - 1)
-  return index * win.width + offset
+  win.lasts[index] = index * win.width + offset
+  return win.lasts[index]
 end
 
 local function drop(win, index)
   redis.call('HDEL', win.key, field(index), lfield(index))
+  win.lasts[index] = nil
 end
 
 local function clear(win)
@@ -81,9 +88,10 @@ local function load(key, window_ms, limit, kind)
   local win = {
     key = key, window_ms = window_ms, width = width, limit = limit, kind = kind,
     c = math.floor((now - window_ms) / width), n = math.floor(now / width),
-    t = 0, o = nil, cur = 0, dirty = false, bumped = false, expire = false,
+    t = 0, o = nil, cur = 0, dirty = false, bumped = false, expire = false, lasts = {},
   }
-  local meta = redis.call('HMGET', key, 'w', 'o', 't', field(win.n))
+  -- With the cutoff bucket's latest admission: under steady use it is the oldest bucket.
+  local meta = redis.call('HMGET', key, 'w', 'o', 't', field(win.n), lfield(win.c))
   local w, o, t = tonumber(meta[1]), tonumber(meta[2]), tonumber(meta[3])
   if w ~= window_ms or not o or not t or t <= 0 or win.c - o > SPAN then
     -- empty, idle for longer than the window, or written for another window length
@@ -93,6 +101,7 @@ local function load(key, window_ms, limit, kind)
     return win
   end
   win.o, win.t, win.cur = o, t, tonumber(meta[4]) or 0
+  win.lasts[win.c] = win.c * width + (tonumber(meta[5]) or (width - 1))
   if win.o < win.c then
     while win.o < win.c do
       local old = redis.call('HGET', key, field(win.o))
@@ -134,6 +143,7 @@ local function add(win, at_ms, delta)
     local latest = old > 0 and last(win, index) or nil
     if delta > 0 and (not latest or at_ms > latest) then
       redis.call('HSET', win.key, lfield(index), at_ms - index * win.width)
+      win.lasts[index] = at_ms
     end
   end
   if index == win.n then
@@ -223,6 +233,7 @@ for _, win in ipairs(windows) do
     if win.bumped then
       redis.call('HSET', win.key, field(win.n), win.cur, lfield(win.n), now - win.n * win.width,
         'w', win.window_ms, 'o', field(win.o), 't', win.t)
+      win.lasts[win.n] = now
     else
       redis.call('HSET', win.key, 'w', win.window_ms, 'o', field(win.o), 't', win.t)
     end

@@ -24,7 +24,13 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import AuditAction, AuditEvent, Organization
-from metering.events import ENTRY_FIELD, dead_letter_key, redis_client, stream_key
+from metering.events import (
+    ENTRY_FIELD,
+    REDIS_ERRORS,
+    dead_letter_key,
+    redis_client,
+    stream_key,
+)
 from metering.models import QuotaCounter, UsageEvent
 from metering.selectors.usage import month_period
 
@@ -106,31 +112,45 @@ def _billable(organization_id: int, start: datetime, end: datetime) -> tuple[int
     return row["requests"], row["tokens"]
 
 
-def _dead_letters(organization: Organization | None) -> tuple[dict, int]:
-    """The dead-letter stream's entries (of the organization, if given) and the stream's
-    backlog."""
-    client = redis_client(socket_timeout=SOCKET_TIMEOUT)
-    key = stream_key()
-    entries = []
-    for entry_id, fields in client.xrange(dead_letter_key(key)):
-        raw = fields.get(ENTRY_FIELD.encode(), b"")
-        try:
-            event = json.loads(raw)
-            request_id, organization_id = event.get("request_id"), event.get("organization_id")
-        except (ValueError, AttributeError):
-            request_id = organization_id = None
-        if organization is not None and organization_id != organization.pk:
-            continue
-        entries.append(
-            {
-                "entry_id": entry_id.decode(),
-                "request_id": request_id,
-                "organization_id": organization_id,
-                "reason": fields.get(b"reason", b"").decode("utf-8", "replace"),
-            }
-        )
-    listed = {"count": len(entries), "entries": entries[:DEAD_LETTERS_LISTED]}
-    return listed, client.xlen(key)
+def _dead_letters(organization: Organization | None) -> tuple[dict, int | None]:
+    """The dead-letter stream's entries (of the organization, if given; DEAD_LETTERS_LISTED of
+    them listed) and the usage stream's backlog. Redis unreachable: an `error`, counted as one
+    difference (nothing can be said of what it holds)."""
+    try:
+        client = redis_client(socket_timeout=SOCKET_TIMEOUT)
+        key = stream_key()
+        entries, count = [], 0
+        cursor = "-"
+        while True:
+            batch = client.xrange(dead_letter_key(key), min=cursor, count=DEAD_LETTERS_LISTED)
+            for entry_id, fields in batch:
+                entry = _dead_letter(entry_id, fields)
+                if organization is not None and entry["organization_id"] != organization.pk:
+                    continue
+                count += 1
+                if len(entries) < DEAD_LETTERS_LISTED:
+                    entries.append(entry)
+            if len(batch) < DEAD_LETTERS_LISTED:
+                break
+            cursor = "(" + batch[-1][0].decode()
+        return {"count": count, "entries": entries}, client.xlen(key)
+    except REDIS_ERRORS as error:
+        logger.warning("reconcile_usage: Redis unreadable: %s", error)
+        return {"count": 1, "entries": [], "error": f"Redis unreadable: {error}"}, None
+
+
+def _dead_letter(entry_id: bytes, fields: dict) -> dict:
+    try:
+        event = json.loads(fields.get(ENTRY_FIELD.encode(), b""))
+        request_id, organization_id = event.get("request_id"), event.get("organization_id")
+    except (ValueError, AttributeError):
+        request_id = organization_id = None
+    return {
+        "entry_id": entry_id.decode(),
+        "request_id": request_id,
+        "organization_id": organization_id,
+        "reason": fields.get(b"reason", b"").decode("utf-8", "replace"),
+    }
 
 
 def usage_reconcile(

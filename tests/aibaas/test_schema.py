@@ -5,19 +5,22 @@ is tests/e2e/test_schemathesis.py; these pin the pieces that schemathesis cannot
 (what the schema *refuses* must be refused by the server too)."""
 
 import copy
+import json
 import re
 
 import jsonschema
 import pytest
 from django.test import Client
+from drf_spectacular.validation import validate_schema
 
 from accounts.actors import Actor
 from aibaas.gateway import validation
+from aibaas.gateway.models import ModelKind
 from aibaas.pagination import MAX_LIMIT, MAX_OFFSET
 from aibaas.schema import ERROR_DESCRIPTIONS
 from keys.services import api_key_create
 from metering.selectors import MONTH_PATTERN, month_period
-from tests.factories import MembershipFactory
+from tests.factories import AIModelFactory, MembershipFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -273,3 +276,78 @@ def test_the_v1_request_schemas_allow_exactly_what_the_validation_accepts(
 ):
     allowed = jsonschema.Draft202012Validator(_json_schema(schema, component)).is_valid(body)
     assert allowed == _accepted(validate, body)
+
+
+def test_the_served_schema_is_valid_openapi_3(schema):
+    validate_schema(schema)  # raises on anything OpenAPI 3.0 does not allow
+
+
+@pytest.mark.django_db(transaction=True)
+def test_real_v1_answers_match_their_components_streamed_chunks_included(schema):
+    """schemathesis checks bodies, and each event of a stream, but not the JSON inside an
+    event's data (OpenAPI 3.0 cannot say it): every chunk of a real stream is checked here."""
+    AIModelFactory(name="demo-chat", test_mode_allowed=True)
+    AIModelFactory(name="demo-embed", kind=ModelKind.EMBEDDINGS, test_mode_allowed=True)
+    organization = MembershipFactory().organization
+    issued = api_key_create(
+        organization=organization, actor=Actor.for_system("tests"), name="v", scopes=["inference"]
+    )
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {issued.raw_key}"}
+    client = Client()
+
+    def post(path, body):
+        return client.post(path, json.dumps(body), content_type="application/json", **auth)
+
+    def check(component, value):
+        jsonschema.Draft202012Validator(_json_schema(schema, component)).validate(value)
+
+    check("ModelList", client.get("/v1/models", **auth).json())
+    check("Model", client.get("/v1/models/demo-chat", **auth).json())
+    check(
+        "ChatCompletion",
+        post("/v1/chat/completions", {"model": "demo-chat", "messages": HELLO}).json(),
+    )
+    for encoding in ("float", "base64"):
+        body = {"model": "demo-embed", "input": ["a", "b"], "encoding_format": encoding}
+        check("EmbeddingList", post("/v1/embeddings", body).json())
+    stream = post(
+        "/v1/chat/completions",
+        {
+            "model": "demo-chat",
+            "messages": HELLO,
+            "n": 2,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    assert stream["Content-Type"] == "text/event-stream"
+    events = b"".join(stream.streaming_content).decode().split("\n\n")
+    data = [event.removeprefix("data: ") for event in events if event]
+    assert data[-1] == "[DONE]" and len(data) > 3
+    for chunk in data[:-1]:
+        check("ChatCompletionChunk", json.loads(chunk))
+    assert json.loads(data[-2])["usage"]["total_tokens"] > 0
+    check(
+        "RetryableError",
+        {"error": {"type": "t", "code": "c", "message": "m", "param": None, "retry_after": 1}},
+    )
+
+
+@pytest.mark.parametrize("operation", [("/api/keys", "post"), ("/api/keys/{ident}", "patch")])
+def test_a_key_needs_a_scope_in_the_schema_as_on_the_server(schema, operation):
+    body = _operation(schema, *operation)["requestBody"]["content"]["application/json"]["schema"]
+    component = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    assert component["properties"]["scopes"]["minItems"] == 1
+    organization = MembershipFactory().organization
+    issued = api_key_create(
+        organization=organization, actor=Actor.for_system("tests"), name="k", scopes=["admin"]
+    )
+    path = operation[0].replace("{ident}", issued.api_key.key_id)
+    response = getattr(Client(), operation[1])(
+        path,
+        json.dumps({"name": "n", "scopes": []}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {issued.raw_key}",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "scopes"

@@ -1,8 +1,13 @@
 """The production configuration's start-up rules (fresh interpreters: settings are read once)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from aibaas.proxies import TrustedProxies, parse_proxies
+from aibaas.settings.env import BASE_DIR
 from tests.aibaas.test_settings import production_env, run_python
 
 SETUP = "import django; django.setup(); from django.conf import settings"
@@ -100,3 +105,47 @@ def test_the_deploy_check_is_clean_with_everything_production_sets():
     result = run_python(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+def _gunicorn(*args: str, **env: str | None) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "deploy/gunicorn.conf.py"]
+    return subprocess.run(
+        [*command, *args, "aibaas.asgi:application"],
+        env=production_env(**env),
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _printed(config: str) -> dict[str, str]:
+    return dict(
+        (name.strip(), value.strip())
+        for name, _, value in (line.partition("=") for line in config.splitlines())
+        if value
+    )
+
+
+def test_the_production_config_trusts_no_forwarded_header_by_default():
+    printed = _printed(_gunicorn("--print-config", CLIENT_IP_PROXIES=None).stdout)
+    assert printed["forwarded_allow_ips"] == "[]"
+    assert printed["worker_class"] == "aibaas.appserver.Worker"
+    assert printed["logger_class"] == "aibaas.appserver.RedactingLogger"
+    configured = _gunicorn("--print-config", CLIENT_IP_PROXIES="10.0.0.0/8, 127.0.0.1").stdout
+    assert _printed(configured)["forwarded_allow_ips"] == "['10.0.0.0/8', '127.0.0.1/32']"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("HTTP_HEADER_TIMEOUT", "abc", "HTTP_HEADER_TIMEOUT must be a number of seconds"),
+        ("HTTP_BODY_TIMEOUT", "0", "HTTP_BODY_TIMEOUT must be more than 0 seconds"),
+        ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be at least 1"),
+        ("CLIENT_IP_PROXIES", "2", "it used to be a number of proxies"),
+    ],
+)
+def test_the_production_config_refuses_a_bad_value_with_its_name(variable, value, message):
+    result = _gunicorn("--check-config", **{variable: value})
+    assert result.returncode != 0
+    assert message in result.stderr

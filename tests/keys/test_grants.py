@@ -357,3 +357,24 @@ def test_dashboard_shows_what_a_member_can_grant_and_which_scopes_are_inactive(
     row = listed.split(f'data-key-id="{escalated.api_key.key_id}"')[1].split("</tr>")[0]
     assert "admin (inactive)" in row
     assert "inference (inactive)" not in row
+
+
+def test_a_deactivated_creators_key_can_do_nothing_until_reactivated(make_key, org, team):
+    member = team[Role.MEMBER]
+    members = make_key(org, actor=actor_for(member), scopes=["usage:read"])
+    key = as_key(members.raw_key)
+    assert key.get("/v1/usage").status_code == 200
+    member.user.is_active = False
+    member.user.save(update_fields=["is_active"])
+    assert error_of(key.get("/v1/usage"), 403)["code"] == "insufficient_scope"
+    member.user.is_active = True
+    member.user.save()
+    assert key.get("/v1/usage").status_code == 200
+
+
+def test_the_admin_shows_a_keys_effective_scopes(make_key, org, team, admin_client):
+    escalated = pre_existing_key(make_key, org, team[Role.MEMBER], ["admin", "inference"])
+    listed = admin_client.get("/admin/keys/apikey/").content.decode()
+    assert "admin (inactive), inference" in listed
+    page = admin_client.get(f"/admin/keys/apikey/{escalated.api_key.pk}/change/").content.decode()
+    assert "inference, usage:read" in page

@@ -132,3 +132,30 @@ def test_dead_letters_are_listed_as_differences(stream_mode, stream, recorded, q
     result = json.loads(reconcile("--json")[0])
     assert result["dead_letters"]["entries"][0]["request_id"] == lost.request_id
     assert result["stream_backlog"] == 0
+
+
+def test_an_unreachable_redis_is_a_difference(recorded, settings):
+    from tests.servers import free_port
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    output, error = reconcile()
+    assert error is not None
+    assert "dead-letter stream: Redis unreadable" in output
+
+
+@pytest.mark.redis
+def test_dead_letters_of_one_organization_are_counted_past_a_page(
+    stream_mode, stream, recorded, quota_org, issued, make_key, other_org, monkeypatch
+):
+    from metering.selectors import reconciliation
+
+    monkeypatch.setattr(reconciliation, "DEAD_LETTERS_LISTED", 3)
+    dead = dead_letter_key(stream_mode.USAGE_STREAM_KEY)
+    other = make_key(other_org)
+    for number in range(8):
+        event = make_event(issued if number % 2 else other)
+        stream.xadd(dead, {ENTRY_FIELD: event.to_json(), "reason": "test"})
+    result = json.loads(reconcile("--json", "--org", quota_org.slug)[0])
+    assert result["dead_letters"]["count"] == 4
+    assert len(result["dead_letters"]["entries"]) == 3
+    assert json.loads(reconcile("--json")[0])["dead_letters"]["count"] == 8

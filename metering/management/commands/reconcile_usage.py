@@ -55,7 +55,9 @@ class Command(BaseCommand):
                     f"  {difference.field}: counter {difference.counter}, events "
                     f"{difference.events} ({difference.difference:+d})"
                 )
-        if result.dead_letters is not None:
+        if result.dead_letters is not None and "error" in result.dead_letters:
+            write(f"dead-letter stream: {result.dead_letters['error']}")
+        elif result.dead_letters is not None:
             write(f"dead-letter stream: {result.dead_letters['count']} event(s) not stored")
             for entry in result.dead_letters["entries"]:
                 write(
