@@ -10,8 +10,10 @@ class UsageEvent(models.Model):
     request_id = models.CharField(
         max_length=100, unique=True, help_text="The request's X-Request-ID; the idempotency key."
     )
+    # Billing records outlive nothing by accident: an organization with usage is never deleted
+    # (accounts.services.organization_delete refuses it; PROTECT holds for any other path).
     organization = models.ForeignKey(
-        "accounts.Organization", on_delete=models.CASCADE, related_name="usage_events"
+        "accounts.Organization", on_delete=models.PROTECT, related_name="usage_events"
     )
     api_key = models.ForeignKey(
         "keys.ApiKey",

@@ -5,6 +5,7 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 from django.urls import reverse
 
 from metering.models import UsageEvent
@@ -87,11 +88,13 @@ def test_deleting_the_key_keeps_its_events_and_key_id(issued):
     assert row.key_id == issued.api_key.key_id
 
 
-def test_deleting_the_organization_deletes_its_events(issued, other_org, make_key):
-    stored(issued)
-    survivor = stored(make_key(other_org))
-    issued.api_key.organization.delete()
-    assert list(UsageEvent.objects.values_list("request_id", flat=True)) == [survivor.request_id]
+def test_an_organization_with_events_cannot_be_deleted(issued):
+    """Usage events are billing records: any delete of their organization that skips
+    accounts.services.organization_delete (shell, ORM, a cascade) is refused, events kept."""
+    event = stored(issued)
+    with pytest.raises(ProtectedError):
+        issued.api_key.organization.delete()
+    assert UsageEvent.objects.filter(request_id=event.request_id).exists()
 
 
 # --- admin: read-only ---------------------------------------------------------------------------
