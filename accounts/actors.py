@@ -42,3 +42,14 @@ class Actor:
     @classmethod
     def for_key(cls, request, key_id: str, role: str | None) -> "Actor":
         return cls(key_id=key_id, role=role, ip=client_ip(request), user_agent=user_agent(request))
+
+    @classmethod
+    def for_operator(cls, request) -> "Actor":
+        """A staff user at the Django admin, as the audit log records them (with their address)."""
+        return cls(
+            user=request.user,
+            role="admin",
+            system="admin",
+            ip=client_ip(request),
+            user_agent=user_agent(request),
+        )

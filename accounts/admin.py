@@ -10,18 +10,7 @@ from accounts.services import (
     organization_set_plan,
 )
 from aibaas.admin import ReadOnlyAdminMixin
-from aibaas.http import client_ip, user_agent
 from metering.quota import quota_reset
-
-
-def _admin_actor(request) -> Actor:
-    return Actor(
-        user=request.user,
-        role="admin",
-        system="admin",
-        ip=client_ip(request),
-        user_agent=user_agent(request),
-    )
 
 
 class MembershipInline(admin.TabularInline):
@@ -116,18 +105,18 @@ class OrganizationAdmin(admin.ModelAdmin):
         return deleted, counts, perms_needed, protected
 
     def delete_model(self, request, obj):
-        organization_delete(organization=obj, actor=_admin_actor(request))
+        organization_delete(organization=obj, actor=Actor.for_operator(request))
 
     def delete_queryset(self, request, queryset):
         for organization in queryset:
-            organization_delete(organization=organization, actor=_admin_actor(request))
+            organization_delete(organization=organization, actor=Actor.for_operator(request))
 
     def has_reset_quota_permission(self, request) -> bool:
         return request.user.has_perm("metering.change_quotacounter")
 
     @admin.action(description="Reset this month's quota usage", permissions=["reset_quota"])
     def reset_quota(self, request, queryset):
-        actor = _admin_actor(request)
+        actor = Actor.for_operator(request)
         count = 0
         for organization in queryset:
             quota_reset(organization, actor=actor, reason=f"reset in admin by {request.user}")

@@ -4,7 +4,6 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from accounts.actors import Actor
-from aibaas.http import client_ip, user_agent
 from keys.models import ApiKey, ApiKeyStatus
 from keys.selectors import api_key_effective_scopes, with_creator_role
 from keys.services import api_key_clean_changes, api_key_revoke
@@ -57,17 +56,6 @@ class StatusFilter(admin.SimpleListFilter):
         if self.value() == ApiKeyStatus.ACTIVE:
             return queryset.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
         return queryset
-
-
-def _operator(request) -> Actor:
-    """The operator at the admin, as the audit log records them (with their address)."""
-    return Actor(
-        user=request.user,
-        role="admin",
-        system="admin",
-        ip=client_ip(request),
-        user_agent=user_agent(request),
-    )
 
 
 @admin.register(ApiKey)
@@ -191,7 +179,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset):
-        actor = _operator(request)
+        actor = Actor.for_operator(request)
         count = 0
         for key in queryset.filter(revoked_at__isnull=True):
             api_key_revoke(api_key=key, actor=actor, reason=f"revoked in admin by {request.user}")
@@ -204,4 +192,4 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
         changes = {_service_field(field): form.cleaned_data[field] for field in form.changed_data}
         original = ApiKey.objects.get(pk=obj.pk)
-        api_key_update(api_key=original, actor=_operator(request), **changes)
+        api_key_update(api_key=original, actor=Actor.for_operator(request), **changes)

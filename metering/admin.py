@@ -3,7 +3,6 @@ from django.utils import timezone
 
 from accounts.actors import Actor
 from aibaas.admin import ReadOnlyAdminMixin
-from aibaas.http import client_ip, user_agent
 from metering.models import QuotaCounter, UsageEvent
 from metering.quota import period_for, quota_reset
 
@@ -45,16 +44,6 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     show_full_result_count = False  # COUNT(*) over millions of events on every page is slow
 
 
-def _operator(request) -> Actor:
-    return Actor(
-        user=request.user,
-        role="admin",
-        system="admin",
-        ip=client_ip(request),
-        user_agent=user_agent(request),
-    )
-
-
 @admin.register(QuotaCounter)
 class QuotaCounterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Monthly quota counters, written by metering/quota.py on every admitted request. Operators
@@ -78,7 +67,7 @@ class QuotaCounterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         # One row per organization and month: the current month's rows name distinct orgs.
         organizations = [row.organization for row in rows if row.period == current]
         past = len(rows) - len(organizations)
-        actor = _operator(request)
+        actor = Actor.for_operator(request)
         for organization in organizations:
             quota_reset(organization, actor=actor, reason=f"reset in admin by {request.user}")
         reset = len(organizations)

@@ -61,6 +61,33 @@ _USAGE = {
     },
 }
 
+
+def _completion(kind: str, *, choice: str, usage: dict) -> dict:
+    """A chat completion ("message" choices) or one chunk of its stream ("delta" choices)."""
+    return {
+        "type": "object",
+        "required": ["object", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": [kind]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        choice: {"type": "object"},
+                        "finish_reason": _nullable({"type": "string"}),
+                    },
+                },
+            },
+            "usage": usage,
+        },
+    }
+
+
 SCHEMAS: dict[str, dict] = {
     "Model": {
         "type": "object",
@@ -148,50 +175,10 @@ SCHEMAS: dict[str, dict] = {
             "max_tokens": 16,
         },
     },
-    "ChatCompletion": {
-        "type": "object",
-        "required": ["object", "choices"],
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"type": "string", "enum": ["chat.completion"]},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "choices": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "message": {"type": "object"},
-                        "finish_reason": _nullable({"type": "string"}),
-                    },
-                },
-            },
-            "usage": _USAGE,
-        },
-    },
-    "ChatCompletionChunk": {
-        "type": "object",
-        "required": ["object", "choices"],
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"type": "string", "enum": ["chat.completion.chunk"]},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "choices": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "delta": {"type": "object"},
-                        "finish_reason": _nullable({"type": "string"}),
-                    },
-                },
-            },
-            "usage": _nullable(_USAGE),
-        },
-    },
+    "ChatCompletion": _completion("chat.completion", choice="message", usage=_USAGE),
+    "ChatCompletionChunk": _completion(
+        "chat.completion.chunk", choice="delta", usage=_nullable(_USAGE)
+    ),
     # One server-sent event of a stream. OpenAPI 3.0 has no way to say "this string is JSON of
     # that schema" (3.1's contentSchema): the chunk is its own component, and
     # tests/aibaas/test_schema.py checks streamed chunks against it.
