@@ -31,7 +31,6 @@ from aibaas.loops import PerLoop, quiet_future
 
 SOCKET_CONNECT_TIMEOUT = 0.5
 SOCKET_TIMEOUT = 2.0
-DEFAULT_MAX_CONNECTIONS = 64
 
 _OPTIONS = {"socket_connect_timeout": SOCKET_CONNECT_TIMEOUT, "health_check_interval": 30}
 _clients: dict[tuple[str, float], redis.Redis] = {}
@@ -40,7 +39,7 @@ _lock = threading.Lock()
 
 
 def max_connections() -> int:
-    return int(getattr(settings, "REDIS_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS))
+    return settings.REDIS_MAX_CONNECTIONS
 
 
 def redis_client(*, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:

@@ -15,14 +15,15 @@ import logging
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from aibaas.gateway.registry import ProcessSnapshot, setting_float
+from django.conf import settings
+
+from aibaas.gateway.registry import ProcessSnapshot
 
 logger = logging.getLogger(__name__)
 
 COST_QUANTUM = Decimal("0.00000001")
 ZERO = Decimal("0")
 MILLION = Decimal(1_000_000)
-DEFAULT_PRICING_TTL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,7 @@ def _load_prices() -> dict[str, Price]:
 
 
 def pricing_ttl() -> float:
-    return setting_float("PRICING_TTL", DEFAULT_PRICING_TTL)
+    return settings.PRICING_TTL
 
 
 _prices: ProcessSnapshot[dict[str, Price]] = ProcessSnapshot(

@@ -21,8 +21,8 @@ def check_limit_settings(app_configs=None, **kwargs) -> list[Error]:
             )
         )
     for name in ("QUOTA_DB_CONNECTIONS", "QUOTA_LEASE_REQUESTS"):
-        if int(getattr(settings, name, 1)) < 1:
+        if getattr(settings, name) < 1:
             errors.append(Error(f"{name} must be at least 1.", id="metering.E002"))
-    if float(getattr(settings, "QUOTA_DB_TIMEOUT_SECONDS", 1)) <= 0:
+    if settings.QUOTA_DB_TIMEOUT_SECONDS <= 0:
         errors.append(Error("QUOTA_DB_TIMEOUT_SECONDS must be positive.", id="metering.E003"))
     return errors

@@ -56,7 +56,6 @@ from metering.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
 
 logger = logging.getLogger(__name__)
 
-STREAM_KEY = "aibaas:{usage}:events"
 ENTRY_FIELD = "e"
 UNKNOWN = "unknown"  # the model (key id, endpoint) of an event that has none
 REDIS_RETRY_SECONDS = 5.0
@@ -174,7 +173,7 @@ _FIELDS = tuple(f.name for f in fields(UsageEventData))
 
 
 def stream_key() -> str:
-    return getattr(settings, "USAGE_STREAM_KEY", STREAM_KEY)
+    return settings.USAGE_STREAM_KEY
 
 
 def dead_letter_key(key: str) -> str:

@@ -133,7 +133,7 @@ _addresses: dict[tuple[str, int], str] = {}
 def _address(ip: str) -> str:
     """_counted_as, remembered: clients repeat their addresses, and parsing one costs more
     than the rest of the check."""
-    mask = getattr(settings, "RATELIMIT_IPV6_MASK", 64)
+    mask = settings.RATELIMIT_IPV6_MASK
     if len(ip) > 64:  # not an address (addresses are canonical by now): not worth keeping
         return _counted_as(ip, mask)
     address = _addresses.get((ip, mask))

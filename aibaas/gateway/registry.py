@@ -34,23 +34,13 @@ from django.conf import settings
 
 from aibaas.db import releasing_connections
 from aibaas.gateway.providers.base import ModelSpec
-from aibaas.settings.env import env
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_REGISTRY_TTL = 5.0
 REFRESH_RETRY_SECONDS = 1.0
 SYNC_WAIT_SECONDS = 5.0  # a sync reader waits this long for another caller's refresh
-
-
-def setting_float(name: str, default: float) -> float:
-    """A float setting: Django settings first, then the environment, then `default`."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = env.float(name, default=default)
-    return float(value)
 
 
 class ProcessSnapshot(Generic[T]):
@@ -199,7 +189,7 @@ def _load_specs() -> dict[str, ModelSpec]:
 
 
 def registry_ttl() -> float:
-    return setting_float("REGISTRY_TTL", DEFAULT_REGISTRY_TTL)
+    return settings.REGISTRY_TTL
 
 
 _registry: ProcessSnapshot[dict[str, ModelSpec]] = ProcessSnapshot(

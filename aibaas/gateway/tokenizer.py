@@ -100,9 +100,6 @@ def count_chat_tokens(messages: list[dict]) -> int:
     return total
 
 
-DEFAULT_OUTPUT_ESTIMATE = 256
-
-
 def estimate_chat_tokens(
     body: dict, context_window: int | None = None, *, prompt: int | None = None
 ) -> int:
@@ -117,7 +114,7 @@ def estimate_chat_tokens(
         prompt = count_chat_tokens(body.get("messages") or [])
     output = body.get("max_completion_tokens") or body.get("max_tokens")
     if not isinstance(output, int) or output <= 0:
-        output = getattr(settings, "GATEWAY_OUTPUT_TOKENS_ESTIMATE", DEFAULT_OUTPUT_ESTIMATE)
+        output = settings.GATEWAY_OUTPUT_TOKENS_ESTIMATE
     n = body.get("n") if isinstance(body.get("n"), int) and body.get("n") > 0 else 1
     if context_window:
         output = max(0, min(output, context_window - prompt))

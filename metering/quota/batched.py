@@ -79,9 +79,6 @@ from metering.quota.counter import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONNECTIONS = 4
-DEFAULT_TIMEOUT_SECONDS = 5.0
-
 # %(sg)s, %(sdr)s, %(sdt)s, %(slr)s, %(slt)s: pending settlements, one per generation (-1: any),
 # of requests, tokens and the leased columns; those of the row's generation (and any) are
 # applied first, never below 0. Leased figures past leased_until are of leases whose process
@@ -171,8 +168,8 @@ def _connection_params() -> dict:
     # Prepared on first use: the statement's plan costs ~0.4 ms to make each time (measured
     # here: 0.88 ms a statement unprepared, 0.46 ms prepared). Off behind a transaction-mode
     # PgBouncer older than 1.21 (QUOTA_DB_PREPARED=False), as Django's own connections are.
-    params["prepare_threshold"] = 0 if getattr(settings, "QUOTA_DB_PREPARED", True) else None
-    timeout = float(getattr(settings, "QUOTA_DB_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
+    params["prepare_threshold"] = 0 if settings.QUOTA_DB_PREPARED else None
+    timeout = settings.QUOTA_DB_TIMEOUT_SECONDS
     params.setdefault("connect_timeout", max(1, round(timeout)))
     options = f"{params.get('options', '')} -c statement_timeout={int(timeout * 1000)}"
     params["options"] = options.strip()
@@ -346,9 +343,7 @@ class _Combiner:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.connections = _Connections(
-            int(getattr(settings, "QUOTA_DB_CONNECTIONS", DEFAULT_CONNECTIONS))
-        )
+        self.connections = _Connections(settings.QUOTA_DB_CONNECTIONS)
         self.months: dict[tuple[int, date], _Month] = {}
 
     def month(self, organization_id: int, period: date) -> _Month:

@@ -86,12 +86,11 @@ _ATTEMPTS = 3
 # How long a lease (lease.py) admits after its reservation came back before it is settled and
 # a new one reserved (QUOTA_LEASE_MAX_AGE_SECONDS), and the margin given to the reservation's
 # statement and its give-back's: the row's leased_until is the reservation's ask plus both.
-LEASE_MAX_AGE_SECONDS = 1.0
 LEASE_SETTLE_MARGIN_SECONDS = 1.0
 
 
 def lease_max_age() -> float:
-    return float(getattr(settings, "QUOTA_LEASE_MAX_AGE_SECONDS", LEASE_MAX_AGE_SECONDS))
+    return settings.QUOTA_LEASE_MAX_AGE_SECONDS
 
 
 def lease_hold_seconds() -> float:
@@ -365,7 +364,7 @@ def unavailable(
 ) -> QuotaDecision:
     """The database could not admit: an unmetered admission with QUOTA_FAIL_OPEN, else raise
     QuotaUnavailable. Logged either way."""
-    if getattr(settings, "QUOTA_FAIL_OPEN", False):
+    if settings.QUOTA_FAIL_OPEN:
         logger.error(
             "monthly quota of organization %s not checked (database error: %s); request "
             "admitted unmetered because QUOTA_FAIL_OPEN is on",

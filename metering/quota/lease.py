@@ -84,9 +84,7 @@ from metering.quota.counter import (
     utc,
 )
 
-LEASE_REQUESTS = 64
 LEASE_FRACTION = 64
-LEASE_IDLE_SECONDS = 1.0
 LEASE_MAX = 4096
 
 
@@ -136,7 +134,7 @@ class _Leases:
         figures = self.figures.get(key)
         if figures is None:
             return 1, tokens
-        size = int(getattr(settings, "QUOTA_LEASE_REQUESTS", LEASE_REQUESTS))
+        size = settings.QUOTA_LEASE_REQUESTS
         if size > 1:
             size = min(max(size, self.waiting.get(key, 0) + 1), LEASE_MAX)
         if request_limit is not None:
@@ -185,7 +183,7 @@ class _Leases:
 
     def watch(self, organization_id: int, period: date, lease: _Lease) -> None:
         """Give the lease back once idle for QUOTA_LEASE_IDLE_SECONDS or at its max age."""
-        idle = float(getattr(settings, "QUOTA_LEASE_IDLE_SECONDS", LEASE_IDLE_SECONDS))
+        idle = settings.QUOTA_LEASE_IDLE_SECONDS
 
         def due_in() -> float:
             return min(lease.last_use + idle, lease.expires) - time.monotonic()

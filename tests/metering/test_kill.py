@@ -26,7 +26,7 @@ import redis
 from django.db import connection
 from django.db.models import Count, Sum
 
-from metering.events import STREAM_KEY, usage_emit
+from metering.events import usage_emit
 from metering.models import UsageEvent
 from metering.services import GROUP
 from tests.metering.conftest import make_event
@@ -113,7 +113,7 @@ def test_drainer_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
     for event in emitted:
         usage_emit(event)
     control = redis.Redis.from_url(private_redis.url)
-    assert control.xlen(STREAM_KEY) == EVENTS
+    assert control.xlen(settings.USAGE_STREAM_KEY) == EVENTS
 
     lock = psycopg.connect(database_url())
     drainer = None
@@ -142,8 +142,8 @@ def test_drainer_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
         lock.close()
 
     # The batch the dead drainer read is pending (unacked), and stored or not per crash point.
-    assert control.xpending(STREAM_KEY, GROUP)["pending"] == BATCH
-    assert control.xlen(STREAM_KEY) == EVENTS
+    assert control.xpending(settings.USAGE_STREAM_KEY, GROUP)["pending"] == BATCH
+    assert control.xlen(settings.USAGE_STREAM_KEY) == EVENTS
     assert UsageEvent.objects.count() == expected_rows
 
     rerun = start_drainer(private_redis.url, reclaim_idle_ms=0)
@@ -155,6 +155,6 @@ def test_drainer_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
     assert counts == {event.request_id: 1 for event in emitted}
     totals = UsageEvent.objects.aggregate(i=Sum("input_tokens"), o=Sum("output_tokens"))
     assert totals == {"i": sum(range(EVENTS)), "o": 2 * sum(range(EVENTS))}
-    assert control.xlen(STREAM_KEY) == 0
-    assert control.xpending(STREAM_KEY, GROUP)["pending"] == 0
+    assert control.xlen(settings.USAGE_STREAM_KEY) == 0
+    assert control.xpending(settings.USAGE_STREAM_KEY, GROUP)["pending"] == 0
     control.close()

@@ -30,9 +30,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from django.conf import settings
+
 from aibaas.gateway.models import DEFAULT_EMBEDDING_DIMENSIONS
 from aibaas.gateway.providers.base import ModelSpec, ProviderResult, StreamUsage, Usage
-from aibaas.gateway.registry import setting_float
 from aibaas.gateway.tokenizer import count_chat_tokens, count_tokens, tokenize
 from aibaas.gateway.validation import invalid
 
@@ -204,7 +205,7 @@ class DemoProvider:
     def token_delay(self) -> float:
         if self._token_delay is not None:
             return self._token_delay
-        return setting_float("DEMO_TOKEN_DELAY_SECONDS", 0.0)
+        return settings.DEMO_TOKEN_DELAY_SECONDS
 
     async def chat(self, model: ModelSpec, body: dict[str, Any]) -> ProviderResult:
         started = time.perf_counter()

@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import redis
+from django.conf import settings
 from django.db.models import Count
 
-from metering.events import STREAM_KEY
 from metering.inflight import HEARTBEAT_SECONDS, PROCESSES_KEY, keys_of
 from metering.models import UsageEvent
 from metering.services import GROUP, usage_drain
@@ -87,7 +87,7 @@ def _drain_everything(control: redis.Redis, served: set[str]) -> dict[str, int]:
         counts = dict(
             UsageEvent.objects.values_list("request_id").annotate(n=Count("id")).order_by()
         )
-        if served <= set(counts) and control.xlen(STREAM_KEY) == 0:
+        if served <= set(counts) and control.xlen(settings.USAGE_STREAM_KEY) == 0:
             return counts
         if time.monotonic() > deadline:
             return counts
@@ -142,7 +142,7 @@ def test_redis_killed_9_under_load_loses_and_doubles_no_usage_event(
     unknown = set(counts) - served
     doubled = {request_id: n for request_id, n in counts.items() if n > 1}
     assert (len(lost), len(unknown), doubled) == (0, 0, {})
-    assert control.xlen(STREAM_KEY) == 0
-    assert control.xpending(STREAM_KEY, GROUP)["pending"] == 0
+    assert control.xlen(settings.USAGE_STREAM_KEY) == 0
+    assert control.xpending(settings.USAGE_STREAM_KEY, GROUP)["pending"] == 0
     control.close()
     assert_reconciled()
