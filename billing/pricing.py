@@ -21,8 +21,9 @@ from aibaas.gateway.registry import ProcessSnapshot
 
 logger = logging.getLogger(__name__)
 
+# Money has 8 places everywhere: the cost columns (decimal_places=8), usage reads, Stripe.
 COST_QUANTUM = Decimal("0.00000001")
-ZERO = Decimal("0")
+ZERO_COST = Decimal(0).quantize(COST_QUANTUM)
 MILLION = Decimal(1_000_000)
 
 
@@ -57,7 +58,7 @@ def compute_cost(
 ) -> Decimal:
     """The pure arithmetic of the module docstring."""
     if price is None:
-        return ZERO.quantize(COST_QUANTUM)
+        return ZERO_COST
     input_rate = price.input_per_million
     if cached and price.cached_input_per_million is not None:
         input_rate = price.cached_input_per_million

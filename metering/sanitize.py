@@ -10,6 +10,8 @@ import math
 import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from billing.pricing import COST_QUANTUM, ZERO_COST
+
 REPLACEMENT = "\ufffd"
 # The usage table's integer columns (PostgreSQL integer, smallint).
 INT_MAX = 2**31 - 1
@@ -18,7 +20,6 @@ SMALLINT_MAX = 2**15 - 1
 # number: SQLite keeps the column as a double, which would round 9999999999.99999999 up to 10^10,
 # a value Django then cannot read back.
 COST_MAX = Decimal("9999999999")
-COST_QUANTUM = Decimal("0.00000001")
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -53,9 +54,9 @@ def clamp_cost(value: object) -> Decimal:
         try:
             value = Decimal(str(value))
         except (InvalidOperation, ValueError):
-            return Decimal(0).quantize(COST_QUANTUM)
+            return ZERO_COST
     if not value.is_finite() or value < 0:
-        return Decimal(0).quantize(COST_QUANTUM)
+        return ZERO_COST
     if value > COST_MAX:
         return COST_MAX
     return value.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)

@@ -35,7 +35,7 @@ from aibaas.gateway.tokenizer import (
     estimate_embedding_tokens,
 )
 from aibaas.http import canonical_ip
-from billing.pricing import COST_QUANTUM, acost_for
+from billing.pricing import ZERO_COST, acost_for
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, KeyRejected, aauthenticate_key
@@ -52,7 +52,6 @@ CHAT = "chat.completions"
 EMBEDDINGS = "embeddings"
 UNKNOWN_MODEL = "unknown"
 CLIENT_CLOSED = streaming.CLIENT_CLOSED
-ZERO_COST = Decimal(0).quantize(COST_QUANTUM)
 # The error code of an event whose answer had none of its own (a stream's end, a crash).
 CLIENT_CLOSED_CODE = "client_closed_request"
 _STATUS_CODES = {

@@ -13,7 +13,6 @@ from metering.selectors.limits import (
 )
 from metering.selectors.reconciliation import usage_reconcile
 from metering.selectors.usage import (
-    COST_QUANTUM,
     INVALID_MONTH,
     INVALID_MONTH_MESSAGE,
     MONTH_PATTERN,
@@ -25,7 +24,6 @@ from metering.selectors.usage import (
 
 __all__ = [
     "BURST_LIMITS",
-    "COST_QUANTUM",
     "INVALID_MONTH",
     "INVALID_MONTH_MESSAGE",
     "MONTH_PATTERN",

@@ -11,11 +11,11 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from aibaas.errors import ApplicationError
+from billing.pricing import COST_QUANTUM
 from metering.models import UsageEvent
 
 INVALID_MONTH = "invalid_request_error"
 INVALID_MONTH_MESSAGE = "'month' must be a calendar month written YYYY-MM, e.g. 2025-06."
-COST_QUANTUM = Decimal("0.00000001")
 
 # A calendar month from 1970-01 on, YYYY-MM: the validator and the OpenAPI schema share it.
 MONTH_PATTERN = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$"
