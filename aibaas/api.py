@@ -10,14 +10,14 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from aibaas.errors import ApplicationError
+from aibaas.errors import INVALID_REQUEST, ApplicationError
 from keys.authentication import KeyAuthenticationFailed
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE
 
 _AUTH_FAILURES = (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)
 
 _CODES = {
-    400: "invalid_request_error",
+    400: INVALID_REQUEST,
     401: "invalid_authentication",
     403: "permission_denied",
     404: "not_found",
@@ -71,7 +71,7 @@ def exception_handler(exc, context):
         error = ApplicationError(INVALID_API_KEY, MISSING_KEY_MESSAGE, status=401)
     elif isinstance(exc, exceptions.ValidationError):
         param, message = _first_error(exc.detail)
-        error = ApplicationError("invalid_request_error", message, status=400, param=param)
+        error = ApplicationError(INVALID_REQUEST, message, status=400, param=param)
     elif isinstance(exc, exceptions.APIException):
         # A missing or bad credential is a 401 with a challenge. DRF answers 403 instead when
         # the view's first authenticator (the session, on /api) has no WWW-Authenticate, which

@@ -7,7 +7,7 @@ gets JSON it can parse, as OpenAI answers; browsers keep Django's HTML pages eve
 from django.http import JsonResponse
 from django.views import defaults
 
-from aibaas.errors import ApplicationError, internal_error
+from aibaas.errors import INVALID_REQUEST, ApplicationError, internal_error
 
 UNKNOWN_URL = "unknown_url"
 MACHINE_PREFIXES = ("/v1/", "/api/")
@@ -25,7 +25,7 @@ def not_found(request, exception=None):
         f"Unknown request URL: {request.method} {request.path}. The API reference is at "
         "/api/docs/ (management API) and in the README (/v1).",
         status=404,
-        error_type="invalid_request_error",
+        error_type=INVALID_REQUEST,
     )
     return JsonResponse(error.as_dict(), status=404)
 

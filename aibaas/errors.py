@@ -35,6 +35,8 @@ class ApplicationError(Exception):
 
 
 INTERNAL_ERROR = "internal_error"
+# The code (and type) of a 400 that has no more specific code.
+INVALID_REQUEST = "invalid_request_error"
 
 
 def internal_error(request_id: str) -> ApplicationError:
@@ -58,4 +60,4 @@ def _default_type(status: int) -> str:
         return "rate_limit_error"
     if status >= 500:
         return "api_error"
-    return "invalid_request_error"
+    return INVALID_REQUEST

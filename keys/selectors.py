@@ -2,7 +2,7 @@ from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from accounts.models import Membership, Organization
-from aibaas.errors import ApplicationError
+from aibaas.errors import INVALID_REQUEST, ApplicationError
 from keys.format import KEY_ID_PATTERN
 from keys.models import ApiKey, ApiKeyStatus
 from keys.scopes import effective_scopes
@@ -27,7 +27,7 @@ def api_key_list(*, organization: Organization, status: str | None = None) -> Qu
         )
     elif status:
         raise ApplicationError(
-            "invalid_request_error",
+            INVALID_REQUEST,
             f"Unknown status {status!r}; one of {', '.join(ApiKeyStatus.values)}.",
             status=400,
             param="status",

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from aibaas.errors import INTERNAL_ERROR, ApplicationError
+from aibaas.errors import INTERNAL_ERROR, INVALID_REQUEST, ApplicationError
 from aibaas.gateway import response_cache, streaming, validation
 from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.base import ModelSpec, ProviderError, Usage
@@ -310,7 +310,7 @@ async def _model(call: Call, name: str, kind: str) -> ModelSpec:
     if spec.kind != kind:
         wanted = "chat" if kind == "chat" else "embeddings"
         raise ApplicationError(
-            validation.INVALID_REQUEST,
+            INVALID_REQUEST,
             f"The model '{name}' is a {spec.kind} model, not a {wanted} model.",
             status=400,
             param="model",

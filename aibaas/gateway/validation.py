@@ -9,9 +9,8 @@ import json
 import re
 from typing import Any
 
-from aibaas.errors import ApplicationError
+from aibaas.errors import INVALID_REQUEST, ApplicationError
 
-INVALID_REQUEST = "invalid_request_error"
 INVALID_JSON = "invalid_json"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 REQUEST_TOO_LARGE = "request_too_large"

@@ -13,7 +13,6 @@ from metering.selectors.limits import (
 )
 from metering.selectors.reconciliation import usage_reconcile
 from metering.selectors.usage import (
-    INVALID_MONTH,
     INVALID_MONTH_MESSAGE,
     MONTH_PATTERN,
     MONTH_REGEX,
@@ -24,7 +23,6 @@ from metering.selectors.usage import (
 
 __all__ = [
     "BURST_LIMITS",
-    "INVALID_MONTH",
     "INVALID_MONTH_MESSAGE",
     "MONTH_PATTERN",
     "MONTH_REGEX",

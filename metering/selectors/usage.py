@@ -10,11 +10,10 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Organization
-from aibaas.errors import ApplicationError
+from aibaas.errors import INVALID_REQUEST, ApplicationError
 from billing.pricing import COST_QUANTUM
 from metering.models import UsageEvent
 
-INVALID_MONTH = "invalid_request_error"
 INVALID_MONTH_MESSAGE = "'month' must be a calendar month written YYYY-MM, e.g. 2025-06."
 
 # A calendar month from 1970-01 on, YYYY-MM: the validator and the OpenAPI schema share it.
@@ -31,7 +30,9 @@ def month_period(month: str | None = None) -> tuple[datetime, datetime]:
     else:
         match = MONTH_REGEX.fullmatch(month)
         if match is None:
-            raise ApplicationError(INVALID_MONTH, INVALID_MONTH_MESSAGE, status=400, param="month")
+            raise ApplicationError(
+                INVALID_REQUEST, INVALID_MONTH_MESSAGE, status=400, param="month"
+            )
         year, number = int(match[1]), int(match[2])
     start = datetime(year, number, 1, tzinfo=UTC)
     if (year, number) == (9999, 12):  # the next month is past what datetime holds

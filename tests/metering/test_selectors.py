@@ -4,12 +4,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aibaas.errors import ApplicationError
+from aibaas.errors import INVALID_REQUEST, ApplicationError
 from billing.models import Plan
 from keys import verification
 from metering import limiter
 from metering.selectors import (
-    INVALID_MONTH,
     INVALID_MONTH_MESSAGE,
     key_limit_status,
     month_period,
@@ -154,7 +153,7 @@ def test_bad_month_is_an_invalid_request_naming_the_param(month):
     with pytest.raises(ApplicationError) as raised:
         month_period(month)
     error = raised.value
-    assert (error.code, error.status, error.param) == (INVALID_MONTH, 400, "month")
+    assert (error.code, error.status, error.param) == (INVALID_REQUEST, 400, "month")
     assert error.message == INVALID_MONTH_MESSAGE
 
 

@@ -17,7 +17,6 @@ import logging
 
 from aibaas.gateway.providers.openai_compatible.errors import (
     CUSTOMER_SIDE,
-    INVALID_REQUEST,
     LOGGED_BODY_BYTES,
     LOGGED_BODY_SECONDS,
     NOT_AN_EVENT_STREAM,
@@ -47,7 +46,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CHAT_MIN_PROMPT_TOKENS",
     "CUSTOMER_SIDE",
-    "INVALID_REQUEST",
     "LOGGED_BODY_BYTES",
     "LOGGED_BODY_SECONDS",
     "MAX_CONNECTIONS",

@@ -21,7 +21,7 @@ import re
 import aiohttp
 from yarl import URL
 
-from aibaas.errors import ApplicationError
+from aibaas.errors import INVALID_REQUEST, ApplicationError
 from aibaas.gateway.providers.base import (
     UPSTREAM_ERROR,
     UPSTREAM_TIMEOUT,
@@ -32,7 +32,6 @@ from aibaas.gateway.providers.base import (
 # The package's name, as before it was split: log configuration and filters keep working.
 logger = logging.getLogger(__package__)
 
-INVALID_REQUEST = "invalid_request_error"
 UPSTREAM_FAILED = "The model server answered HTTP {status}; the operator has been notified."
 UPSTREAM_REFUSED = "The model server refused the request (HTTP {status})."
 NOT_AN_EVENT_STREAM = "The model server did not answer with an event stream."
