@@ -14,9 +14,9 @@ from accounts.selectors import membership_current, membership_list
 from accounts.tenancy import SESSION_KEY
 from aibaas.errors import ApplicationError
 from keys.authentication import key_context
+from keys.permissions import INSUFFICIENT_SCOPE
 
 NO_ORGANIZATION = "no_organization"
-INSUFFICIENT_SCOPE = "insufficient_scope"
 INSUFFICIENT_ROLE = "insufficient_role"
 
 
