@@ -1,21 +1,19 @@
 """The audit log: one service to append, selectors to read. Nothing updates or deletes events."""
 
-import re
 from typing import Any
 
 from django.db.models import QuerySet
 
 from accounts.actors import Actor
 from accounts.models import AuditEvent, Organization
-
-# Defence in depth: whatever a caller passes, a string that looks like an API key never
-# reaches the audit table.
-_KEY_LIKE = re.compile(r"sk_(?:live|test)_[0-9A-Za-z_]{8,}")
+from aibaas.logs import redact_stored
 
 
 def _redact(value: Any) -> Any:
+    """Defence in depth: whatever a caller passes, a string that looks like an API key never
+    reaches the audit table."""
     if isinstance(value, str):
-        return _KEY_LIKE.sub("[redacted key]", value)
+        return redact_stored(value)
     if isinstance(value, dict):
         return {str(k): _redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -13,6 +13,11 @@ import re
 # key is still a secret's worth of prefix.
 KEY_SHAPED = re.compile(r"sk(?:_|%5f)(?:live|test)(?:_|%5f)[0-9a-z_%]*", re.IGNORECASE)
 REDACTED = "[redacted key]"
+# In text that is kept (key names, revocation reasons, audit metadata): a key or most of one, its
+# 12-character key id and 8 to 49 characters of its secret and checksum (keys/format.py; at most
+# one key's worth, so that keys pasted back to back are each found). Narrower than KEY_SHAPED on
+# purpose: a name like "sk_live_backend" or a list hint ("sk_live_Juzr…nAjm") stays readable.
+KEY_IN_TEXT = re.compile(r"sk_(?:live|test)_[0-9A-Za-z]{12}_[0-9A-Za-z]{8,49}")
 # The request line inside an access log line: "GET /path?query HTTP/1.1".
 _QUERY_IN_REQUEST_LINE = re.compile(r'("[A-Z]+ [^ "?]*)\?[^ "]*')
 _formatter = logging.Formatter()
@@ -20,6 +25,11 @@ _formatter = logging.Formatter()
 
 def redact(text: str) -> str:
     return KEY_SHAPED.sub(REDACTED, text) if "sk" in text or "SK" in text else text
+
+
+def redact_stored(text: str) -> str:
+    """`text` with anything that looks like a key (even without its checksum) replaced."""
+    return KEY_IN_TEXT.sub(REDACTED, text)
 
 
 class RedactKeys(logging.Filter):

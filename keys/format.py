@@ -30,12 +30,6 @@ KEY_PATTERN = re.compile(
     rf"[0-9A-Za-z]{{{SECRET_LENGTH}}}([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
 )
 KEY_ID_PATTERN = re.compile(rf"[0-9A-Za-z]{{{KEY_ID_LENGTH}}}")
-# A key, or most of one, inside free text (people paste keys into names and reasons).
-KEY_IN_TEXT = re.compile(
-    rf"sk_(?:live|test)_[0-9A-Za-z]{{{KEY_ID_LENGTH}}}_"
-    rf"[0-9A-Za-z]{{8,{SECRET_LENGTH + CHECKSUM_LENGTH}}}"
-)
-REDACTED = "[redacted key]"
 # A key's prefix anywhere in a URL's query, in any letter case.
 _PREFIX_IN_QUERY = re.compile(r"sk_(?:live|test)_", re.IGNORECASE)
 # Query parameters that carry a key by convention; `key` may only name one (/api/usage?key=).
@@ -91,11 +85,6 @@ def hint(raw: str) -> str:
     """A non-secret reminder for lists: prefix, 4 characters of the key id, last 4 characters."""
     prefix = raw[: len(LIVE_PREFIX)]
     return f"{prefix}{raw[len(prefix) : len(prefix) + 4]}…{raw[-4:]}"
-
-
-def redact(text: str) -> str:
-    """`text` with anything that looks like a key (even without its checksum) replaced."""
-    return KEY_IN_TEXT.sub(REDACTED, text)
 
 
 def key_in_query(query: str) -> bool:

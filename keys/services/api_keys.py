@@ -14,6 +14,7 @@ from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
 from aibaas.errors import ApplicationError
+from aibaas.logs import redact_stored
 from keys import format as key_format
 from keys import verification
 from keys.hashing import hash_key
@@ -206,7 +207,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor, reason: str = "") -> ApiKey
     if api_key.revoked_at is not None:
         return api_key
     api_key.revoked_at = timezone.now()
-    api_key.revoked_reason = key_format.redact((reason or "").strip())[:500]
+    api_key.revoked_reason = redact_stored((reason or "").strip())[:500]
     api_key.save(update_fields=["revoked_at", "revoked_reason"])
     _audit_key(
         AuditAction.KEY_REVOKED,

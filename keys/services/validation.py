@@ -6,8 +6,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from aibaas.logs import redact_stored
 from billing.models import Plan
-from keys import format as key_format
 from keys.models import DEFAULT_SCOPES, ApiKey, Scope
 
 MAX_MODELS = 100
@@ -18,7 +18,7 @@ LIMIT_ABOVE_PLAN = "At most {limit:,}, the {plan} plan's {what}; ask for a bigge
 
 
 def clean_name(name: str) -> str:
-    name = key_format.redact((name or "").strip())
+    name = redact_stored((name or "").strip())
     if not name:
         raise ValidationError({"name": "A key needs a name, e.g. 'production backend'."})
     if len(name) > MAX_NAME:

@@ -6,6 +6,7 @@ import zlib
 
 import pytest
 
+from aibaas.logs import REDACTED, redact_stored
 from keys import format as key_format
 
 ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -207,13 +208,13 @@ def test_unicode_lookalike_digits_with_a_matching_length_are_refused(raw):
 )
 def test_redact_removes_keys_and_key_fragments_from_free_text(raw, template):
     text = template.format(key=raw, half=raw[:40])
-    redacted = key_format.redact(text)
+    redacted = redact_stored(text)
     assert raw[21:29] not in redacted
-    assert key_format.REDACTED in redacted
+    assert REDACTED in redacted
 
 
 @pytest.mark.parametrize(
     "text", ["sk_live_backend", "prod sk_test_ key", "my sk_live_Juzr…nAjm key", "plain name"]
 )
 def test_redact_leaves_names_and_hints_alone(text):
-    assert key_format.redact(text) == text
+    assert redact_stored(text) == text
