@@ -31,6 +31,9 @@ from aibaas.loops import PerLoop, quiet_future
 
 SOCKET_CONNECT_TIMEOUT = 0.5
 SOCKET_TIMEOUT = 2.0
+# Background work (the usage drain, the reaper, reconciliation) may wait for a busy Redis longer
+# than a request would.
+BACKGROUND_SOCKET_TIMEOUT = 10.0
 
 _OPTIONS = {"socket_connect_timeout": SOCKET_CONNECT_TIMEOUT, "health_check_interval": 30}
 _clients: dict[tuple[str, float], redis.Redis] = {}

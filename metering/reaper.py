@@ -23,6 +23,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
+from aibaas.redis_clients import BACKGROUND_SOCKET_TIMEOUT
 from billing.pricing import cost_for
 from metering.events import UsageEventData, redis_client
 from metering.inflight import PREFIX, PROCESSES_KEY, ttl_seconds
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 INTERRUPTED_STATUS = 599
 INTERRUPTED = "interrupted"
 CLAIM_MS = 60_000
-SOCKET_TIMEOUT = 10.0
 
 CLAIM = """
 local claimed = {}
@@ -101,7 +101,7 @@ def _pairs(flat: list) -> dict[str, bytes]:
 def usage_reap() -> int:
     """Close the requests of every dead serving process with one interrupted usage event each
     (module docstring). Returns how many events were handed to the database."""
-    client = redis_client(socket_timeout=SOCKET_TIMEOUT)
+    client = redis_client(socket_timeout=BACKGROUND_SOCKET_TIMEOUT)
     if client.info("server")["uptime_in_seconds"] < ttl_seconds():
         return 0
     token = secrets.token_hex(8)

@@ -24,6 +24,7 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import AuditAction, AuditEvent, Organization
+from aibaas.redis_clients import BACKGROUND_SOCKET_TIMEOUT
 from metering.events import (
     ENTRY_FIELD,
     REDIS_ERRORS,
@@ -37,7 +38,6 @@ from metering.selectors.usage import month_period
 logger = logging.getLogger(__name__)
 
 DEAD_LETTERS_LISTED = 1_000
-SOCKET_TIMEOUT = 10.0
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _dead_letters(organization: Organization | None) -> tuple[dict, int | None]:
     them listed) and the usage stream's backlog. Redis unreachable: an `error`, counted as one
     difference (nothing can be said of what it holds)."""
     try:
-        client = redis_client(socket_timeout=SOCKET_TIMEOUT)
+        client = redis_client(socket_timeout=BACKGROUND_SOCKET_TIMEOUT)
         key = stream_key()
         entries, count = [], 0
         cursor = "-"

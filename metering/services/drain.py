@@ -9,6 +9,7 @@ import time
 import redis
 from django.db import DataError, IntegrityError
 
+from aibaas.redis_clients import BACKGROUND_SOCKET_TIMEOUT
 from metering.events import (
     ENTRY_FIELD,
     UsageEventData,
@@ -29,8 +30,6 @@ RECLAIM_IDLE_MS = 60_000
 CONSUMER_PRUNE_IDLE_MS = 3_600_000
 CONSUMER_PRUNE_EVERY = 600.0
 MAX_BATCHES = 200
-# The drain is a background task: it may wait for a busy Redis longer than a request would.
-DRAIN_SOCKET_TIMEOUT = 10.0
 
 _last_prune = 0.0
 
@@ -127,7 +126,7 @@ def usage_drain(
     commit, then XACK + XDEL. A crash between the two replays the batch: harmless.
     Must not run inside a transaction: the ack has to follow a real commit.
     """
-    client = redis_client(socket_timeout=DRAIN_SOCKET_TIMEOUT)
+    client = redis_client(socket_timeout=BACKGROUND_SOCKET_TIMEOUT)
     key = stream_key()
     _ensure_group(client, key)
     consumer = _consumer_name()
