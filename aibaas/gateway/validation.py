@@ -17,7 +17,7 @@ REQUEST_TOO_LARGE = "request_too_large"
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MAX_STOP = 4
-MAX_N = 128
+MAX_N = 128  # OpenAI's limit on `n`
 MAX_EMBEDDING_INPUTS = 2048
 ENCODING_FORMATS = ("float", "base64")
 MAX_TOKEN_ID = 2**31 - 1

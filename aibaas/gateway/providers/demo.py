@@ -35,10 +35,9 @@ from django.conf import settings
 from aibaas.gateway.models import DEFAULT_EMBEDDING_DIMENSIONS
 from aibaas.gateway.providers.base import ModelSpec, ProviderResult, StreamUsage, Usage
 from aibaas.gateway.tokenizer import count_chat_tokens, count_tokens, tokenize
-from aibaas.gateway.validation import invalid
+from aibaas.gateway.validation import MAX_N, invalid
 
 FINGERPRINT = "fp_aibaas_demo"
-MAX_CHOICES = 128  # OpenAI's limit on `n`
 # Request fields that change the answer; max_tokens only cuts it (a cut answer is a prefix).
 _SAMPLING_FIELDS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
 
@@ -124,7 +123,7 @@ def _int_or_none(value: Any) -> int | None:
 def _answers(model: ModelSpec, body: dict[str, Any]) -> tuple[int, list[tuple[list[str], str]]]:
     """(prompt tokens, [(the answer's token pieces, finish_reason)] for each of n choices)."""
     messages = body.get("messages") or []
-    n = min(max(1, _int_or_none(body.get("n")) or 1), MAX_CHOICES)
+    n = min(max(1, _int_or_none(body.get("n")) or 1), MAX_N)
     limit = _int_or_none(body.get("max_completion_tokens"))
     if limit is None:
         limit = _int_or_none(body.get("max_tokens"))
