@@ -17,8 +17,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from accounts.api_access import OrganizationAccess, resolve_access
-from accounts.audit import audit_list
+from accounts.api_access import INSUFFICIENT_ROLE, OrganizationAccess, resolve_access
+from accounts.audit import READERS_ONLY, audit_list
 from accounts.models import Role
 from accounts.services import user_tokens_revoke
 from accounts.tokens import TokenObtainSerializer, TokenRefreshSerializer
@@ -132,9 +132,7 @@ class AuditListApi(APIView):
     def get(self, request):
         access = resolve_access(request)
         if access.actor.role not in (Role.OWNER, Role.ADMIN):
-            raise ApplicationError(
-                "insufficient_role", "Only owners and admins can read the audit log.", status=403
-            )
+            raise ApplicationError(INSUFFICIENT_ROLE, READERS_ONLY, status=403)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         events = audit_list(

@@ -8,6 +8,9 @@ from accounts.actors import Actor
 from accounts.models import AuditEvent, Organization
 from aibaas.logs import redact_stored
 
+# The audit log shows IPs and emails: owners and admins read it, on the API and the dashboard.
+READERS_ONLY = "Only owners and admins can read the audit log."
+
 
 def _redact(value: Any) -> Any:
     """Defence in depth: whatever a caller passes, a string that looks like an API key never

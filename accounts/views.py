@@ -12,7 +12,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 from django_ratelimit.decorators import ratelimit
 
-from accounts.audit import audit_list
+from accounts.audit import READERS_ONLY, audit_list
 from accounts.forms import OrganizationForm, PasswordResetForm, SignupForm
 from accounts.models import AuditAction
 from accounts.selectors import membership_list, organization_members
@@ -185,7 +185,7 @@ def organization_new(request: HttpRequest) -> HttpResponse:
 def audit(request: HttpRequest) -> HttpResponse:
     """The organization's audit log: owners and admins only (it shows IPs and emails)."""
     if not request.membership.is_admin:
-        messages.error(request, "Only owners and admins can read the audit log.")
+        messages.error(request, READERS_ONLY)
         return redirect("dashboard:overview")
     action = request.GET.get("action", "").strip()[:64] or None
     events = audit_list(organization=request.organization, action=action)
