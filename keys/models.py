@@ -28,6 +28,14 @@ def effective_limit(override: int | None, plan_value: int | None) -> int | None:
     return min(override, plan_value)
 
 
+def _limit_override() -> models.PositiveBigIntegerField:
+    return models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Lower than the plan's limit for this key only; empty = the plan's.",
+    )
+
+
 class ApiKey(models.Model):
     """A machine credential of one organization. Only an argon2id hash of the key is stored."""
 
@@ -44,26 +52,10 @@ class ApiKey(models.Model):
     allowed_models = models.JSONField(
         null=True, blank=True, help_text="Model allow-list; empty means every model of the plan."
     )
-    requests_per_minute = models.PositiveBigIntegerField(
-        null=True,
-        blank=True,
-        help_text="Lower than the plan's limit for this key only; empty = the plan's.",
-    )
-    requests_per_day = models.PositiveBigIntegerField(
-        null=True,
-        blank=True,
-        help_text="Lower than the plan's limit for this key only; empty = the plan's.",
-    )
-    tokens_per_minute = models.PositiveBigIntegerField(
-        null=True,
-        blank=True,
-        help_text="Lower than the plan's limit for this key only; empty = the plan's.",
-    )
-    tokens_per_day = models.PositiveBigIntegerField(
-        null=True,
-        blank=True,
-        help_text="Lower than the plan's limit for this key only; empty = the plan's.",
-    )
+    requests_per_minute = _limit_override()
+    requests_per_day = _limit_override()
+    tokens_per_minute = _limit_override()
+    tokens_per_day = _limit_override()
     test_mode = models.BooleanField(default=False, help_text="sk_test_ key: demo models only.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
