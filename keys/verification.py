@@ -27,6 +27,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
+from aibaas.errors import ApplicationError
 from keys import format as key_format
 from keys.hashing import (
     VerificationBusy,
@@ -63,12 +64,11 @@ MISSING_TTL = 60
 FAILURE_WINDOW = 60
 
 
-class KeyRejected(Exception):
+class KeyRejected(ApplicationError):
+    """A key refused: 401 (invalid, revoked, expired) or 503 (verification busy)."""
+
     def __init__(self, code: str, message: str, status: int = 401) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+        super().__init__(code, message, status=status)
 
 
 @dataclass(frozen=True, slots=True)

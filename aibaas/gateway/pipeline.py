@@ -27,7 +27,7 @@ from django.utils import timezone
 from aibaas.errors import INTERNAL_ERROR, INVALID_REQUEST, ApplicationError
 from aibaas.gateway import response_cache, streaming, validation
 from aibaas.gateway.providers import provider_for
-from aibaas.gateway.providers.base import ModelSpec, ProviderError, Usage
+from aibaas.gateway.providers.base import ModelSpec, Usage
 from aibaas.gateway.registry import amodel_spec, amodels_for_key, key_may_use
 from aibaas.gateway.tokenizer import (
     count_chat_tokens,
@@ -38,7 +38,7 @@ from aibaas.http import canonical_ip
 from billing.pricing import ZERO_COST, acost_for
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
-from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, KeyRejected, aauthenticate_key
+from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, aauthenticate_key
 from metering import inflight, limiter
 from metering.admission import Admission, IpGate, aadmit, rate_limit_headers
 from metering.events import UsageEventData, ausage_emit
@@ -88,11 +88,7 @@ class Reply:
     after: Callable[[], Awaitable[None]] | None = None
 
 
-def error_reply(
-    error: ApplicationError | ProviderError, headers: dict[str, str] | None = None
-) -> Reply:
-    if isinstance(error, ProviderError):
-        error = ApplicationError(error.code, error.message, status=error.status)
+def error_reply(error: ApplicationError, headers: dict[str, str] | None = None) -> Reply:
     headers = {**(headers or {}), **error.headers}
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="aibaas"'
@@ -103,10 +99,7 @@ async def authenticate(inbound: Inbound):
     """The caller's KeyContext, or ApplicationError 401 (missing, invalid, revoked, expired)."""
     if not inbound.raw_key:
         raise ApplicationError(INVALID_API_KEY, MISSING_KEY_MESSAGE, status=401)
-    try:
-        context = await aauthenticate_key(inbound.raw_key)
-    except KeyRejected as rejected:
-        raise ApplicationError(rejected.code, rejected.message, status=rejected.status) from None
+    context = await aauthenticate_key(inbound.raw_key)  # or KeyRejected, an ApplicationError
     note_key_use(context.pk, context.key_id, inbound.client_ip)
     return context
 
@@ -332,7 +325,7 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
         reply = await work(call)
         reply.headers.update(call.headers)
         return reply
-    except (ApplicationError, ProviderError) as error:
+    except ApplicationError as error:  # a ProviderError included
         if call.admission is None:
             # Refused before admission (bad body, unknown model): the key's windows are read
             # without counting, for the headers every /v1 answer to a key carries.

@@ -14,7 +14,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aibaas.errors import ApplicationError
 from aibaas.gateway.providers.base import (
     UPSTREAM_ERROR,
     ModelSpec,
@@ -36,8 +35,7 @@ _background: set[asyncio.Task] = set()
 
 
 def error_event(error: ProviderError) -> bytes:
-    body = ApplicationError(error.code, error.message, status=error.status).as_dict()
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return b"data: " + json.dumps(error.as_dict()).encode() + b"\n\n"
 
 
 async def open_stream(

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aibaas.errors import ApplicationError
+
 UPSTREAM_ERROR = "upstream_error"
 UPSTREAM_TIMEOUT = "upstream_timeout"
 
@@ -79,11 +81,8 @@ class Provider(Protocol):
     async def embeddings(self, model: ModelSpec, body: dict[str, Any]) -> ProviderResult: ...
 
 
-class ProviderError(Exception):
+class ProviderError(ApplicationError):
     """The upstream failed: `status` 502 (upstream_error) or 504 (upstream_timeout)."""
 
     def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+        super().__init__(code, message, status=status)
