@@ -405,6 +405,13 @@ def test_audit_metadata_never_keeps_a_key_like_string(org):
     assert_no_raw_key(event, leaked.raw_key)
 
 
+def test_the_audit_log_keeps_a_key_name_that_only_looks_like_a_prefix(org):
+    """One redaction for names and audit metadata: a name the key keeps is audited as is."""
+    issued = create(org, name="sk_live_backend_2024")
+    created = AuditEvent.objects.get(action=AuditAction.KEY_CREATED)
+    assert issued.api_key.name == created.metadata["name"] == "sk_live_backend_2024"
+
+
 # --- rotation rules --------------------------------------------------------------------------
 
 
