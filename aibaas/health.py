@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from aibaas.errors import ApplicationError
 from aibaas.http import client_ip
 
 PROBE_TIMEOUT_SECONDS = 1.0
@@ -47,17 +48,13 @@ def operator_authorized(request: HttpRequest) -> bool:
 
 
 def _unauthorized() -> JsonResponse:
-    response = JsonResponse(
-        {
-            "error": {
-                "type": "authentication_error",
-                "code": METRICS_UNAUTHORIZED,
-                "message": METRICS_UNAUTHORIZED_MESSAGE,
-                "param": None,
-            }
-        },
+    error = ApplicationError(
+        METRICS_UNAUTHORIZED,
+        METRICS_UNAUTHORIZED_MESSAGE,
         status=401 if settings.METRICS_TOKEN else 403,
+        error_type="authentication_error",
     )
+    response = JsonResponse(error.as_dict(), status=error.status)
     if settings.METRICS_TOKEN:
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
     return response
