@@ -21,7 +21,7 @@ from aibaas.gateway.registry import ProcessSnapshot
 
 logger = logging.getLogger(__name__)
 
-# Money has 8 places everywhere: the cost columns (decimal_places=8), usage reads, Stripe.
+# Money has 8 places wherever it is computed, stored (decimal_places=8) or shown.
 COST_QUANTUM = Decimal("0.00000001")
 ZERO_COST = Decimal(0).quantize(COST_QUANTUM)
 MILLION = Decimal(1_000_000)
