@@ -1,5 +1,5 @@
-"""One /v1 inference request, framework-light: the views hand over an `Inbound` and turn the
-`Reply` into a Django response.
+"""One /v1 inference request, framework-light: the ASGI handler (aibaas/gateway/asgi.py) hands
+over an `Inbound` and sends the `Reply`.
 
 per-IP limit → auth (keys.verification, async) → scope → body (size, JSON, validation) → model
 (registry: exists, allow-list, test mode, kind) → admission (metering/admission.py: the key's
@@ -36,6 +36,7 @@ from aibaas.gateway.tokenizer import (
 )
 from aibaas.http import canonical_ip
 from billing.pricing import COST_QUANTUM, acost_for
+from keys.authentication import CHALLENGE
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, KeyRejected, aauthenticate_key
@@ -96,7 +97,7 @@ def error_reply(
         error = ApplicationError(error.code, error.message, status=error.status)
     headers = {**(headers or {}), **error.headers}
     if error.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="aibaas"'
+        headers["WWW-Authenticate"] = CHALLENGE
     return Reply(status=error.status, body=error.as_dict(), headers=headers)
 
 

@@ -14,7 +14,7 @@ a real model over the wire:
 
 Token counts come from aibaas/gateway/tokenizer.py and are exact for this model (the answer is
 streamed in that tokenizer's pieces), so usage is never marked estimated.
-The body was validated by the /v1 view; this module only reads it, defensively.
+The body was validated by the /v1 pipeline; this module only reads it, defensively.
 """
 
 import asyncio
