@@ -10,7 +10,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from aibaas.errors import INVALID_REQUEST, ApplicationError
+from aibaas.errors import INVALID_REQUEST, ApplicationError, method_not_allowed
 from keys.authentication import KeyAuthenticationFailed
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE
 
@@ -45,7 +45,9 @@ def _first_error(detail, path: str = "") -> tuple[str | None, str]:
 
 
 def error_response(error: ApplicationError, headers: dict | None = None) -> Response:
-    return Response(error.as_dict(), status=error.status, headers=headers)
+    return Response(
+        error.as_dict(), status=error.status, headers={**error.headers, **(headers or {})}
+    )
 
 
 def exception_handler(exc, context):
@@ -69,6 +71,8 @@ def exception_handler(exc, context):
         error = ApplicationError(exc.error_code, str(exc.detail), status=exc.error_status)
     elif isinstance(exc, exceptions.NotAuthenticated) and _is_v1(request):
         error = ApplicationError(INVALID_API_KEY, MISSING_KEY_MESSAGE, status=401)
+    elif isinstance(exc, exceptions.MethodNotAllowed):
+        error = method_not_allowed(_allowed(context.get("view")))
     elif isinstance(exc, exceptions.ValidationError):
         param, message = _first_error(exc.detail)
         error = ApplicationError(INVALID_REQUEST, message, status=400, param=param)
@@ -96,6 +100,13 @@ def exception_handler(exc, context):
             headers["WWW-Authenticate"] = challenge
     set_rollback()
     return error_response(error, headers)
+
+
+def _allowed(view) -> str:
+    """The methods a DRF view answers, as the 405's message names them (HEAD and OPTIONS go
+    without saying)."""
+    methods = view.allowed_methods if view is not None else []
+    return ", ".join(m for m in methods if m not in ("HEAD", "OPTIONS"))
 
 
 def _is_v1(request) -> bool:

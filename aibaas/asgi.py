@@ -1,12 +1,9 @@
 """ASGI entry point: the /v1 inference routes on the lean gateway handler, the rest on Django.
 
 Garbage collection is tuned for a server process once the application is loaded: what exists
-then (Django, the apps, the URL and model registries: most of the process's objects) is frozen
-out of the collector's way, and a collection starts after GC_THRESHOLDS (default 50,000, 20,
-100) allocations instead of Python's 700, 10, 10. Measured with `make bench` on 2 cores: the
-default spent about a third of the gateway's CPU collecting (requests in flight are young
-objects that survive a few collections), 1,100 against 800 µs per request at concurrency 32,
-and 1,000 against 1,400 requests/s. Only cyclic garbage waits longer; memory grows by a few MB.
+then (most of the process's objects) is frozen out of the collector's way, and a collection
+starts after GC_THRESHOLDS allocations instead of Python's 700, 10, 10. Only cyclic garbage
+waits longer; memory grows by a few MB. The measurements: docs/gateway-performance.md.
 """
 
 import gc

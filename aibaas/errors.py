@@ -49,6 +49,19 @@ def internal_error(request_id: str) -> ApplicationError:
     )
 
 
+METHOD_NOT_ALLOWED = "method_not_allowed"
+
+
+def method_not_allowed(allowed: str) -> ApplicationError:
+    """The 405 of every API (the /v1 handler's and DRF's); `allowed` as the Allow header says."""
+    return ApplicationError(
+        METHOD_NOT_ALLOWED,
+        f"Use {allowed} for this endpoint.",
+        status=405,
+        headers={"Allow": allowed},
+    )
+
+
 def _default_type(status: int) -> str:
     if status == 401:
         return "authentication_error"

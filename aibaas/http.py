@@ -1,15 +1,18 @@
-"""Small request helpers shared by views, APIs and the gateway."""
+"""Small request helpers shared by views, APIs and the gateway. The ones over a header mapping
+(`get()` by lower-case name: Django's `request.headers` or the /v1 ASGI handler's dict) are the
+single copy both paths use."""
 
 import ipaddress
+from collections.abc import Mapping
 
 from django.conf import settings
 from django.core.signals import setting_changed
 from django_ratelimit.core import _split_rate, get_usage
 
+from aibaas.errors import ApplicationError, method_not_allowed
 from aibaas.proxies import TrustedProxies
 
 USER_AGENT_MAX = 300
-FORWARDED_FOR = "HTTP_X_FORWARDED_FOR"
 
 
 def pick_client_ip(peer: str | None, forwarded_for: str | None) -> str | None:
@@ -63,9 +66,23 @@ def canonical_ip(value: str | None) -> str | None:
     return address
 
 
+def client_address(peer: str | None, headers: Mapping[str, str]) -> str | None:
+    """The client address of a request from socket `peer` with these headers (X-Forwarded-For
+    believed only from CLIENT_IP_PROXIES): what rate limits, usage events and the audit log see."""
+    return pick_client_ip(peer, headers.get("x-forwarded-for"))
+
+
 def client_ip(request) -> str | None:
-    """The client address, from the same trusted source as the rate limiters."""
-    return pick_client_ip(request.META.get("REMOTE_ADDR"), request.META.get(FORWARDED_FOR))
+    """The client address of a Django request (client_address over its headers)."""
+    return client_address(request.META.get("REMOTE_ADDR"), request.headers)
+
+
+def method_refusal(method: str, allowed: str) -> ApplicationError | None:
+    """None when `method` may call an endpoint answering `allowed` (HEAD too where GET is),
+    else the 405 to answer."""
+    if method == allowed or (method == "HEAD" and allowed == "GET"):
+        return None
+    return method_not_allowed(allowed)
 
 
 def ratelimit_ip(request) -> str:

@@ -18,8 +18,9 @@ api_patterns = [
 v1_patterns = [
     path("key", KeyInfoApi.as_view(), name="v1-key"),
     path("usage", UsageApi.as_view(), name="v1-usage"),
-    path("", include("aibaas.gateway.urls")),
-    # Anything else under /v1 is OpenAI-shaped JSON too, DEBUG or not (an SDK on `make run`
+    # The inference routes (/v1/models, /v1/chat/completions, /v1/embeddings) are not here:
+    # the ASGI handler in front of Django serves them (aibaas/gateway/asgi.py). Anything else
+    # under /v1 is OpenAI-shaped JSON too, DEBUG or not (an SDK on `make run`
     # would otherwise get Django's HTML debug page).
     re_path(r"^.*$", csrf_exempt(error_views.not_found)),
 ]

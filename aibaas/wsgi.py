@@ -1,3 +1,6 @@
+"""WSGI entry point: Django alone, without the /v1 inference routes (their one entry path is the
+ASGI handler of aibaas/asgi.py, which production and `make run` serve)."""
+
 import os
 
 from django.core.wsgi import get_wsgi_application

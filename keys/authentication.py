@@ -1,4 +1,7 @@
-"""DRF authentication by API key (keys/verification.py does the work)."""
+"""DRF authentication by API key (keys/verification.py does the work), and the one reading of
+the key from request headers, which the /v1 ASGI handler (aibaas/gateway/asgi.py) uses too."""
+
+from collections.abc import Mapping
 
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import exceptions
@@ -9,6 +12,7 @@ from keys.touch import note_key_use
 from keys.verification import KeyContext, KeyRejected, authenticate_key
 
 MAX_HEADER = 1024
+CHALLENGE = 'Bearer realm="aibaas"'  # WWW-Authenticate of every 401 about the API key
 
 
 class KeyAuthenticationFailed(exceptions.AuthenticationFailed):
@@ -23,14 +27,18 @@ class KeyAuthenticationFailed(exceptions.AuthenticationFailed):
         self.error_status = status
 
 
-def key_from_headers(request) -> str | None:
-    """The key sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`, or None."""
-    header = request.META.get("HTTP_AUTHORIZATION", "")
+def key_from_headers(headers: Mapping[str, str]) -> str | None:
+    """The key sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`, or None.
+
+    `headers` answers `get()` for lower-case names: Django's `request.headers`, or the ASGI
+    handler's dict of the raw headers (decoded as latin-1). At most MAX_HEADER characters are
+    read of either header."""
+    header = headers.get("authorization")
     if header:
         scheme, _, credentials = header[:MAX_HEADER].partition(" ")
         if scheme.lower() == "bearer":
             return credentials.strip()
-    header = request.META.get("HTTP_X_API_KEY", "")
+    header = headers.get("x-api-key")
     if header:
         return header[:MAX_HEADER].strip()
     return None
@@ -49,7 +57,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         return True
 
     def authenticate(self, request):
-        token = key_from_headers(request)
+        token = key_from_headers(request.headers)
         if token is None or not self.claims(token):
             return None
         try:
@@ -62,7 +70,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         return AnonymousUser(), context
 
     def authenticate_header(self, request) -> str:
-        return 'Bearer realm="aibaas"'
+        return CHALLENGE
 
 
 class ManagementApiKeyAuthentication(ApiKeyAuthentication):

@@ -1,30 +1,37 @@
 """Refuses /api and /v1 requests that carry an API key in the URL's query string: 401
-`key_in_query`, naming the headers to use (the /v1 inference routes get the same answer from
-aibaas/gateway/asgi.py, which serves them without Django). First in the chain, so nothing
-behind it sees the request. Sync and async capable (no thread hop under ASGI)."""
+`key_in_query`, naming the headers to use. `key_in_query_refusal()` is the one rule: this
+middleware applies it to what Django serves, the /v1 ASGI handler (aibaas/gateway/asgi.py) to
+the inference routes. First in the chain, so nothing behind it sees the request. Sync and
+async capable (no thread hop under ASGI)."""
 
 from asgiref.sync import iscoroutinefunction
 from django.http import JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 
 from aibaas.errors import ApplicationError
+from keys.authentication import CHALLENGE
 from keys.format import key_in_query
 from keys.verification import KEY_IN_QUERY, KEY_IN_QUERY_MESSAGE
 
 PREFIXES = ("/api/", "/v1/")
 
 
-def key_in_query_error() -> ApplicationError:
-    return ApplicationError(KEY_IN_QUERY, KEY_IN_QUERY_MESSAGE, status=401)
+def key_in_query_refusal(query: str) -> ApplicationError | None:
+    """The 401 for a URL whose query string (`query`, as sent) carries a key, else None."""
+    if not key_in_query(query):
+        return None
+    return ApplicationError(
+        KEY_IN_QUERY, KEY_IN_QUERY_MESSAGE, status=401, headers={"WWW-Authenticate": CHALLENGE}
+    )
 
 
 def _refusal(request) -> JsonResponse | None:
-    if request.path.startswith(PREFIXES) and key_in_query(request.META.get("QUERY_STRING", "")):
-        error = key_in_query_error()
-        response = JsonResponse(error.as_dict(), status=error.status)
-        response["WWW-Authenticate"] = 'Bearer realm="aibaas"'
-        return response
-    return None
+    if not request.path.startswith(PREFIXES):
+        return None
+    error = key_in_query_refusal(request.META.get("QUERY_STRING", ""))
+    if error is None:
+        return None
+    return JsonResponse(error.as_dict(), status=error.status, headers=error.headers)
 
 
 @sync_and_async_middleware

@@ -1,19 +1,13 @@
 """Key verification: raw key -> KeyContext, with no argon2 and no SQL on the hot path.
 
-Layers, fastest first:
-1. the format and checksum (keys/format.py): malformed keys stop here, before any I/O;
-2. a per-process dict, API_KEY_LOCAL_TTL long (0.5 s): a warm check is one HMAC;
-3. the shared cache (Redis when configured), one round trip for both entries of a key:
-   `ak:{<key id>}:c` the authorization context (TTL API_KEY_CONTEXT_TTL, rebuilt from one SQL
-   query when missing) and `ak:{<key id>}:v` the HMAC verifier (TTL API_KEY_VERIFIER_TTL);
-4. the database row and one argon2id run, only when the verifier is missing, one at a time
-   per key id in a process, and at most API_KEY_MAX_FAILED_VERIFICATIONS wrong secrets per
-   key id and minute.
-
-Changes (revoke, rotate, edit, plan change, the creator's membership) delete the context entry
-and this process's local entry at once; every other process drops them within
-API_KEY_CHANGE_POLL_SECONDS (keys/changes.py), whatever the cache.
-The braces in the cache keys are Redis Cluster hash tags: a key's entries share a slot.
+Layers, fastest first: the format and checksum (keys/format.py: no I/O); a per-process entry
+API_KEY_LOCAL_TTL long (a warm check is one HMAC); the shared cache, one round trip for a key's
+context `ak:{<key id>}:c` and HMAC verifier `ak:{<key id>}:v` (one Cluster slot); the database
+row and one argon2id run only when the verifier is missing (one at a time per key id, at most
+API_KEY_MAX_FAILED_VERIFICATIONS wrong secrets per key id and minute).
+Invariant: a change (revoke, rotate, edit, plan, the creator's membership) drops the cached
+context here at once and in every other process within API_KEY_CHANGE_POLL_SECONDS
+(keys/changes.py), whatever the cache. Figures and reasoning: docs/key-verification.md.
 """
 
 import asyncio

@@ -1,22 +1,14 @@
 """Admission of one /v1 inference request: the per-IP layer, the key's sliding windows and the
 organization's monthly quota, then settlement with the tokens really used.
 
-Precedence (DESIGN.md, request path step 3), with the checks sent together, not one by one:
-1. per-IP (metering/ip_limit.py, GATEWAY_IP_RATE, generous by default; "" turns it off): stops
-   one address cycling through many keys. Its refusal wins over every other answer.
-2. the key's windows (metering/limiter.py): requests/min, requests/day, tokens/min, tokens/day
-   (and burst); tokens admitted with an estimate. 1 and 2 share one Redis round trip.
-3. the monthly quota (metering/quota/): only for organizations whose plan has one; asked
-   alongside 1 and 2 while this process last saw the organization far from it, after them near
-   it.
-A request refused by one check counts nowhere: what another check counted is given back.
-After the call, `Admission.asettle(actual_tokens)` moves the token windows from the estimate to
-what was used; the quota's tokens are settled where the request's usage event is stored
-(metering.services.usage_record), exactly once.
-
-Refusals are 429s with Retry-After (whole seconds) and a JSON error naming the limit:
-`rate_limit_exceeded` for the windows and the per-IP layer, `insufficient_quota` for the
-monthly quota. Each refusal of a key is an audit event, at most one per key and minute.
+The checks are sent together (per-IP and windows in one Redis round trip; the quota alongside
+while this process last saw the organization far from it, after them near it); the per-IP
+refusal wins over every other answer. Invariant: a request refused by one check counts nowhere
+(what another check counted is given back). `Admission.asettle` moves the token windows to the
+tokens used; the quota's tokens are settled where the usage event is stored
+(metering.services.usage_record), exactly once. Refusals: 429 with Retry-After,
+`rate_limit_exceeded` (windows, per-IP) or `insufficient_quota`; at most one audit event per key
+and minute. Precedence and reasoning: docs/limiter.md.
 """
 
 import asyncio

@@ -1,39 +1,14 @@
 """Usage events, emit side: one event per authenticated /v1 request, never lost, never counted
 twice. The gateway builds a `UsageEventData` (cost already computed) and calls `usage_emit`
-(sync code) or `ausage_emit` (async views: no blocking call on the event loop).
+(sync code) or `ausage_emit` (async: no blocking call on the event loop).
 
-Where an event goes:
-
-- REDIS_URL and CELERY_BROKER_URL set (production): one XADD of the JSON-encoded event to the
-  Redis stream `aibaas:{usage}:events`; no SQL on the request path. The Celery beat entry
-  `metering-drain-usage-events` (aibaas/settings/services.py) runs
-  `metering.tasks.drain_usage_events` every 2 s, and `metering.services.usage_drain` moves the
-  stream into PostgreSQL in batches.
-- No broker (Celery eager: the embedded defaults, or REDIS_URL without a Celery worker): nothing
-  would drain a stream, so the event is written where it is emitted, by
-  `metering.services.usage_record` (the same bulk_create; async callers run it in a thread).
-  Chosen over "XADD, then drain inline": the same result with one Redis round trip and one
-  stream scan fewer per request.
-- Redis unreachable at XADD: logged, and the event is written synchronously by `usage_record`.
-  After a failure the stream is skipped for REDIS_RETRY_SECONDS, so an outage costs one socket
-  timeout per process, not one per request. If the database fails too, the event's JSON is in
-  the error log (a replayable record) and the error is raised to the caller.
-
-Why nothing is counted twice: an XADD retried after a timeout whose first try did run adds a
-duplicate entry, and a drainer killed between its database commit and its XACK leaves a batch
-that will be read again; both are absorbed by the unique `request_id` (bulk_create with
-ignore_conflicts). Why nothing is lost: entries are acked only after their rows are committed,
-and entries a dead drainer left pending are reclaimed (XAUTOCLAIM) by the next drain.
-
-Stream key: `aibaas:{usage}:events`. The braces are a Redis Cluster hash tag: the stream and its
-dead-letter stream `aibaas:{usage}:dead` (entries that cannot be decoded or stored) live in one
-slot, so an entry moves between them in one MULTI. Overridable with the USAGE_STREAM_KEY setting.
-
-Never trimmed (no MAXLEN): an entry leaves the stream only once its row is committed, so the
-stream holds only the backlog. Redis must keep it on disk and never evict it: the production
-Redis runs with deploy/redis.conf (appendonly yes, appendfsync always, maxmemory-policy
-noeviction; README, "Redis in production"). A Redis without persistence that is killed loses
-every event it acknowledged and had not yet handed to the drain.
+With REDIS_URL and CELERY_BROKER_URL: one XADD to the stream `aibaas:{usage}:events` (no SQL
+on the request path), moved into PostgreSQL by metering.services.usage_drain. Without a
+broker, or while Redis is unreachable (then skipped for REDIS_RETRY_SECONDS): written at once
+by metering.services.usage_record. Invariants: an entry leaves the stream only once its row is
+committed (never trimmed; Redis must persist it, deploy/redis.conf); duplicates are dropped by
+the unique request_id; an event that cannot be stored is logged as replayable JSON.
+Why each choice: docs/usage-events.md.
 """
 
 import ipaddress

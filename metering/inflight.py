@@ -3,18 +3,11 @@ the output tokens of its streams at the last checkpoint, so that when the proces
 -9, OOM) a survivor closes each of its requests with one `interrupted` usage event
 (metering/reaper.py). Started by the gateway's lifespan, on servers with REDIS_URL.
 
-Keys, in the usage stream's Redis Cluster slot (`{usage}`), per process P:
-`inflight:P` hash (request id → the request's event as recorded if it died now: status 599,
-its input tokens), `progress:P` hash (request id → output tokens at the last checkpoint),
-`alive:P` (refreshed every second, expires after USAGE_INFLIGHT_TTL_SECONDS), and the set
-`processes`.
-
-Invariants: a marker goes with its request's own event, atomically (one Lua script: XADD the
-event, delete the marker), or, when the event is written to the database directly, once it is
-committed (a marker left behind makes the reaper write a duplicate the unique request id
-drops). No request waits for the registry: its writes are pipelined with the loop's other
-Redis commands and not awaited; one that fails (Redis unreachable) is kept, bounded, and
-retried by the heartbeat, which also writes the checkpoints (one round trip per second).
+Keys per process P, in the `{usage}` slot: `inflight:P`, `progress:P`, `alive:P` and the set
+`processes`. Invariants: a marker goes with its request's own event, atomically (one Lua
+script), or once that event is committed; no request waits for the registry (its writes are
+pipelined, not awaited; failed ones retried, bounded, by the heartbeat). Details:
+docs/usage-events.md.
 """
 
 import asyncio

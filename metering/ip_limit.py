@@ -1,26 +1,12 @@
 """The per-IP layer in front of the per-key limits (DESIGN.md, request path step 3): one client
 address makes at most GATEWAY_IP_RATE requests (default "6000/m"; "" turns it off) to the
-inference endpoints, whatever keys it uses, so an address cycling through many free keys is
-stopped too. Generous by default: it is a shield against abuse, not a plan limit.
+inference endpoints, whatever keys it uses. A shield against abuse, not a plan limit.
 
-Counting: the sliding-window estimate over two fixed windows (the current window's count plus
-the previous window's, weighted by how much of it still overlaps the last period). Unlike a
-fixed window it does not let 2x through around a window edge, and it costs two small counters
-per address. Every attempt counts, refused ones too: an address that keeps hammering stays
-refused.
-
-On Redis: one EVALSHA of metering/lua/ip_window.lua (INCR this window's counter, set its expiry
-when new, GET the previous window's) on keys `ip:{<address>}:<window>` (one hash tag per
-address: Cluster safe), sent with aibaas.redis_clients.apipelined, so it shares the round trip
-of the key's own limiter call (metering/admission.py issues both at once).
-Without Redis (the embedded default), or while the limiter's breaker says Redis is unreachable,
-the same counting runs in the process.
-
-Why not django-ratelimit here (it guards login, signup and the token endpoint): its get_usage is
-synchronous and makes two cache round trips per call (add, then incr). From the event loop that
-is a thread hop plus two round trips: measured ~0.6 ms p50 on this 2-core machine, a third of
-the gateway's whole overhead budget, and worse under load, where the thread and the event loop
-contend for the GIL. The rate syntax is django-ratelimit's ("6000/m", "100/10s").
+Counting: the sliding-window estimate over two fixed windows; every attempt counts, refused
+ones too. On Redis, one EVALSHA of metering/lua/ip_window.lua on `ip:{<address>}:<window>`
+(Cluster safe), pipelined with the key's own limiter call (aibaas.redis_clients.apipelined);
+without Redis, or while the limiter's breaker is open, the same counting in the process. The
+rate syntax is django-ratelimit's ("6000/m"); why not django-ratelimit itself: docs/limiter.md.
 """
 
 import asyncio

@@ -1,53 +1,14 @@
 """The per-key rate limiter: exact sliding windows, one atomic Redis round trip per request.
 
-Windows, per API key (never per user): requests/min, requests/day, tokens/min, tokens/day, and
-the optional burst windows. `limits_for(context.limits)` turns a key's limits into `Limit`s
-(None = unlimited: no window); `check`/`acheck` admit a request (all windows are checked first,
-and only if all pass are they all counted: a refused request counts nowhere); `settle`/`asettle`
-move the token windows from the estimate to the tokens really used, or release a request refused
-later (by the monthly quota); `peek`/`apeek` read without counting; `reset` forgets keys.
-
-Algorithm: a finely bucketed sliding counter. A window of length W is split into 60 buckets of
-width ceil(W/60) ms (1 s for a minute, 24 min for a day); a request at `now` is counted in the
-bucket of `now`, and a bucket stays counted until its latest admission is W ms old. So every
-admission counts for at least W ms, and in no span of W ms can more than the limit be admitted
-(a fixed window lets 2x through around its boundary; this cannot); the price is that the
-earlier admissions of a bucket count up to one bucket longer. Retry-After is exact for that
-rule and never more than W: the ms until enough of the oldest counted buckets have aged out
-for the request to fit, and what is counted was admitted by now.
-The alternatives: a log of timestamps (a sorted set) is exact to the ms but holds one entry per
-request (300/min and 10,000/day a key: ~10,300 entries, ~1 MB, O(log n) per request); the
-two-bucket estimate (weighted previous window) is small but can overshoot a limit. Memory here
-is bounded whatever the rate: per window one Redis hash of at most 61 live buckets (a count and
-the latest admission's offset in the bucket each) plus three fields ("w" window, "o" oldest
-bucket, "t" total), small integers in the listpack encoding: a full window measures about
-1.35 KB (MEMORY USAGE, Redis 7; tests/metering/test_limiter.py holds it under 1.5 KB), so
-under 6 KB for the four windows of the busiest key; idle keys vanish (PEXPIRE W + one bucket).
-Expiry is amortized O(1): "o" is the oldest live bucket, and each call drops buckets from it
-up to the cutoff (a gap longer than the window resets the hash); a window with no count left
-has no hash at all.
-
-Bursts (plan fields burst_percent p and burst_seconds s; 0 % = off, the default): the
-per-minute request limit becomes ceil(rpm * (1 + p/100)), and a second sliding window of s
-seconds ("burst_requests") admits at most ceil(rpm * (1 + p/100) * s / 60): a key may run p %
-above its per-minute rate, but cannot spend the whole minute's allowance in one instant. The same
-for tokens_per_minute ("burst_tokens"). A burst window of 60 s or more would add nothing.
-
-Redis: keys `rl:{<key id>}:rpm|rpd|tpm|tpd|brq|btk`, one hash tag per API key, so one
-EVALSHA with all of a key's windows is Cluster safe. The script (metering/lua/sliding_window.lua)
-is loaded by SCRIPT LOAD when Redis answers NOSCRIPT (first use, restart, SCRIPT FLUSH) and the
-call retried, transparently. Time is the caller's `now_ms` (wall clock by default, so that
-every instance agrees without asking Redis; tests shift it), never Redis TIME.
-
-Without REDIS_URL (the embedded default) the same arithmetic runs in the process under a lock:
-exact within one process, bounded (idle keys dropped, at most LOCAL_MAX_KEYS keys). If Redis
-fails at run time (error or timeout), the limiter limits per process: an ERROR is logged once,
-each call served so is counted (`backend_status()["fallbacks"]`), and Redis is tried again
-after RATE_LIMIT_REDIS_RETRY_SECONDS (one caller probes, the others stay local). When it
-answers, a WARNING says so, and what a key counted locally during the outage is added to its
-Redis windows with that key's next call (in the same round trip), so admissions made during the
-outage keep counting. The breaker and the local windows are process-wide, shared by the sync
-and asyncio paths; `reset_state()` resets both (tests).
+Windows per API key (never per user): requests/min, requests/day, tokens/min, tokens/day and
+the optional burst windows; `limits_for` turns a key's limits into `Limit`s (None: no window).
+Invariants: in no span of a window's length is more than its limit admitted; every window is
+checked before any is counted, so a refused request counts nowhere; settling moves the token
+windows from the estimate to the tokens used. A key's windows share one hash tag
+(`rl:{<key id>}:…`): one EVALSHA of metering/lua/sliding_window.lua, Cluster safe, on the
+caller's clock. Without REDIS_URL, or while Redis fails, the same arithmetic runs in the
+process (logged, counted) and its counts join Redis when it answers again.
+The algorithm, its memory figures and the alternatives considered: docs/limiter.md.
 """
 
 import asyncio

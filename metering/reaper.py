@@ -2,17 +2,11 @@
 admitted requests of a serving process that died each get one usage event, status 599
 (`interrupted`), with their input tokens and the output tokens of their last checkpoint.
 
-Run by the Celery drain task (metering.tasks.drain_usage_events, every 2 s) and, without a
-broker, by the serving processes after their heartbeat. A process is dead once its alive key
-expired (USAGE_INFLIGHT_TTL_SECONDS after its last heartbeat); a Redis that restarted less
-than that long ago is not asked (the live processes have not said so yet).
-
-Exactly once: the claim of a dead process's registry is one Lua script (a claim key set NX,
-so two reapers never both take it); the events are written by usage_record, idempotent by
-request id (a request whose own event was committed keeps it); only then are the markers
-deleted, by a second script that checks the claim is still its own. A reaper that dies
-between the two leaves the claim to expire (CLAIM_MS) and the next one writes the same
-events again: dropped by their request ids.
+Run by the Celery drain task and, without a broker, by the serving processes after their
+heartbeat. A process is dead once its alive key expired. Exactly once: the claim is one Lua
+script (NX, so two reapers never both take a registry), the events go through usage_record
+(idempotent by request id), and only then are the markers deleted, by a script that checks the
+claim is still its own. A reaper dying between the two: docs/usage-events.md.
 """
 
 import json

@@ -1,1 +1,1 @@
-"""The /v1 gateway: model registry, providers, tokenizer and the OpenAI-compatible views."""
+"""The /v1 gateway: model registry, providers, tokenizer, the inference routes' ASGI handler."""

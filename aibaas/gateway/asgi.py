@@ -1,10 +1,13 @@
 """The /v1 inference hot path as a lean ASGI handler, in front of Django.
 
-`GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/embeddings` are answered here, on the
-event loop, without Django's request/middleware machinery; every other path (and every other
-/v1 path: /v1/key, /v1/usage) goes to Django's ASGI application unchanged. The work itself is
-aibaas/gateway/pipeline.py, shared with the Django views (aibaas/gateway/views.py, which serve
-the same endpoints under WSGI and Django's test client).
+`GET /v1/models`, `GET /v1/models/{model}`, `POST /v1/chat/completions` and
+`POST /v1/embeddings` are answered here and only here (the one entry path: Django has no view
+for them), on the event loop, without Django's request/middleware machinery; every other path
+(and every other /v1 path: /v1/key, /v1/usage) goes to Django's ASGI application unchanged. The
+work itself is aibaas/gateway/pipeline.py. What Django's side does too is one function both
+call: the key from the headers (keys/authentication.py), the key_in_query refusal
+(keys/middleware.py), request ids (aibaas/gateway/middleware.py), the client address and the
+405 (aibaas/http.py).
 
 Why: measured on the 2-core machine (README, "Performance"), a Django async view pays a thread
 hop per request for the sync-only middleware (WhiteNoise, django-ratelimit) and Django's
@@ -36,22 +39,20 @@ from django.http.request import split_domain_port, validate_host
 from aibaas.errors import ApplicationError, internal_error
 from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
-from aibaas.http import pick_client_ip
+from aibaas.http import client_address, method_refusal
 from keys import changes
-from keys.authentication import MAX_HEADER
-from keys.format import key_in_query
-from keys.middleware import key_in_query_error
+from keys.authentication import key_from_headers
+from keys.middleware import key_in_query_refusal
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[pipeline.Inbound], Awaitable[pipeline.Reply]]
 
-ROUTES: dict[str, tuple[bytes, Handler]] = {
-    "/v1/models": (b"GET", pipeline.models_list),
-    "/v1/chat/completions": (b"POST", pipeline.chat),
-    "/v1/embeddings": (b"POST", pipeline.embeddings),
+ROUTES: dict[str, tuple[str, Handler]] = {
+    "/v1/models": ("GET", pipeline.models_list),
+    "/v1/chat/completions": ("POST", pipeline.chat),
+    "/v1/embeddings": ("POST", pipeline.embeddings),
 }
-METHOD_NOT_ALLOWED = "method_not_allowed"
 BAD_HOST = "invalid_host"
 
 
@@ -76,7 +77,7 @@ class _Config:
         self.proxy_ssl = None
         if proxy:
             header, value = proxy
-            self.proxy_ssl = (header[5:].lower().replace("_", "-").encode(), value.encode())
+            self.proxy_ssl = (header[5:].lower().replace("_", "-"), value)
         self.security_headers: list[tuple[bytes, bytes]] = []
         if settings.SECURE_CONTENT_TYPE_NOSNIFF:
             self.security_headers.append((b"x-content-type-options", b"nosniff"))
@@ -122,19 +123,24 @@ def _json(body: Any) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _pairs(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """Response headers as ASGI sends them."""
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
 MODELS_PREFIX = "/v1/models/"
 
 
-def _route(path: str) -> tuple[bytes, Handler] | None:
+def _route(path: str) -> tuple[str, Handler] | None:
     route = ROUTES.get(path)
     if route is None and path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
         # GET /v1/models/{model} (model names may hold a slash: "org/model").
-        return b"GET", partial(pipeline.models_retrieve, name=path[len(MODELS_PREFIX) :])
+        return "GET", partial(pipeline.models_retrieve, name=path[len(MODELS_PREFIX) :])
     return route
 
 
 class GatewayApplication:
-    """ASGI application: the three inference routes here, everything else to `django`."""
+    """ASGI application: the inference routes here, everything else to `django`."""
 
     def __init__(self, django) -> None:
         self.django = django
@@ -170,32 +176,34 @@ class GatewayApplication:
 
     # --- one request -------------------------------------------------------------------------
 
-    async def handle(self, scope, receive, send, method: bytes, handler: Handler) -> None:
+    async def handle(self, scope, receive, send, method: str, handler: Handler) -> None:
         cfg = config()
-        headers: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:
-            headers[name] = value  # names arrive lower-cased (ASGI)
-        request_id, usage_id = request_ids(headers.get(b"x-request-id", b"").decode("latin-1"))
+        # Names arrive lower-cased (ASGI); as text, the shape the shared helpers read.
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        request_id, usage_id = request_ids(headers)
         common = [(b"x-request-id", request_id.encode())]
         common.extend(cfg.security_headers)
         secure = self._secure(scope, headers, cfg)
         if secure and cfg.hsts:
             common.append(cfg.hsts)
 
-        host = headers.get(b"host", b"").decode("latin-1")
+        host = headers.get("host", "")
         domain, _ = split_domain_port(host)
         if not domain or not validate_host(domain, cfg.allowed_hosts):
             error = ApplicationError(BAD_HOST, "Invalid Host header.", status=400)
-            await self._send_json(send, 400, error.as_dict(), common)
+            await self._send_error(send, error, common)
             return
-        if key_in_query(scope.get("query_string", b"").decode("latin-1")):
-            error = key_in_query_error()  # before any redirect echoes the key back
-            await self._send_json(send, 401, error.as_dict(), common)
+        query = scope.get("query_string", b"").decode("latin-1")
+        error = key_in_query_refusal(query)  # before any redirect echoes the key back
+        if error is not None:
+            await self._send_error(send, error, common)
             return
         if cfg.ssl_redirect and not secure:
             location = f"https://{host}{scope.get('raw_path', b'').decode('latin-1')}"
-            if scope.get("query_string"):
-                location += "?" + scope["query_string"].decode("latin-1")
+            if query:
+                location += "?" + query
             await send(
                 {
                     "type": "http.response.start",
@@ -209,25 +217,20 @@ class GatewayApplication:
             )
             await send({"type": "http.response.body", "body": b""})
             return
-        if scope["method"].encode() != method and not (
-            method == b"GET" and scope["method"] == "HEAD"
-        ):
-            allowed = method.decode()
-            error = ApplicationError(
-                METHOD_NOT_ALLOWED, f"Use {allowed} for this endpoint.", status=405
-            )
-            await self._send_json(send, 405, error.as_dict(), [*common, (b"allow", method)])
+        error = method_refusal(scope["method"], method)
+        if error is not None:
+            await self._send_error(send, error, common)
             return
 
         length = None
-        if b"content-length" in headers:
+        if "content-length" in headers:
             try:
-                length = int(headers[b"content-length"])
+                length = int(headers["content-length"])
             except ValueError:
                 length = None
         body = b""
         too_large = False
-        if method == b"POST" and (length is None or length <= cfg.max_body):
+        if method == "POST" and (length is None or length <= cfg.max_body):
             try:
                 body = await self._read_body(receive, cfg.max_body)
             except _BodyTooLarge:
@@ -240,11 +243,12 @@ class GatewayApplication:
                 raise validation.too_large(cfg.max_body)
             return body
 
+        client = scope.get("client")
         inbound = pipeline.Inbound(
-            raw_key=self._raw_key(headers),
+            raw_key=key_from_headers(headers),
             request_id=usage_id,
-            client_ip=self._client_ip(scope, headers, cfg),
-            content_type=headers.get(b"content-type", b"").decode("latin-1"),
+            client_ip=client_address(client[0] if client else None, headers),
+            content_type=headers.get("content-type", ""),
             content_length=length,
             read_body=read_body,
             max_body_bytes=cfg.max_body,
@@ -291,9 +295,7 @@ class GatewayApplication:
             # The usage event goes alongside the sending: the client does not wait for it, and
             # a client hanging up from here on cannot cancel it.
             streaming.background(reply.after())
-        extra = [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()
-        ]
+        extra = _pairs(reply.headers)
         if reply.stream is None:
             await self._send_json(send, reply.status, reply.body, common + extra)
             return
@@ -352,27 +354,9 @@ class GatewayApplication:
         )
         await send({"type": "http.response.body", "body": payload})
 
-    @staticmethod
-    def _raw_key(headers: dict[bytes, bytes]) -> str | None:
-        """The key from `Authorization: Bearer ...` or `X-API-Key` (keys.authentication's rules)."""
-        value = headers.get(b"authorization")
-        if value:
-            scheme, _, credentials = value[:MAX_HEADER].decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer":
-                return credentials.strip()
-        value = headers.get(b"x-api-key")
-        if value:
-            return value[:MAX_HEADER].decode("latin-1").strip()
-        return None
-
-    @staticmethod
-    def _client_ip(scope, headers, cfg: _Config) -> str | None:
-        client = scope.get("client")
-        forwarded_for = headers.get(b"x-forwarded-for")
-        return pick_client_ip(
-            client[0] if client else None,
-            forwarded_for.decode("latin-1") if forwarded_for else None,
-        )
+    @classmethod
+    async def _send_error(cls, send, error: ApplicationError, headers: list) -> None:
+        await cls._send_json(send, error.status, error.as_dict(), headers + _pairs(error.headers))
 
     @staticmethod
     def _secure(scope, headers, cfg: _Config) -> bool:

@@ -1,4 +1,5 @@
-"""X-Request-ID on every /v1 response (success or error, DRF or async view).
+"""X-Request-ID on every /v1 response: `request_ids()` is the one rule, used by the /v1 ASGI
+handler (aibaas/gateway/asgi.py) and by this middleware for what Django serves under /v1.
 
 The id is the client's X-Request-ID when it is 1-100 characters of [A-Za-z0-9._-], else a new
 one: 32 hex characters, a random prefix per process and a counter (unique like a uuid4, without
@@ -6,15 +7,16 @@ uuid4's read of the kernel's randomness per request: ~20 µs each on this VM, wh
 burst of 500 requests). The usage event of the request needs an id unique per request (it is
 the event's idempotency key): a client-chosen id could repeat and would then hide later
 requests from billing, so the event's id is the client's id (up to 67 characters) plus ":" and
-a new id when the client chose one. `request.request_id` / `request.usage_request_id` hold both.
+a new id when the client chose one. Django's requests under /v1 get `request.request_id`.
 
-Sync and async capable: under ASGI it adds no thread hop in front of the async /v1 views.
+Sync and async capable: under ASGI it adds no thread hop.
 """
 
 import itertools
 import os
 import re
 import secrets
+from collections.abc import Mapping
 
 from asgiref.sync import iscoroutinefunction
 from django.utils.decorators import sync_and_async_middleware
@@ -42,8 +44,10 @@ def new_request_id() -> str:
     return f"{_prefix}{next(_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
-def request_ids(sent: str | None) -> tuple[str, str]:
-    """(the X-Request-ID to answer with, the usage event's id) for the client's header."""
+def request_ids(headers: Mapping[str, str]) -> tuple[str, str]:
+    """(the X-Request-ID to answer with, the usage event's id) of a request with these headers
+    (`get()` by lower-case name: Django's `request.headers` or the ASGI handler's dict)."""
+    sent = headers.get("x-request-id")
     new = new_request_id()
     if sent and _VALID.match(sent):
         return sent, f"{sent[:CLIENT_PREFIX_MAX]}:{new}"
@@ -51,9 +55,7 @@ def request_ids(sent: str | None) -> tuple[str, str]:
 
 
 def assign_request_id(request) -> str:
-    request.request_id, request.usage_request_id = request_ids(
-        request.META.get("HTTP_X_REQUEST_ID")
-    )
+    request.request_id, _ = request_ids(request.headers)
     return request.request_id
 
 

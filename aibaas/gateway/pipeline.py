@@ -1,5 +1,5 @@
-"""One /v1 inference request, framework-light: the views hand over an `Inbound` and turn the
-`Reply` into a Django response.
+"""One /v1 inference request, framework-light: the ASGI handler (aibaas/gateway/asgi.py) hands
+over an `Inbound` and sends the `Reply`.
 
 per-IP limit → auth (keys.verification, async) → scope → body (size, JSON, validation) → model
 (registry: exists, allow-list, test mode, kind) → admission (metering/admission.py: the key's
@@ -36,6 +36,7 @@ from aibaas.gateway.tokenizer import (
 )
 from aibaas.http import canonical_ip
 from billing.pricing import ZERO_COST, acost_for
+from keys.authentication import CHALLENGE
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, aauthenticate_key
@@ -91,7 +92,7 @@ class Reply:
 def error_reply(error: ApplicationError, headers: dict[str, str] | None = None) -> Reply:
     headers = {**(headers or {}), **error.headers}
     if error.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="aibaas"'
+        headers["WWW-Authenticate"] = CHALLENGE
     return Reply(status=error.status, body=error.as_dict(), headers=headers)
 
 

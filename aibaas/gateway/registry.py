@@ -1,24 +1,13 @@
 """The model registry as the /v1 hot path sees it: a per-process snapshot, no SQL per request.
 
 All usable models (enabled; openai_compatible ones with at least one enabled upstream) are read
-in one query into an immutable dict of `ModelSpec`s and kept for REGISTRY_TTL seconds (5 s).
-Saves through the services and the admin invalidate this process's snapshot at once (and again
-on commit); other processes see a change within REGISTRY_TTL.
-
-`ProcessSnapshot` is the mechanism, shared with billing/pricing.py:
-- a warm read is a dict lookup: no lock, no I/O, no await;
-- a stale read refreshes once: concurrent callers (threads or coroutines, on any event loop)
-  wait for the same load instead of each querying the database;
-- on the event loop, a value that aged past its TTL by less than another TTL is served while
-  one refresh runs in the background (no request waits for it: measured, a burst of 500
-  streams waited ~20 ms for each refresh); an older value (a process idle for a while), or one
-  invalidated by a change in this process, is waited for: a change reaches a process within
-  two TTLs at worst, its next request after one TTL idle;
-- async callers never block their event loop: the load runs in `sync_to_async` (thread
-  sensitive, so it uses the request's database connection like any other ORM call), in a task
-  of its own so a cancelled caller (a client hanging up) cannot strand the others;
-- if a refresh fails while an older snapshot exists, the old one is served (logged) and the
-  refresh is retried after REFRESH_RETRY_SECONDS, so a database blip does not fail /v1 calls.
+in one query into an immutable dict of `ModelSpec`s, kept for REGISTRY_TTL seconds. Saves
+through the services and the admin invalidate this process's snapshot at once; other processes
+see a change within two TTLs at worst. `ProcessSnapshot` is the mechanism, shared with
+billing/pricing.py: a warm read is a dict lookup (no lock, no I/O, no await); a stale read
+refreshes once for all callers, in the background while the value is less than two TTLs old,
+never blocking the event loop; a failed refresh serves the old snapshot and retries after
+REFRESH_RETRY_SECONDS. Why stale-while-revalidate, measured: docs/gateway-performance.md.
 """
 
 import asyncio

@@ -1,5 +1,5 @@
-"""OpenAPI description of the /v1 inference endpoints, which are not DRF views (the lean ASGI
-handler and the async Django views serve them): a drf-spectacular postprocessing hook adds them
+"""OpenAPI description of the /v1 inference endpoints, which are not DRF views (the ASGI handler,
+aibaas/gateway/asgi.py, serves them): a drf-spectacular postprocessing hook adds them
 to /api/schema/ and /api/docs/.
 
 This file is the one place for the /v1 schema: the inference paths are written here by hand,

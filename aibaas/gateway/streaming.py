@@ -135,7 +135,7 @@ def background(work: Awaitable[None]) -> asyncio.Task:
 
 async def drain_background(timeout: float = 5.0) -> None:
     """Wait for the usage-recording tasks of sent replies and closed streams of the running
-    event loop (tests, shutdown, a Django view whose loop ends with the request)."""
+    event loop (tests, shutdown)."""
     loop = asyncio.get_running_loop()
     pending = [task for task in _background if not task.done() and task.get_loop() is loop]
     if pending:

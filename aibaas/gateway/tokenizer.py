@@ -1,25 +1,13 @@
 """The one tokenizer of aibaas: every token count the gateway makes itself comes from here.
 
-It is an approximation of OpenAI's BPE tokenizers (cl100k/o200k), deterministic, with no
-vocabulary file and no download. Text is cut by one regular expression into pieces, and
-each piece counts as:
-
-- a run of ASCII letters, with at most one leading space glued to it (" hello"):
-  1 token up to 6 letters, else ceil(letters / 4) ("tokenization" = 3);
-- a run of digits: 1 token per 3 digits ("2024" = 2), as cl100k splits numbers;
-- any other visible character (punctuation, symbols, emoji, each CJK or accented letter),
-  with an optional leading space: 1 token each;
-- whitespace not glued to a word (newlines, indentation): 1 token per 8 characters.
-
-On English prose this lands within about 10-20 % of cl100k (about 1.3 tokens per word); it
-over-counts code, non-Latin scripts and rare long words rather than under-counting them, which
-is the safe side for rate limits estimated before a call. Upstreams that report usage are
-billed on their numbers; only the demo model and upstreams that report nothing use these
-counts (and the latter are marked estimated).
-
-`tokenize(text)` returns the pieces, each exactly one token: `count_tokens(text) ==
-len(tokenize(text))`, and a prefix made of whole pieces counts as that many tokens (the demo
-model streams these pieces and truncates at max_tokens with them).
+An approximation of OpenAI's BPE tokenizers (cl100k/o200k): deterministic, no vocabulary file,
+no download. One regular expression cuts text into pieces, each exactly one token (a short word
+with its leading space, a 4-letter chunk of a long one, up to 3 digits, one other visible
+character, up to 8 characters of whitespace). It errs towards over-counting, the safe side for
+limits estimated before a call; upstreams that report usage are billed on their numbers.
+Invariants: `count_tokens(text) == len(tokenize(text))`, and a prefix made of whole pieces
+counts as that many tokens (the demo model streams and truncates with them).
+The rules in full and their accuracy against cl100k: docs/tokenizer.md.
 """
 
 import json

@@ -1,56 +1,14 @@
 """The monthly quota on PostgreSQL from the event loop: the gateway's path (metering/quota/
 __init__.py sends aquota_admit and aquota_settle here when the database is PostgreSQL).
 
-The rule is counter.py's: one conditional statement on the organization's row for the month,
-under the row's lock, so the quota is never exceeded whatever the number of processes; lazy
-rollover; rows of past months kept. Two things differ.
-
-1. No thread hop and no Django connection: psycopg's AsyncConnection on the event loop, a few
-   per loop (QUOTA_DB_CONNECTIONS, default 4), autocommit, opened on first use with the
-   `default` database's settings (`DatabaseWrapper.get_connection_params()`), each with
-   `statement_timeout` = QUOTA_DB_TIMEOUT_SECONDS (default 5) and the statement prepared
-   (QUOTA_DB_PREPARED, default on).
-   Not psycopg_pool: its pools run background tasks on the loop that opened them, and this
-   process opens loops of its own (tests, async_to_sync) that close under them.
-
-2. One statement for many requests. An organization's counter is one row, and each statement
-   holds its lock until its commit is flushed to the WAL: measured here (pgbench, one row,
-   synchronous_commit on) 0.44 ms a statement at concurrency 1 and 1,600 statements/s at 32
-   with nothing else running. A statement to admit each request and another to settle it would
-   cap one organization below the gateway's throughput. So, per event loop and
-   organization-month, a combiner: the first admission or settlement starts a flush at once
-   (at concurrency 1 nothing waits), and what arrives while a flush runs goes in the next one.
-   One flush is one statement (`_STATEMENT`): the row, locked, with the pending settlements
-   applied; then the batch walked in arrival order by a recursive CTE, each request admitted
-   if it fits on the figures the ones before it left, exactly as admitting them one by one;
-   then the final figures written and every step returned. Settlements (actual tokens minus the
-   estimate) ride with the next flush: a request does not wait for its own
-   (`settle_start`); `aquota_settle` waits for them unless told not to. A settlement given the
-   generation its request was counted in applies only if the row still has it (no reset
-   since); the statement returns the row's generation with every decision.
-
-Leases (lease.py) are asks like the others, with the part reserved for the lease counted in
-the row's leased_requests / leased_tokens until given back, and leased_until moved to when that
-is due; a refusal that only this room causes gets a Retry-After of those few seconds
-(counter.lease_retry_after).
-
-A month without a row gets one (INSERT ... ON CONFLICT DO NOTHING) and the statement runs again.
-
-Errors. A kept connection that the server closed while it sat idle (restart, idle timeout) is
-seen before anything is sent on it (its socket is readable: an idle session is sent nothing
-else) and replaced. A statement whose connection breaks while it runs (StatementLost) may have
-been applied or not. The settlements it carried are then taken as possibly applied (`_unsure`
-decides): what they add stays, to be sent again (applied twice: quota lost), and what they give
-back is dropped (never applied: quota lost); never the other way round, which would give quota
-away. If that connection had been kept idle (it most likely died meanwhile and the statement
-never reached the server), the statement runs once more on a new one with its asks (counted
-twice if the lost one was applied after all: quota lost); else the batch fails. A statement
-that fails otherwise (the server's error, statement_timeout) was not applied. A batch that
-fails makes each of its admissions not decided yet counter.unavailable(): the gateway's 503, or
-an unmetered admission with QUOTA_FAIL_OPEN; its settlements not applied yet stay pending for
-the next flush. Settlements ride with the first statement of a flush only and are done once it
-returned: when a later statement of the flush (another set of limits) fails, they are not sent
-again.
+counter.py's rule (one conditional statement on the organization's row, under its lock: never
+over the quota), on psycopg AsyncConnections of its own (a few per loop, autocommit, prepared,
+statement_timeout) instead of Django's connection and a thread. Per event loop and
+organization-month, a combiner: what arrives while a flush runs goes into the next one, and a
+flush is one statement (`_STATEMENT`) that applies the pending settlements, then admits the
+batch in arrival order exactly as one by one. Errors only ever lose quota, never give it away:
+a statement lost with its connection counts its settlements as possibly applied (`_unsure`).
+Why batch (measured), the connection choice and the error cases: docs/quota-leases.md.
 """
 
 import asyncio

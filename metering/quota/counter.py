@@ -1,44 +1,14 @@
 """The monthly quota of an organization: requests and tokens per calendar month (UTC), counted
 in PostgreSQL, the one source of truth (DESIGN.md, "Quotas").
 
-One row per organization and month (`metering.QuotaCounter`). Admitting a request is ONE
-conditional statement:
-
-    UPDATE metering_quotacounter SET requests = requests + 1, tokens = tokens + <estimate>, ...
-    WHERE organization_id = .. AND period = .. AND requests + 1 <= <request limit>
-      AND tokens + <estimate> <= <token limit>  RETURNING requests, tokens
-
-A row back means admitted, with the new figures. The UPDATE takes the row's lock, so concurrent
-admissions of one organization run one after the other and each sees the previous one's
-increment: the quota is never exceeded, whatever the number of processes or instances. The lock
-is held for that one statement only (autocommit): call these functions outside a transaction,
-or concurrent requests of the organization wait for the caller's commit.
-
-No row back means one of two things. The month has no row yet: the first request of a new month
-creates it (`INSERT ... ON CONFLICT DO NOTHING`, so concurrent first requests create one row)
-and tries again: the rollover is lazy, no cron. Or a limit is reached: one read of the row says
-which, and the current figures. Rows of past months are kept as history and never admitted into
-again (a request admitted just before midnight still settles into its own month).
-
-Tokens are admitted with the caller's estimate and settled to the actual count afterwards
-(`quota_settle`). The request limit is exact; the token limit can be passed by at most the
-estimate error of the requests in flight when it is reached (each was admitted within the limit
-on its estimate). A request is admitted only while some token quota remains: an estimate of 0 is
-checked as 1.
-
-A refusal's `retry_after` runs to the end of the month, unless only room that leases of other
-processes reserved and may not use refuses it (`leased_requests` / `leased_tokens` of the row,
-until `leased_until`): then it is the few seconds until those leases are given back
-(lease.py).
-
-Resets (`quota_reset`) zero the row and bump its `generation`. Every admission is counted in
-one generation (`QuotaDecision.generation`); a settlement given that generation applies only
-while the row still has it, so nothing counted before a reset moves the figures after it.
-
-When the database fails during admission the default is to refuse (`QuotaUnavailable`, which
-the gateway answers with 503): an unmetered request is money given away, and a database outage
-is loud anyway. `QUOTA_FAIL_OPEN = True` admits instead, logs an ERROR and returns a decision
-with `counted=False` (nothing to settle).
+One row per organization and month (`metering.QuotaCounter`); admitting a request is ONE
+conditional UPDATE of it (`... WHERE requests + 1 <= limit AND tokens + estimate <= limit
+RETURNING ...`), whose row lock serializes an organization's admissions: the quota is never
+exceeded, whatever the number of processes. Autocommit: call these outside a transaction. No
+row back: a new month (the row is created, lazy rollover) or a limit reached. Tokens are
+admitted on an estimate and settled afterwards; a settlement given its generation applies only
+if no reset (`quota_reset`) came since. A database failure refuses (`QuotaUnavailable`, 503)
+unless QUOTA_FAIL_OPEN. The rule in full, Retry-After and leases: docs/quota-leases.md.
 """
 
 import logging

@@ -1,68 +1,14 @@
 """Quota leases: one process's slice of an organization's month, so that far from its quota a
 request is admitted without a database statement of its own (the gateway's path on PostgreSQL).
 
-The counter row stays the truth of what is spent or reserved. A lease is reserved in it by the
-same conditional statement as a single request (batched.py: an ask of N requests and T tokens,
-admitted whole or refused whole), so the sum of every process's leases and admissions never
-passes the quota. A request that fits its process's lease is admitted at once, with no I/O.
-Settlements (actual tokens minus the estimate) and give-backs (a request another check refused)
-change the lease, not the row. What a lease did not use goes back to the row (one settlement,
-riding with the organization's next statement): when it has been idle for
-QUOTA_LEASE_IDLE_SECONDS (1 s), when it is QUOTA_LEASE_MAX_AGE_SECONDS (1 s) old even if busy,
-when it is spent and a new one is reserved, when the plan's limits change, and at shutdown
-(`aclose`). Its age counts from when its reservation came back to the loop, not from when it
-was asked: on a loaded database, where queueing and the statement take longer than the max age,
-a lease counted from its ask would arrive expired, and every burst would reserve one lease
-after another. While it is out, the row's leased_requests / leased_tokens hold its reservation
-and leased_until the instant by which it is due back (the reservation's ask + max age + 1 s,
-the second for the reservation's statement and the give-back's): a request refused only
-because of that room gets a Retry-After of those 1-2 s, not the month's end. (On a database so
-slow that the reservation took more than that second, leased_until can pass while the lease is
-still out: refusals then count its room as lost, as a dead process's, a hint only.)
-
-Size, from the counter's figures this loop saw last: QUOTA_LEASE_REQUESTS (64) requests, or as
-many as are waiting for a lease being reserved (a burst is served by one more reservation, not
-one per 64 requests; at most LEASE_MAX), and as many times the request's token estimate, but
-never more than 1/64 of what remains of either limit. While a reservation is in flight, the
-requests that find no room wait for it instead of reserving one each. When it comes back they
-take from the lease, and once it is spent the next reserves for those still waiting; if there
-is no lease to take from (the reservation was refused: others spent the room; or the lease
-expired or went back meanwhile) each is asked alone, their asks sharing the organization's next
-statement; if the reservation failed (the database is down), they fail with it at once, as the
-asks of its statement would have (it was sized for them): a burst never waits for one statement
-after another, nor for one connection timeout per request. Near the quota, leases
-shrink to nothing and each request is one ask, exactly as without leases: the last requests of
-a month are admitted one by one, and concurrent requests on a nearly spent quota admit exactly
-what remains. With P processes at most about P/64 of what remained is reserved and unused at
-any moment, for at most a second or two (the dashboard's "used" includes it meanwhile). A
-process that dies holding a lease loses its unused part for the month (quota lost, never given
-away); once its leased_until has passed, refusals no longer count on it coming back.
-
-Resets, and what "exact" means. A reset (quota_reset) zeroes the row and bumps its generation.
-Every admission is counted in one generation: a single ask in the row's generation when its
-statement ran, a leased one in the generation its lease was reserved in (QuotaDecision.
-generation). Then:
-- in each generation, what was admitted never passes the quota, and once every lease of the
-  generation is back (and settled with their generation), the row holds exactly what the
-  generation admitted (or more, never less, if a statement carrying a give-back was lost with
-  its connection: batched.py, "Errors"). A lease's give-back, and any settlement given its
-  generation, applies only while the row still has that generation (UPDATE ... WHERE
-  generation = the lease's): nothing reserved before a reset lowers or raises the counter
-  after it;
-- a lease reserved before a reset may still admit after it, but only from room that was counted
-  before the reset (the figures the reset zeroed and audited), and for at most
-  QUOTA_LEASE_MAX_AGE_SECONDS after its reservation came back to the loop. The reset came after
-  the reservation's commit (else the lease would be of its generation), so that is at most the
-  max age after the reset, plus the instant between that commit and the reply reaching the
-  loop (and less: the first statement of the loop that returns the new generation forgets the
-  lease at once). With P processes, the month can so admit, within that second after a reset,
-  at most the P leases' unused parts on top of the new generation's quota: what the reset
-  forgave.
-A settlement without a generation (a caller that does not pass QuotaDecision.generation) moves
-whatever the row holds, as before resets had generations.
-
-Per event loop, like the combiner: a loop without history (the first request of a process, a
-test's own loop) asks exactly until it has seen the counter's figures.
+A lease is reserved in the counter row by the same conditional statement as a single request
+(admitted whole or refused whole), so every process's leases and admissions together never pass
+the quota; the row's leased_requests / leased_tokens / leased_until hold it while it is out.
+What it did not use goes back when idle (QUOTA_LEASE_IDLE_SECONDS), old
+(QUOTA_LEASE_MAX_AGE_SECONDS), spent, on a change of limits and at shutdown. Near the quota
+leases shrink to nothing: each request is one ask, as without leases. A dead process's lease is
+quota lost, never given away; a lease reserved before a reset admits only from room counted
+before it (generations). Per event loop. Sizes, bursts, timing, "exact": docs/quota-leases.md.
 """
 
 import asyncio

@@ -21,6 +21,7 @@ from aibaas.schema import ERROR_DESCRIPTIONS
 from keys.services import api_key_create
 from metering.selectors import MONTH_PATTERN, month_period
 from tests.factories import AIModelFactory, MembershipFactory
+from tests.gateway.asgi_client import AsgiTestClient
 
 pytestmark = pytest.mark.django_db
 
@@ -293,7 +294,7 @@ def test_real_v1_answers_match_their_components_streamed_chunks_included(schema)
         organization=organization, actor=Actor.for_system("tests"), name="v", scopes=["inference"]
     )
     auth = {"HTTP_AUTHORIZATION": f"Bearer {issued.raw_key}"}
-    client = Client()
+    client = AsgiTestClient()  # the one path of /v1 inference
 
     def post(path, body):
         return client.post(path, json.dumps(body), content_type="application/json", **auth)
@@ -321,7 +322,7 @@ def test_real_v1_answers_match_their_components_streamed_chunks_included(schema)
         },
     )
     assert stream["Content-Type"] == "text/event-stream"
-    events = b"".join(stream.streaming_content).decode().split("\n\n")
+    events = stream.content.decode().split("\n\n")
     data = [event.removeprefix("data: ") for event in events if event]
     assert data[-1] == "[DONE]" and len(data) > 3
     for chunk in data[:-1]:

@@ -1,7 +1,8 @@
 """The official `openai` package against a running aibaas.
 
-- The demo models on pytest-django's live server (a threaded WSGI server: the async views run
-  there through Django's async adapter), in every test mode.
+- The demo models on the production ASGI application, in every test mode: in this process
+  (tests/gateway/asgi_client.py, on the test database) and, on PostgreSQL and Redis, on a
+  `uvicorn aibaas.asgi:application` process.
 - A model backed by the local fake upstream (aibaas/bench/fake_upstream.py) on real uvicorn
   processes (ASGI, as in production): streaming passthrough, fallback, 504, a client hanging up
   mid-stream. Those share the test database with the server process: PostgreSQL only.
@@ -21,6 +22,7 @@ from keys import touch
 from keys.services import api_key_create
 from metering.models import UsageEvent
 from tests.factories import AIModelFactory, MembershipFactory, ModelPriceFactory, UpstreamFactory
+from tests.gateway.asgi_client import BASE, SyncAsgiTransport
 from tests.servers import free_port, server_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,33 +59,46 @@ def demo_models(db):
     ModelPriceFactory(model=embed, input_per_million=Decimal("0.10"), output_per_million=0)
 
 
+class Served:
+    """Where aibaas answers, and how to reach it: `http()` is an httpx client for it."""
+
+    def __init__(self, url: str, transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url
+        self.transport = transport
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, transport=self.transport, timeout=30)
+
+    def sdk(self, api_key: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, http_client=self.http()
+        )
+
+
 @pytest.fixture(
     params=[
-        "wsgi",
+        "in-process",
         pytest.param("uvicorn", marks=[pytest.mark.postgres, pytest.mark.redis]),
     ]
 )
-def base_url(request, demo_models):
-    """Where aibaas answers: pytest-django's live server (threaded WSGI, every test mode), or
-    a `uvicorn aibaas.asgi:application` process, the production path (PostgreSQL + Redis)."""
-    if request.param == "wsgi":
-        request.getfixturevalue("_live_server_db_connections_per_request")
-        yield request.getfixturevalue("live_server").url
+def served(request, demo_models):
+    """aibaas.asgi.application in this process (every test mode), or a
+    `uvicorn aibaas.asgi:application` process (PostgreSQL + Redis)."""
+    if request.param == "in-process":
+        yield Served(BASE, SyncAsgiTransport())
         return
     with server_process() as base:
-        yield base
+        yield Served(base)
 
 
 @pytest.fixture
-def sdk(base_url, issued):
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=issued.raw_key, max_retries=0)
+def sdk(served, issued):
+    client = served.sdk(issued.raw_key)
     yield client
-    # Hang up before the live server stops: a request thread still holding a keep-alive
-    # connection would close the shared in-memory SQLite connection after the test released it.
     client.close()
 
 
-def test_the_openai_sdk_works_unchanged_against_the_demo_models(sdk, base_url):
+def test_the_openai_sdk_works_unchanged_against_the_demo_models(sdk, served):
     assert {m.id for m in sdk.models.list()} == {"demo-chat", "demo-embed"}
     assert sdk.models.retrieve("demo-embed").id == "demo-embed"
     with pytest.raises(openai.NotFoundError) as missing:
@@ -113,13 +128,12 @@ def test_the_openai_sdk_works_unchanged_against_the_demo_models(sdk, base_url):
         sdk.chat.completions.create(model="demo-chat", messages=[{"role": "robot", "content": ""}])
     assert bad_request.value.param == "messages[0].role"
 
-    bad = openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk_live_wrong", max_retries=0)
-    with bad, pytest.raises(openai.AuthenticationError) as caught:
+    with served.sdk("sk_live_wrong") as bad, pytest.raises(openai.AuthenticationError) as caught:
         bad.models.list()
     assert caught.value.code == "invalid_api_key"
 
 
-def test_usage_api_equals_the_sum_of_what_the_responses_reported(sdk, base_url, issued):
+def test_usage_api_equals_the_sum_of_what_the_responses_reported(sdk, served, issued):
     prompt = completion = 0
     for i in range(5):
         if i % 2:
@@ -139,9 +153,8 @@ def test_usage_api_equals_the_sum_of_what_the_responses_reported(sdk, base_url, 
     embed = sdk.embeddings.create(model="demo-embed", input="fox").usage.prompt_tokens
     # Usage events are written after the reply is sent (on uvicorn): the last may lag a little.
     _wait_for_events(issued, 6)
-    response = httpx.get(
-        f"{base_url}/v1/usage", headers={"Authorization": f"Bearer {issued.raw_key}"}
-    )
+    with served.http() as http:
+        response = http.get("/v1/usage", headers={"Authorization": f"Bearer {issued.raw_key}"})
     totals = response.json()["totals"]
     assert totals["requests"] == 6
     assert (totals["input_tokens"], totals["output_tokens"]) == (prompt + embed, completion)

@@ -1,8 +1,11 @@
-"""A test client for aibaas.asgi.application (the lean /v1 handler in front of Django) with the
-calling convention of Django's test Client, so one test can run against both paths.
+"""In-process clients of aibaas.asgi.application, the production entry point (the /v1 handler in
+front of Django): the one way tests reach /v1.
 
-Requests go through httpx's ASGITransport in this process: the ASGI application as uvicorn
-would call it, without a socket. `HTTP_X_FOO="v"` keyword arguments become `X-Foo: v` headers.
+`AsgiTestClient` has the calling convention of Django's test Client (`HTTP_X_FOO="v"` keyword
+arguments become `X-Foo: v` headers); `SyncAsgiTransport` is an httpx transport for a sync
+client (the openai package's `OpenAI(http_client=httpx.Client(transport=...))`). Both go through
+httpx's ASGITransport in this process: the ASGI application as uvicorn would call it, without a
+socket, on this process's (test) database.
 """
 
 import json as jsonlib
@@ -13,6 +16,7 @@ from asgiref.sync import async_to_sync
 from aibaas.gateway import streaming
 
 BASE = "http://127.0.0.1"
+PEER = ("127.0.0.1", 50000)
 
 
 class AsgiResponse:
@@ -50,7 +54,7 @@ class AsgiTestClient:
 
     def request(self, method: str, path: str, *, content=None, headers=None) -> AsgiResponse:
         async def run():
-            transport = httpx.ASGITransport(app=self.application, client=("127.0.0.1", 50000))
+            transport = httpx.ASGITransport(app=self.application, client=PEER)
             async with (
                 httpx.AsyncClient(transport=transport, base_url=BASE) as client,
                 client.stream(method, path, content=content, headers=headers) as reply,
@@ -73,3 +77,27 @@ class AsgiTestClient:
         if isinstance(data, str):
             data = data.encode()
         return self.request("POST", path, content=data or b"", headers=headers)
+
+
+class SyncAsgiTransport(httpx.BaseTransport):
+    """An httpx transport for sync clients: each request runs the application to its end (the
+    reply read whole, a stream included, and its usage event recorded) before it returns."""
+
+    def __init__(self) -> None:
+        from aibaas.asgi import application
+
+        self.transport = httpx.ASGITransport(app=application, client=PEER)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        content = request.read()
+
+        async def run() -> httpx.Response:
+            inner = httpx.Request(
+                request.method, request.url, headers=request.headers, content=content
+            )
+            reply = await self.transport.handle_async_request(inner)
+            body = await reply.aread()
+            await streaming.drain_background()
+            return httpx.Response(reply.status_code, headers=reply.headers, content=body)
+
+        return async_to_sync(run)()

@@ -2,16 +2,15 @@
 pipeline): headers on every response, 429s in OpenAI's shape, refused requests counting
 nowhere, the per-IP layer, audit events of refusals, GET /v1/key's remaining figures.
 
-Every test that takes `client` runs twice: Django's test client (the async views) and the
-production ASGI application (tests/gateway/asgi_client.py). On REDIS_URL the limiter is Redis's,
-else the in-process one; on PostgreSQL the quota goes through the batched path.
+Requests go through the production ASGI application, in process (tests/gateway/asgi_client.py).
+On REDIS_URL the limiter is Redis's, else the in-process one; on PostgreSQL the quota goes
+through the batched path.
 """
 
 import json
 import uuid
 
 import pytest
-from django.test import Client
 
 from accounts.actors import Actor
 from accounts.models import AuditEvent
@@ -47,9 +46,9 @@ def _fresh_limits():
     ip_limit.reset_state()
 
 
-@pytest.fixture(params=["django", "asgi"])
-def client(request):
-    return Client() if request.param == "django" else AsgiTestClient()
+@pytest.fixture
+def client():
+    return AsgiTestClient()
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,7 @@ def test_a_forked_process_does_not_repeat_its_parents_ids():
 
 
 def test_a_client_id_is_echoed_and_the_usage_id_stays_unique():
-    first, second = request_ids("my-trace.1"), request_ids("my-trace.1")
+    sent = {"x-request-id": "my-trace.1"}
+    first, second = request_ids(sent), request_ids(sent)
     assert first[0] == second[0] == "my-trace.1"
     assert first[1] != second[1] and first[1].startswith("my-trace.1:")

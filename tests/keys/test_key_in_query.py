@@ -1,5 +1,6 @@
 """Keys in a URL's query string are refused (issue 10, item 5): 401 key_in_query naming the
-headers to use, on the /v1 ASGI handler and on everything Django serves under /api and /v1."""
+headers to use, with the key's challenge (WWW-Authenticate), on the /v1 ASGI handler and on
+everything Django serves under /api and /v1: one rule, keys/middleware.py key_in_query_refusal."""
 
 from urllib.parse import quote
 
@@ -54,6 +55,7 @@ def assert_key_in_query(response) -> None:
     assert "Authorization: Bearer" in error["message"]
     assert "X-API-Key" in error["message"]
     assert RAW not in response.content.decode()
+    assert response["WWW-Authenticate"] == 'Bearer realm="aibaas"'
 
 
 @pytest.fixture
@@ -91,7 +93,6 @@ def test_v1_asgi_handler_refuses_a_key_in_the_query(raw_key, name):
         "/api/keys/1?key={raw}",
         "/v1/key?key={raw}",
         "/v1/usage?month=2026-12&api_key={raw}",
-        "/v1/models?api_key={raw}",
     ],
 )
 def test_django_refuses_a_key_in_the_query_on_api_and_v1(raw_key, path):

@@ -127,9 +127,9 @@ def _retry(response) -> int:
     return body["retry_after"]
 
 
-@pytest.fixture(params=["django", "asgi"])
-def client(request):
-    return Client() if request.param == "django" else AsgiTestClient()
+@pytest.fixture
+def client():
+    return AsgiTestClient()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,4 +1,4 @@
-"""The provider interface the /v1 views call. One implementation per provider kind:
+"""The provider interface the /v1 pipeline calls. One implementation per provider kind:
 `demo` (built in, no network) and `openai_compatible` (aiohttp to vLLM/Ollama/llama.cpp/OpenAI).
 
 Every call returns OpenAI-shaped data plus the token usage the request is billed for.

@@ -1,20 +1,14 @@
-"""The built-in demo provider: a chat model and an embeddings model with no network, no weights.
+"""The built-in demo provider: a chat model and an embeddings model with no network, no weights,
+so that a fresh installation answers real OpenAI clients at once, like a real model over the
+wire.
 
-It exists so that a fresh installation answers real OpenAI clients at once, and it behaves like
-a real model over the wire:
-
-- chat: the answer is a few plain English sentences from a small built-in vocabulary, chosen
-  by a generator seeded with a hash of the messages and sampling parameters (same request, same
-  answer; a different request, a different answer) and mentioning the topic of the last user
-  message. `max_completion_tokens` / `max_tokens` cut it (finish_reason "length"); a `stop`
-  string ends it early (finish_reason "stop"); `n` gives n different answers. Streaming sends
-  one `chat.completion.chunk` per token, optionally DEMO_TOKEN_DELAY_SECONDS apart.
-- embeddings: unit vectors built by feature hashing the words (texts sharing words point the
-  same way) plus a component seeded by the exact text (different texts, different vectors).
-
-Token counts come from aibaas/gateway/tokenizer.py and are exact for this model (the answer is
-streamed in that tokenizer's pieces), so usage is never marked estimated.
-The body was validated by the /v1 view; this module only reads it, defensively.
+- chat: a few English sentences from a small vocabulary, seeded by a hash of the messages and
+  sampling parameters (same request, same answer) and mentioning the last user message's
+  topic; honours max_completion_tokens / max_tokens ("length"), `stop`, `n`, and streams one
+  chunk per token (DEMO_TOKEN_DELAY_SECONDS apart).
+- embeddings: unit vectors from feature hashing the words plus a component seeded by the text.
+Token counts are aibaas/gateway/tokenizer.py's, exact for this model (never marked estimated).
+The body was validated by the /v1 handler; this module only reads it, defensively.
 """
 
 import asyncio

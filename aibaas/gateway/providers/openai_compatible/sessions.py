@@ -1,9 +1,6 @@
 """The upstream connection pools: one pooled aiohttp `ClientSession` per event loop, with
-keep-alive connections per upstream.
-
-httpx was measured first: its connection pool collapses under concurrency on this machine,
-~260 requests/s at 32 concurrent requests against a fake upstream that serves 6,700/s, where
-aiohttp does ~3,400/s; the gateway's budget is 1,000/s through it. See `make bench`.
+keep-alive connections per upstream. aiohttp rather than httpx, measured:
+docs/gateway-performance.md.
 """
 
 import asyncio
