@@ -14,8 +14,8 @@ hop per request for the sync-only middleware (WhiteNoise, django-ratelimit) and 
 request setup: ~4 ms at concurrency 1 and under 400 requests/s at concurrency 32, against the
 budget of 2 ms and 1,000 requests/s. This handler keeps what the Django path gave these routes:
 
-- Host checked against ALLOWED_HOSTS (400 otherwise); with SECURE_SSL_REDIRECT, plain HTTP is
-  redirected as SecurityMiddleware would, and HSTS / nosniff / Referrer-Policy headers are set.
+- Django's own security decisions, asked of Django (aibaas/gateway/security.py): the Host check
+  (400 otherwise), the HTTPS redirect and SecurityMiddleware's headers (HSTS, nosniff, ...).
 - X-Request-ID on every response (aibaas/gateway/middleware.py's rules).
 - The body read up to GATEWAY_MAX_BODY_BYTES (413 beyond, without reading the rest).
 - The client address from the same trusted source as the rate limiters (aibaas/http.py).
@@ -34,11 +34,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.http.request import split_domain_port, validate_host
 
 from aibaas.errors import ApplicationError, internal_error
 from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
+from aibaas.gateway.security import Security, SecurityRequest
 from aibaas.http import client_address, method_refusal
 from keys import changes
 from keys.authentication import key_from_headers
@@ -68,31 +68,8 @@ class _Config:
     """Settings read once per process (they do not change while it runs; tests reset it)."""
 
     def __init__(self) -> None:
-        self.allowed_hosts = list(settings.ALLOWED_HOSTS)
-        if settings.DEBUG and not self.allowed_hosts:
-            self.allowed_hosts = [".localhost", "127.0.0.1", "[::1]"]  # as Django's get_host
         self.max_body = settings.GATEWAY_MAX_BODY_BYTES
-        self.ssl_redirect = bool(getattr(settings, "SECURE_SSL_REDIRECT", False))
-        proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
-        self.proxy_ssl = None
-        if proxy:
-            header, value = proxy
-            self.proxy_ssl = (header[5:].lower().replace("_", "-"), value)
-        self.security_headers: list[tuple[bytes, bytes]] = []
-        if settings.SECURE_CONTENT_TYPE_NOSNIFF:
-            self.security_headers.append((b"x-content-type-options", b"nosniff"))
-        if settings.SECURE_REFERRER_POLICY:
-            self.security_headers.append(
-                (b"referrer-policy", str(settings.SECURE_REFERRER_POLICY).encode())
-            )
-        self.hsts = None
-        if getattr(settings, "SECURE_HSTS_SECONDS", 0):
-            value = f"max-age={settings.SECURE_HSTS_SECONDS}"
-            if getattr(settings, "SECURE_HSTS_INCLUDE_SUBDOMAINS", False):
-                value += "; includeSubDomains"
-            if getattr(settings, "SECURE_HSTS_PRELOAD", False):
-                value += "; preload"
-            self.hsts = (b"strict-transport-security", value.encode())
+        self.security = Security()
 
 
 _config: _Config | None = None
@@ -183,34 +160,27 @@ class GatewayApplication:
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
         request_id, usage_id = request_ids(headers)
-        common = [(b"x-request-id", request_id.encode())]
-        common.extend(cfg.security_headers)
-        secure = self._secure(scope, headers, cfg)
-        if secure and cfg.hsts:
-            common.append(cfg.hsts)
+        query = scope.get("query_string", b"").decode("latin-1")
+        django = SecurityRequest(scope, headers, query)  # Django's decisions, below
+        common = [(b"x-request-id", request_id.encode()), *cfg.security.headers(django)]
 
-        host = headers.get("host", "")
-        domain, _ = split_domain_port(host)
-        if not domain or not validate_host(domain, cfg.allowed_hosts):
+        if not django.allowed_host():
             error = ApplicationError(BAD_HOST, "Invalid Host header.", status=400)
             await self._send_error(send, error, common)
             return
-        query = scope.get("query_string", b"").decode("latin-1")
         error = key_in_query_refusal(query)  # before any redirect echoes the key back
         if error is not None:
             await self._send_error(send, error, common)
             return
-        if cfg.ssl_redirect and not secure:
-            location = f"https://{host}{scope.get('raw_path', b'').decode('latin-1')}"
-            if query:
-                location += "?" + query
+        location = cfg.security.redirect(django)
+        if location is not None:
             await send(
                 {
                     "type": "http.response.start",
                     "status": 301,
                     "headers": [
                         *common,
-                        (b"location", location.encode()),
+                        (b"location", location.encode("latin-1")),
                         (b"content-length", b"0"),
                     ],
                 }
@@ -357,12 +327,6 @@ class GatewayApplication:
     @classmethod
     async def _send_error(cls, send, error: ApplicationError, headers: list) -> None:
         await cls._send_json(send, error.status, error.as_dict(), headers + _pairs(error.headers))
-
-    @staticmethod
-    def _secure(scope, headers, cfg: _Config) -> bool:
-        if cfg.proxy_ssl is not None:
-            return headers.get(cfg.proxy_ssl[0]) == cfg.proxy_ssl[1]
-        return scope.get("scheme") == "https"
 
 
 async def startup() -> None:

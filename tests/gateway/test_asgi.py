@@ -17,6 +17,9 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.http import HttpResponse
+from django.middleware.security import SecurityMiddleware
+from django.test import RequestFactory
 from django.urls import resolve
 
 from accounts.actors import Actor
@@ -156,6 +159,50 @@ def test_https_redirect_and_hsts_follow_the_security_settings(client, key, setti
     secure = client.get("/v1/models", HTTP_X_FORWARDED_PROTO="https", **auth(key.raw_key))
     assert secure.status_code == 200
     assert secure["Strict-Transport-Security"].startswith("max-age=3600")
+
+
+SECURITY_HEADERS = (
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+    "Cross-Origin-Opener-Policy",
+)
+
+
+def test_the_security_headers_on_v1_are_djangos_own(client, key, settings):
+    settings.SECURE_HSTS_SECONDS = 3600
+    settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    settings.SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # What Django's SecurityMiddleware, built on these settings, adds to the same request.
+    django = SecurityMiddleware(lambda request: HttpResponse())
+    for proto in ("https", "http"):
+        v1 = client.get("/v1/models", HTTP_X_FORWARDED_PROTO=proto, **auth(key.raw_key))
+        expected = django(RequestFactory().get("/v1/models", HTTP_X_FORWARDED_PROTO=proto))
+        assert v1.status_code == 200
+        assert {n: v1.headers.get(n) for n in SECURITY_HEADERS} == {
+            n: expected.headers.get(n) for n in SECURITY_HEADERS
+        }
+        assert v1["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert ("Strict-Transport-Security" in v1) is (proto == "https")
+
+
+def test_the_https_redirect_follows_secure_ssl_host_and_its_exemptions(client, key, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_SSL_HOST = "secure.example"
+    plain = client.request("GET", "/v1/models?x=1")
+    assert plain.status_code == 301
+    assert plain["Location"] == "https://secure.example/v1/models?x=1"
+    settings.SECURE_REDIRECT_EXEMPT = [r"^v1/models"]
+    assert client.get("/v1/models", **auth(key.raw_key)).status_code == 200
+
+
+@pytest.mark.parametrize("proto", ["https", "https, http"])
+def test_the_proxys_protocol_header_is_read_as_django_reads_it(client, key, settings, proto):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    response = client.get("/v1/models", HTTP_X_FORWARDED_PROTO=proto, **auth(key.raw_key))
+    assert response.status_code == 200
 
 
 @pytest.mark.parametrize(

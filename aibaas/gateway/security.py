@@ -1,0 +1,66 @@
+"""Django's own security decisions for the /v1 ASGI handler, which has no Django request: the
+Host check (HttpRequest.get_host: ALLOWED_HOSTS, USE_X_FORWARDED_HOST), HTTPS (is_secure:
+SECURE_PROXY_SSL_HEADER), the redirect and the response headers (SecurityMiddleware: SSL
+redirect, host and exemptions, HSTS, nosniff, Referrer-Policy, Cross-Origin-Opener-Policy).
+
+No setting is read here: a `SecurityRequest` is the sliver of HttpRequest those methods read,
+built from the ASGI scope without parsing a body, cookies or a query string.
+"""
+
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest, HttpResponse
+from django.middleware.security import SecurityMiddleware
+
+
+class SecurityRequest(HttpRequest):
+    """What Django's host check and SecurityMiddleware read of a request, and nothing else."""
+
+    def __init__(self, scope, headers: dict[str, str], query: str) -> None:
+        # HttpRequest.__init__ is skipped on purpose: it builds QueryDicts nobody reads here.
+        self.path = scope["path"]
+        self.method = scope["method"]
+        self._scheme = scope.get("scheme") or "http"
+        self.META = {"QUERY_STRING": query}
+        for name, value in headers.items():
+            self.META["HTTP_" + name.upper().replace("-", "_")] = value
+        server = scope.get("server") or ("127.0.0.1", 80)
+        self.META["SERVER_NAME"], self.META["SERVER_PORT"] = server[0], str(server[1] or 80)
+
+    def _get_scheme(self) -> str:
+        return self._scheme
+
+    def allowed_host(self) -> bool:
+        try:
+            self.get_host()
+        except DisallowedHost:
+            return False
+        return True
+
+
+def _ignored(request):  # SecurityMiddleware's get_response: never called here
+    raise NotImplementedError
+
+
+class Security:
+    """Django's SecurityMiddleware, asked for its redirect and its headers."""
+
+    def __init__(self) -> None:
+        self.middleware = SecurityMiddleware(_ignored)
+        self._headers: dict[bool, list[tuple[bytes, bytes]]] = {}
+
+    def redirect(self, request: SecurityRequest) -> str | None:
+        """The Location of the HTTPS redirect Django would answer with, or None."""
+        response = self.middleware.process_request(request)
+        return None if response is None else response["Location"]
+
+    def headers(self, request: SecurityRequest) -> list[tuple[bytes, bytes]]:
+        """The headers SecurityMiddleware adds to a response to this request. They depend on
+        nothing but whether the request is secure: computed once for each case."""
+        secure = request.is_secure()
+        pairs = self._headers.get(secure)
+        if pairs is None:
+            response = self.middleware.process_response(request, HttpResponse())
+            added = {k: v for k, v in response.items() if k.lower() != "content-type"}
+            pairs = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in added.items()]
+            self._headers[secure] = pairs
+        return pairs
