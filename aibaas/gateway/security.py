@@ -37,8 +37,10 @@ class SecurityRequest(HttpRequest):
         return True
 
 
-def _ignored(request):  # SecurityMiddleware's get_response: never called here
-    raise NotImplementedError
+def _ignored(request):
+    """SecurityMiddleware's get_response, which only __call__ uses: /v1 asks process_request
+    and process_response directly, so reaching this is a bug."""
+    raise RuntimeError("SecurityMiddleware is asked for its decisions here, never called")
 
 
 class Security:
