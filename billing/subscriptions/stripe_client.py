@@ -22,6 +22,10 @@ def enabled() -> bool:
     return bool(settings.STRIPE_SECRET_KEY)
 
 
+def webhook_secret_set() -> bool:
+    return bool(settings.STRIPE_WEBHOOK_SECRET)
+
+
 def client() -> stripe.StripeClient:
     base = settings.STRIPE_API_BASE or None
     addresses = {"api": base, "meter_events": base} if base else {}
