@@ -7,8 +7,7 @@ is live: a late event about an old, canceled subscription changes nothing.
 """
 
 import logging
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -30,7 +29,7 @@ ENDED = ("canceled", "unpaid", "incomplete_expired")
 
 
 def _timestamp(value) -> datetime | None:
-    return datetime.fromtimestamp(int(value), tz=dt_timezone.utc) if value else None
+    return datetime.fromtimestamp(int(value), tz=UTC) if value else None
 
 
 def _licensed_item(subscription):

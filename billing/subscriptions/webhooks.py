@@ -6,8 +6,7 @@ A failure rolls everything back (the row included) and answers 500: Stripe deliv
 """
 
 import logging
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -45,7 +44,7 @@ def stripe_event_process(*, event: dict) -> tuple[StripeEvent, bool]:
         defaults={
             "type": event["type"],
             "livemode": bool(event.get("livemode")),
-            "stripe_created": datetime.fromtimestamp(event["created"], tz=dt_timezone.utc),
+            "stripe_created": datetime.fromtimestamp(event["created"], tz=UTC),
             "payload": event,
         },
     )
