@@ -205,6 +205,10 @@ class BillingAccount(models.Model):
     def __str__(self) -> str:
         return f"billing of organization {self.organization_id}"
 
+    @property
+    def status_display(self) -> str:
+        return self.subscription_status.replace("_", " ").capitalize()
+
 
 class StripeEvent(models.Model):
     """One verified Stripe webhook event, stored by its Stripe id: processed exactly once."""
