@@ -1,7 +1,7 @@
 from django.db.models import QuerySet
 
-from aibaas.errors import ApplicationError
 from billing.models import Plan
+from infra.errors import ApplicationError
 
 PLAN_NOT_FOUND = "plan_not_found"
 

@@ -37,7 +37,7 @@ from django.utils.dateparse import parse_datetime
 from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
-from aibaas.db import when_unlocked
+from infra.db import when_unlocked
 from metering.models import QuotaCounter
 
 logger = logging.getLogger(__name__)

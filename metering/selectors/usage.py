@@ -10,8 +10,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Organization
-from aibaas.errors import INVALID_REQUEST, ApplicationError
 from billing.pricing import COST_QUANTUM
+from infra.errors import INVALID_REQUEST, ApplicationError
 from metering.models import UsageEvent
 
 INVALID_MONTH_MESSAGE = "'month' must be a calendar month written YYYY-MM, e.g. 2025-06."

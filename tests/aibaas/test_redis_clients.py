@@ -1,4 +1,4 @@
-"""aibaas/redis_clients.py: commands packed by hiredis exactly as redis-py packs them, and the
+"""infra/redis_clients.py: commands packed by hiredis exactly as redis-py packs them, and the
 per-loop pipeliner (what is issued together goes in one round trip, errors stay per command)."""
 
 import asyncio
