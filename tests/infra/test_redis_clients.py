@@ -7,7 +7,7 @@ import pytest
 import redis
 from redis.asyncio.connection import Connection
 
-from aibaas import redis_clients
+from infra import redis_clients
 from tests.servers import free_port
 
 
