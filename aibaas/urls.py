@@ -31,6 +31,7 @@ urlpatterns = [
     path("metrics", health.metrics, name="metrics"),
     path("accounts/", include("accounts.urls")),
     path("dashboard/", include("aibaas.dashboard_urls")),
+    path("billing/", include("billing.subscriptions.urls")),
     path("api/", include(api_patterns)),
     path("v1/", include(v1_patterns)),
     path("admin/", admin.site.urls),

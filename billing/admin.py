@@ -24,7 +24,14 @@ class PlanAdmin(admin.ModelAdmin):
     list_editable = ["is_public"]
     list_filter = ["is_public"]
     search_fields = ["name", "slug"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = [
+        "created_at",
+        "updated_at",
+        "stripe_product_id",
+        "stripe_price_id",
+        "stripe_metered_price_id",
+        "stripe_meter_id",
+    ]
     fieldsets = (
         (None, {"fields": ("name", "slug", "monthly_price", "is_public", "sort_order")}),
         (
@@ -49,6 +56,18 @@ class PlanAdmin(admin.ModelAdmin):
                     "monthly_request_quota",
                     "monthly_token_quota",
                     "max_keys",
+                )
+            },
+        ),
+        (
+            "Stripe (ids set by manage.py stripe_sync)",
+            {
+                "fields": (
+                    "metered_price_per_million_tokens",
+                    "stripe_product_id",
+                    "stripe_price_id",
+                    "stripe_metered_price_id",
+                    "stripe_meter_id",
                 )
             },
         ),

@@ -13,6 +13,16 @@ def _limit_field(verbose_name: str) -> models.PositiveBigIntegerField:
     )
 
 
+def _stripe_id_field(what: str) -> models.CharField:
+    return models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        db_default="",  # rows written by the seed migration's older model get it too
+        help_text=f"The {what} of this plan; set by `manage.py stripe_sync`.",
+    )
+
+
 class Plan(models.Model):
     """A pricing tier. Limits left empty (null) are unlimited."""
 
@@ -56,6 +66,21 @@ class Plan(models.Model):
         default=True, help_text="Shown to customers as a plan they can choose."
     )
     sort_order = models.PositiveSmallIntegerField(default=0)
+    metered_price_per_million_tokens = models.DecimalField(
+        "metered price per million tokens",
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="USD per million tokens billed by Stripe on top of the monthly fee (a metered "
+        "Price on a Stripe Billing Meter, created by `manage.py stripe_sync`). Empty: no usage "
+        "is billed on this plan.",
+    )
+    stripe_product_id = _stripe_id_field("Stripe Product")
+    stripe_price_id = _stripe_id_field("recurring monthly Stripe Price")
+    stripe_metered_price_id = _stripe_id_field("metered Stripe Price")
+    stripe_meter_id = _stripe_id_field("Stripe Billing Meter")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -123,3 +148,87 @@ class ModelPrice(models.Model):
             f"{self.model}: ${Decimal(self.input_per_million).normalize():f}/M in, "
             f"${Decimal(self.output_per_million).normalize():f}/M out"
         )
+
+
+class BillingAccount(models.Model):
+    """An organization's side of Stripe: its one Customer and the subscription state Stripe last
+    told us (webhooks, re-read from Stripe). The organization's plan follows this state."""
+
+    organization = models.OneToOneField(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="billing_account"
+    )
+    stripe_customer_id = models.CharField(
+        max_length=255,
+        unique=True,
+        null=True,
+        blank=True,
+        help_text="The organization's Stripe Customer, created once at its first checkout.",
+    )
+    stripe_subscription_id = models.CharField(max_length=255, blank=True, default="")
+    subscription_status = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        help_text="Stripe's status of the subscription: active, trialing, past_due, canceled...",
+    )
+    subscribed_plan = models.ForeignKey(
+        Plan,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The plan the Stripe subscription pays for.",
+    )
+    current_period_start = models.DateTimeField(null=True, blank=True)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    cancel_at_period_end = models.BooleanField(
+        default=False, help_text="The subscription ends (back to free) at the period's end."
+    )
+    past_due_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a payment first failed; the plan is kept for BILLING_GRACE_DAYS after.",
+    )
+    checkout_plan = models.ForeignKey(
+        Plan,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="A checkout started for this plan and not yet confirmed by a webhook.",
+    )
+    checkout_started_at = models.DateTimeField(null=True, blank=True)
+    last_event_id = models.CharField(max_length=255, blank=True, default="")
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"billing of organization {self.organization_id}"
+
+
+class StripeEvent(models.Model):
+    """One verified Stripe webhook event, stored by its Stripe id: processed exactly once."""
+
+    stripe_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    livemode = models.BooleanField(default=False)
+    stripe_created = models.DateTimeField(help_text="When Stripe created the event.")
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    organization = models.ForeignKey(
+        "accounts.Organization",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="stripe_events",
+    )
+    outcome = models.CharField(
+        max_length=255, blank=True, default="", help_text="What processing did, in a few words."
+    )
+    payload = models.JSONField()
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.stripe_id}"

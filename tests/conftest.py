@@ -93,6 +93,57 @@ def upstream():
     server.stop()
 
 
+WEBHOOK_SECRET = "whsec_test_secret_for_the_suite"
+
+
+@pytest.fixture(scope="session")
+def fake_stripe():
+    """localstripe in a process of its own, and our front for what it lacks
+    (tests/stripe_fake.py), on free ports; stopped at the end of the run."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.servers import ROOT, free_port
+    from tests.stripe_fake import FakeStripeServer
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.localstripe_server", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    localstripe = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{localstripe}/v1/customers", timeout=1, auth=("sk_test_x", ""))
+            break
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("localstripe did not start") from None
+            time.sleep(0.1)
+    server = FakeStripeServer(localstripe, free_port())
+    yield server
+    server.stop()
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def stripe_online(settings, fake_stripe):
+    """Billing online against the fake Stripe: the settings a deployment sets."""
+    settings.STRIPE_SECRET_KEY = "sk_test_suite"
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    settings.STRIPE_API_BASE = fake_stripe.url
+    fake_stripe.reset()
+    return fake_stripe
+
+
 @pytest.fixture
 def password() -> str:
     return PASSWORD

@@ -101,6 +101,17 @@ CELERY_BEAT_SCHEDULE = (
     else {}
 )
 
+# --- Stripe (billing/subscriptions/). No STRIPE_SECRET_KEY: billing is offline (plans are set by
+# operators, nothing calls Stripe). STRIPE_API_BASE points the stripe library elsewhere (a local
+# fake Stripe in the tests; empty: Stripe's own). Past-due subscriptions keep their plan for
+# BILLING_GRACE_DAYS after the first failed payment, then fall back to the free plan.
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = 300
+BILLING_GRACE_DAYS = env.float("BILLING_GRACE_DAYS", default=7.0)
+
 # --- Email: console backend unless EMAIL_URL is set (smtp://user:pass@host:587/?tls=True).
 _email = env.email_url("EMAIL_URL", default="consolemail://")
 EMAIL_BACKEND = _email["EMAIL_BACKEND"]
