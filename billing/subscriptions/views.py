@@ -4,8 +4,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from aibaas.errors import ApplicationError
 from billing.subscriptions.webhooks import webhook_receive
+from infra.errors import ApplicationError
 
 
 @csrf_exempt  # Stripe signs the body; there is no session and no CSRF token
