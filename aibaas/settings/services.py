@@ -85,8 +85,6 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
-# Task modules below the apps' top level, which autodiscovery does not look into.
-CELERY_IMPORTS = ["billing.subscriptions.tasks"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Periodic tasks (one `celery -A aibaas beat` per deployment), only when there is a broker.
 # The usage drain moves /v1 usage events from the Redis stream into PostgreSQL (metering/events.py);

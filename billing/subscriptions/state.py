@@ -19,6 +19,7 @@ from accounts.services import organization_set_plan
 from billing.defaults import DEFAULT_PLAN_SLUG
 from billing.models import BillingAccount, Plan
 from billing.selectors import grace_deadline
+from billing.subscriptions import stripe_client
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +149,20 @@ def grace_periods_expire(*, now: datetime | None = None) -> int:
             locked = BillingAccount.objects.select_for_update().get(pk=account.pk)
             moved += plan_follow(account=locked, reason="grace period over")
     return moved
+
+
+def billing_account_resync(*, account: BillingAccount) -> str:
+    """Re-read the customer's subscriptions from Stripe and apply the current one (the
+    account's, else the newest live one): for an operator who doubts a missed webhook."""
+    if not account.stripe_customer_id:
+        return "no Stripe customer"
+    subscriptions = [
+        s.to_dict() for s in stripe_client.subscription_list(customer=account.stripe_customer_id)
+    ]
+    if not subscriptions:
+        return "no subscription in Stripe"
+    live = [s for s in subscriptions if s["status"] in LIVE]
+    chosen = next((s for s in subscriptions if s["id"] == account.stripe_subscription_id), None)
+    if chosen is None or (chosen["status"] not in LIVE and live):
+        chosen = max(live or subscriptions, key=lambda s: s.get("created") or 0)
+    return subscription_apply(account=account, subscription=chosen)
