@@ -3,9 +3,11 @@ webhook (with a resync from Stripe), and every webhook event received."""
 
 from django.contrib import admin, messages
 
-from billing.models import BillingAccount, StripeEvent
+from billing.models import BillingAccount, MeterReport, StripeEvent
 from billing.subscriptions import stripe_client
 from billing.subscriptions.state import billing_account_resync
+from billing.subscriptions.tasks import send_meter_report
+from billing.subscriptions.usage import meter_reports_retry
 
 
 @admin.register(BillingAccount)
@@ -70,3 +72,38 @@ class StripeEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(MeterReport)
+class MeterReportAdmin(admin.ModelAdmin):
+    list_display = [
+        "identifier",
+        "organization",
+        "window_start",
+        "tokens",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+    ]
+    list_filter = ["status"]
+    search_fields = ["identifier", "organization__slug"]
+    list_select_related = ["organization"]
+    actions = ["retry_now"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Retry the failed reports now")
+    def retry_now(self, request, queryset):
+        ids = list(queryset.values_list("id", flat=True))
+        count = meter_reports_retry(report_ids=ids)
+        for report_id in ids:
+            send_meter_report.delay(report_id)
+        self.message_user(request, f"{count} failed report(s) sent again.")

@@ -53,6 +53,8 @@ def test_with_a_broker_beat_expires_billing_grace_periods_hourly():
         "options": {"expires": 600},
     }
     assert "billing.subscriptions.tasks.expire_grace_periods" in found["registered"]
+    assert found["beat"]["billing-report-usage-to-stripe"]["schedule"] == 300.0
+    assert "billing.subscriptions.tasks.send_meter_report" in found["registered"]
 
 
 def test_without_a_broker_there_is_no_beat_schedule():
