@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import organization_get
+from billing.selectors import billing_notice
 from infra.schema import errors
 from keys.authentication import ApiKeyAuthentication
 from keys.permissions import HasApiKey
@@ -154,6 +155,11 @@ class KeyInfoApi(RateLimitHeadersMixin, APIView):
                     "reset_seconds": serializers.DictField(
                         child=serializers.IntegerField(allow_null=True)
                     ),
+                    "billing": serializers.DictField(
+                        allow_null=True,
+                        help_text="Null, or a failed payment: status past_due, the plan kept, "
+                        "grace_until (then the free plan) and a message.",
+                    ),
                 },
             ),
             **errors(401, 503),
@@ -176,5 +182,6 @@ class KeyInfoApi(RateLimitHeadersMixin, APIView):
                 "expires_at": expires.isoformat().replace("+00:00", "Z") if expires else None,
                 "test_mode": context.test_mode,
                 **key_limit_status(context, request.limit_windows),  # limits, remaining, ...
+                "billing": billing_notice(organization_id=context.organization_id),
             }
         )
