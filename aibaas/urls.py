@@ -10,6 +10,7 @@ from aibaas.gateway.apis import KeyInfoApi, UsageApi
 api_patterns = [
     path("", include("accounts.api_urls")),
     path("", include("keys.urls")),
+    path("", include("metering.rollups.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

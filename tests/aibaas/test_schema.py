@@ -126,6 +126,8 @@ EXPECTED_ERRORS = {
     ("/api/keys/{ident}/revoke", "post"): {400, 401, 403, 404},
     ("/api/keys/{ident}/rotate", "post"): {400, 401, 403, 404},
     ("/api/audit", "get"): {400, 401, 403},
+    ("/api/usage", "get"): {400, 401, 403},
+    ("/api/usage/csv", "get"): {400, 401, 403},
     ("/v1/key", "get"): {401, 503},
     ("/v1/usage", "get"): {400, 401, 403, 503},
     ("/v1/models", "get"): {401, 403, 429, 503},
