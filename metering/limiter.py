@@ -23,8 +23,8 @@ from pathlib import Path
 import redis
 from django.conf import settings
 
-from aibaas.redis_clients import REDIS_ERRORS, apipelined, aredis_client, redis_client, submit
 from infra.breaker import redis_breaker, reset_breakers
+from infra.redis_clients import REDIS_ERRORS, apipelined, aredis_client, redis_client, submit
 
 logger = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ def private_redis(settings):
         settings.REDIS_RETRY_SECONDS = RETRY
         settings.CACHES = {
             "default": {
-                "BACKEND": "aibaas.cache.FailoverRedisCache",
+                "BACKEND": "infra.cache.FailoverRedisCache",
                 "LOCATION": server.url,
                 "OPTIONS": {
                     "SOCKET_CONNECT_TIMEOUT": 0.2,

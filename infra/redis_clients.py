@@ -22,9 +22,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aibaas.loops import PerLoop, quiet_future
 from infra.background import background
 from infra.breaker import breaker_for
+from infra.loops import PerLoop, quiet_future
 
 # What a call to an unreachable or failing Redis raises (asyncio's timeout is an OSError).
 REDIS_ERRORS = (redis.RedisError, OSError)

@@ -18,7 +18,7 @@ from django.core.cache.backends.locmem import LocMemCache
 from django_redis.cache import RedisCache
 from django_redis.exceptions import ConnectionInterrupted
 
-from aibaas import redis_clients
+from infra import redis_clients
 from infra.breaker import breaker_for
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 import pytest
 from django.urls import reverse
 
-from aibaas.cache import FailoverRedisCache
 from infra.breaker import reset_breakers
+from infra.cache import FailoverRedisCache
 from tests.redis_server import redis_process, redis_server_available
 
 
@@ -91,7 +91,7 @@ def test_login_and_signup_work_while_redis_is_down(client, settings, db):
 
     settings.CACHES = {
         "default": {
-            "BACKEND": "aibaas.cache.FailoverRedisCache",
+            "BACKEND": "infra.cache.FailoverRedisCache",
             "LOCATION": "redis://127.0.0.1:1/0",
             "OPTIONS": {
                 "SOCKET_CONNECT_TIMEOUT": 0.2,
