@@ -18,13 +18,14 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
 from infra.breaker import redis_breaker
 from infra.db import releasing_connections
-from infra.redis_clients import REDIS_ERRORS, apipelined, redis_client
+from infra.redis_clients import REDIS_ERRORS, apipelined, aredis_client, redis_client
 from metering import inflight
 from metering.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
 
@@ -197,19 +198,30 @@ async def ausage_emit(event: UsageEventData) -> None:
     in the in-flight registry (metering/inflight.py) goes with the event: in the same Lua
     script as the XADD, or once the event is committed to the database."""
     registry = inflight.current()
-    marked = registry is not None and registry.ending(event.request_id)
+    hashes = registry.ending(event.request_id) if registry is not None else ()
     if stream_enabled() and redis_breaker().usable():
         args, kwargs = _xadd_args(event)
         try:
-            if marked:
+            if hashes:
                 key, fields = args
                 [(name, payload)] = fields.items()
-                await apipelined("eval", *registry.emit_args(key, name, payload, event.request_id))
+                script = registry.emit_args(key, hashes, name, payload, event.request_id)
+                await _aemit_script(script)
             else:
                 await apipelined("xadd", *args, **kwargs)
             return
         except REDIS_ERRORS as error:
             _redis_failed(error, event)
     await sync_to_async(releasing_connections(_record))(event)
-    if marked:
+    if hashes:
         registry.forget(event.request_id)
+
+
+async def _aemit_script(args: tuple) -> None:
+    """The event and its marker's end in one EVALSHA; the script is loaded first if this Redis
+    does not know it (a restart): NOSCRIPT means nothing ran."""
+    try:
+        await apipelined("evalsha", *args)
+    except redis.exceptions.NoScriptError:
+        await aredis_client().script_load(inflight.EMIT)
+        await apipelined("evalsha", *args)

@@ -11,6 +11,7 @@ docs/usage-events.md.
 """
 
 import asyncio
+import hashlib
 import logging
 import os
 import secrets
@@ -30,12 +31,16 @@ HEARTBEAT_SECONDS = 1.0
 MAX_PENDING = 100_000  # failed writes kept for the heartbeat; past it the oldest go (logged)
 
 # The event and the marker's end, together: a marker exists only while its event does not.
+# KEYS: the stream, then the hashes the request is in (inflight; progress too for a stream).
+# Sent by its SHA (EVALSHA): Redis does not hash the script again for every request.
 EMIT = """
 redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
-redis.call('HDEL', KEYS[2], ARGV[3])
-redis.call('HDEL', KEYS[3], ARGV[3])
+for i = 2, #KEYS do
+  redis.call('HDEL', KEYS[i], ARGV[3])
+end
 return 1
 """
+EMIT_SHA = hashlib.sha1(EMIT.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
 # SADD answers 1 when this process was not registered: first beat, reaped while cut off, or a
 # Redis that lost its data. The heartbeat then writes every marker again.
 BEAT = """
@@ -86,12 +91,18 @@ class Registry:
         if entry is not None:
             entry.usage = usage
 
-    def ending(self, request_id: str) -> bool:
-        """The request's event is being emitted: no more checkpoints. Whether it had a marker."""
-        return self.active.pop(request_id, None) is not None
+    def ending(self, request_id: str) -> tuple[str, ...]:
+        """The request's event is being emitted: no more checkpoints. The hashes its marker is
+        in (none: it had no marker; the progress hash only for a stream)."""
+        entry = self.active.pop(request_id, None)
+        if entry is None:
+            return ()
+        return (self.inflight,) if entry.usage is None else (self.inflight, self.progress)
 
-    def emit_args(self, stream: str, field: str, payload: str, request_id: str) -> tuple:
-        return (EMIT, 3, stream, self.inflight, self.progress, field, payload, request_id)
+    @staticmethod
+    def emit_args(stream: str, hashes: tuple[str, ...], field: str, payload: str, request_id):
+        """EVALSHA's arguments of EMIT for this event and the hashes `ending` named."""
+        return (EMIT_SHA, 1 + len(hashes), stream, *hashes, field, payload, request_id)
 
     def forget(self, request_id: str) -> None:
         """Remove the marker of a request whose event was written to the database directly."""
