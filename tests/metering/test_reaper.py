@@ -1,5 +1,5 @@
-"""usage_reap (metering/reaper.py) on registries laid out as serving processes leave them
-(metering/inflight.py's keys), on a private Redis: who is dead, exactly-once claims, what an
+"""usage_reap (metering/usage/reaper.py) on registries laid out as serving processes leave them
+(metering/usage/inflight.py's keys), on a private Redis: who is dead, exactly-once claims, what an
 interrupted event holds."""
 
 import json
@@ -11,9 +11,9 @@ from decimal import Decimal
 import pytest
 import redis
 
-from metering.inflight import PREFIX, PROCESSES_KEY, keys_of
 from metering.models import QuotaCounter, UsageEvent
-from metering.reaper import CLAIM, INTERRUPTED_STATUS, marker, usage_reap
+from metering.usage.inflight import PREFIX, PROCESSES_KEY, keys_of
+from metering.usage.reaper import CLAIM, INTERRUPTED_STATUS, marker, usage_reap
 from tests.factories import ModelPriceFactory
 from tests.metering.conftest import make_event
 from tests.redis_server import redis_process, redis_server_available
@@ -148,8 +148,8 @@ def test_an_event_ends_its_marker_in_one_evalsha_even_after_redis_forgot_the_scr
     stream's progress checkpoint is touched."""
     import asyncio
 
-    from metering import events as usage_events
-    from metering import inflight
+    from metering.usage import emit as usage_events
+    from metering.usage import inflight
 
     settings.CELERY_BROKER_URL = settings.REDIS_URL
     settings.USAGE_STREAM_KEY = "aibaas-test:{usage}:events"

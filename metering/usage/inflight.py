@@ -1,7 +1,7 @@
 """The in-flight registry: a serving process keeps in Redis a marker per admitted request and
 the output tokens of its streams at the last checkpoint, so that when the process dies (kill
 -9, OOM) a survivor closes each of its requests with one `interrupted` usage event
-(metering/reaper.py). Started by the gateway's lifespan, on servers with REDIS_URL.
+(metering/usage/reaper.py). Started by the gateway's lifespan, on servers with REDIS_URL.
 
 Keys per process P, in the `{usage}` slot: `inflight:P`, `progress:P`, `alive:P` and the set
 `processes`. Invariants: a marker goes with its request's own event, atomically (one Lua
@@ -17,11 +17,13 @@ import os
 import secrets
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 
 from django.conf import settings
 
 from infra.loops import PerLoop
 from infra.redis_clients import submit
+from metering.usage.events import stream_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class Registry:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.reap: Callable[[], object] | None = None  # run after each beat (see _reap)
         self.process = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.inflight, self.progress, self.alive = keys_of(self.process)
         self.active: dict[str, _Entry] = {}
@@ -193,14 +196,13 @@ class Registry:
         return out
 
     def _reap(self) -> None:
-        """Without a Celery broker nothing else runs the reaper: this process does, after each
-        beat, in a thread, one run at a time."""
-        from metering.events import stream_enabled
-        from metering.reaper import usage_reap
-
-        if stream_enabled() or (self.reaping is not None and not self.reaping.done()):
+        """Without a Celery broker nothing else runs the reaper (`reap`, given to `start`): this
+        process does, after each beat, in a thread, one run at a time."""
+        if self.reap is None or stream_enabled():
             return
-        self.reaping = self.loop.run_in_executor(None, _reap_in_thread, usage_reap)
+        if self.reaping is not None and not self.reaping.done():
+            return
+        self.reaping = self.loop.run_in_executor(None, _reap_in_thread, self.reap)
 
     async def stop(self) -> None:
         """Shutdown: stop beating; with nothing in flight, the registry goes (else the reaper
@@ -231,10 +233,13 @@ def _reap_in_thread(reap) -> None:
 _registries: PerLoop[Registry] = PerLoop(Registry)
 
 
-async def start() -> None:
-    """Start this event loop's registry and heartbeat (the gateway's lifespan)."""
+async def start(*, reap: Callable[[], object] | None = None) -> None:
+    """Start this event loop's registry and heartbeat (the gateway's lifespan). `reap`: the
+    reaper this process runs after each beat when there is no broker (metering.usage.start)."""
     if settings.REDIS_URL:
-        await _registries.get().start()
+        registry = _registries.get()
+        registry.reap = reap
+        await registry.start()
 
 
 def current() -> Registry | None:
