@@ -1,7 +1,7 @@
 """What the billing page shows: plan, subscription state, this period's usage and its cost."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.utils import timezone
@@ -12,6 +12,8 @@ from billing.selectors import grace_deadline, plan_list
 from billing.subscriptions import stripe_client
 from billing.subscriptions.state import LIVE
 from metering.selectors import month_period, usage_totals
+
+CHECKOUT_PENDING_FOR = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,11 @@ def billing_overview(*, organization: Organization) -> BillingOverview:
         if rate and subscribed:
             tokens = usage["input_tokens"] + usage["output_tokens"]
             estimate += (Decimal(tokens) * rate / 1_000_000).quantize(Decimal("0.01"))
-    pending = account.checkout_plan if account and account.checkout_plan_id else None
+    pending = None
+    if account and account.checkout_plan_id and account.checkout_started_at:
+        # An open Checkout Session expires after 24 hours at Stripe: nothing is pending after.
+        if timezone.now() - account.checkout_started_at < CHECKOUT_PENDING_FOR:
+            pending = account.checkout_plan
     grace = (
         grace_deadline(account) if account and account.subscription_status == "past_due" else None
     )

@@ -54,6 +54,7 @@ def billing_page(request: HttpRequest) -> HttpResponse:
         messages.info(request, CHECKOUT_RETURNED)
         return redirect("dashboard:billing")
     if returned == "cancelled":
+        services.checkout_abandon(organization=request.organization)
         messages.info(request, CHECKOUT_CANCELLED)
         return redirect("dashboard:billing")
     overview = billing_overview(organization=request.organization)

@@ -1,6 +1,7 @@
 """/dashboard/billing/ and its actions: who may pay, Checkout, pending, portal, cancel."""
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.test import Client
@@ -171,3 +172,27 @@ def test_the_policy_lets_billing_forms_redirect_to_stripes_hosted_pages(owner_cl
     form_action = next(d for d in policy.split(";") if d.strip().startswith("form-action"))
     assert "https://checkout.stripe.com" in form_action
     assert "https://billing.stripe.com" in form_action
+
+
+def test_coming_back_without_paying_leaves_nothing_pending(synced, owner):
+    browser = _browser(owner)
+    _post(browser, "/billing/checkout/pro/")
+    assert 'data-testid="checkout-pending"' in browser.get(PAGE).content.decode()
+
+    back = browser.get(PAGE + "?checkout=cancelled", follow=True).content.decode()
+
+    assert "Checkout cancelled" in back
+    assert "checkout-pending" not in back
+
+
+def test_an_abandoned_checkout_is_no_longer_pending_after_a_day(synced, owner):
+    import time_machine
+    from django.utils import timezone
+
+    browser = _browser(owner)
+    _post(browser, "/billing/checkout/pro/")
+
+    with time_machine.travel(timezone.now() + timedelta(hours=24, minutes=1)):
+        html = browser.get(PAGE).content.decode()
+
+    assert "checkout-pending" not in html
