@@ -71,11 +71,11 @@ def billing_overview(*, organization: Organization) -> BillingOverview:
         if rate and subscribed:
             tokens = usage["input_tokens"] + usage["output_tokens"]
             estimate += (Decimal(tokens) * rate / 1_000_000).quantize(Decimal("0.01"))
+    # An open Checkout Session expires after 24 hours at Stripe: nothing is pending after.
     pending = None
-    if account and account.checkout_plan_id and account.checkout_started_at:
-        # An open Checkout Session expires after 24 hours at Stripe: nothing is pending after.
-        if timezone.now() - account.checkout_started_at < CHECKOUT_PENDING_FOR:
-            pending = account.checkout_plan
+    started = account.checkout_started_at if account and account.checkout_plan_id else None
+    if started and timezone.now() - started < CHECKOUT_PENDING_FOR:
+        pending = account.checkout_plan
     grace = (
         grace_deadline(account) if account and account.subscription_status == "past_due" else None
     )
