@@ -146,3 +146,12 @@ def meter_event_create(
         },
         {"idempotency_key": identifier},
     )
+
+
+def invoices_recent(*, customer: str, limit: int = 12) -> list[stripe.Invoice]:
+    return list(client().v1.invoices.list({"customer": customer, "limit": limit}).data)
+
+
+def card_on_file(*, customer: str) -> stripe.PaymentMethod | None:
+    cards = client().v1.payment_methods.list({"customer": customer, "type": "card", "limit": 1})
+    return cards.data[0] if cards.data else None

@@ -15,7 +15,7 @@ from accounts.tenancy import organization_required
 from aibaas.errors import ApplicationError
 from billing.selectors import plan_get
 from billing.subscriptions import services
-from billing.subscriptions.selectors import billing_overview
+from billing.subscriptions.selectors import billing_overview, stripe_details
 from billing.subscriptions.webhooks import webhook_receive
 
 CHECKOUT_CANCELLED = "Checkout cancelled: your plan has not changed."
@@ -58,7 +58,8 @@ def billing_page(request: HttpRequest) -> HttpResponse:
         messages.info(request, CHECKOUT_CANCELLED)
         return redirect("dashboard:billing")
     overview = billing_overview(organization=request.organization)
-    return render(request, "billing/billing.html", {"billing": overview})
+    details = stripe_details(account=overview.account)
+    return render(request, "billing/billing.html", {"billing": overview, "stripe": details})
 
 
 def _run(request, action) -> HttpResponse:

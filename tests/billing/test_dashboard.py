@@ -196,3 +196,42 @@ def test_an_abandoned_checkout_is_no_longer_pending_after_a_day(synced, owner):
         html = browser.get(PAGE).content.decode()
 
     assert "checkout-pending" not in html
+
+
+def test_the_page_shows_the_card_on_file_and_the_invoices_from_stripe(synced, owner):
+    import stripe
+
+    browser = _browser(owner)
+    _post(browser, "/billing/checkout/pro/")
+    customer = BillingAccount.objects.get(organization=owner.organization).stripe_customer_id
+    client = stripe.StripeClient("sk_test_suite", base_addresses={"api": synced.url})
+    card = client.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    client.v1.payment_methods.attach(card.id, {"customer": customer})
+    client.v1.customers.update(customer, {"invoice_settings": {"default_payment_method": card.id}})
+    # localstripe bills its own (pre-Prices) subscriptions: one makes the invoice to list.
+    plan = client.v1.plans.create(
+        {"amount": 19900, "currency": "usd", "interval": "month", "product": {"name": "x"}}
+    )
+    client.v1.subscriptions.create({"customer": customer, "items": [{"plan": plan.id}]})
+
+    html = browser.get(PAGE).content.decode()
+
+    assert "•••• 4242, expires 12/2030" in html
+    assert 'data-testid="invoices"' in html
+    assert "199.00 USD" in html
+
+
+def test_the_page_works_when_stripe_cannot_be_reached(synced, owner, settings):
+    browser = _browser(owner)
+    _post(browser, "/billing/checkout/pro/")
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens there
+
+    page = browser.get(PAGE)
+
+    assert page.status_code == 200
+    assert "Stripe could not be reached" in page.content.decode()
