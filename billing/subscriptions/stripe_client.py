@@ -99,7 +99,9 @@ def meter_create(*, display_name: str, event_name: str) -> stripe.billing.Meter:
 # --- Customers, Checkout, Portal, Subscriptions -----------------------------------------------
 
 
-def customer_create(*, name: str, metadata: dict[str, str], idempotency_key: str):
+def customer_create(
+    *, name: str, metadata: dict[str, str], idempotency_key: str
+) -> stripe.Customer:
     return client().v1.customers.create(
         {"name": name, "metadata": metadata}, {"idempotency_key": idempotency_key}
     )
