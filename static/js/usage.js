@@ -60,7 +60,7 @@
     return new uPlot({
       width: width(figure), height: 220,
       series: series,
-      scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(max, 1)]; } } },
+      scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } } },
       axes: [timeAxis(), { size: 60 }],
       cursor: { drag: { x: false, y: false } },
     }, columns, figure.querySelector(".chart-canvas"));
@@ -86,6 +86,7 @@
     var name = figure.getAttribute("data-chart");
     var plot = name === "latency" ? latency(figure)
       : stacked(figure, data.stacked[name] || [], figure.getAttribute("data-unit"));
+    figure.uplot = plot;  // the drawn numbers, for whoever inspects the page
     figure.setAttribute("data-rendered", "true");
     plots.push([plot, figure]);
     var details = figure.parentNode.querySelector("details.chart-table");
