@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from accounts.api_access import OrganizationAccess, resolve_access
 from aibaas.pagination import Pagination
 from aibaas.schema import errors
+from billing.selectors import billing_notice
 from keys.authentication import ApiKeyAuthentication
 from keys.models import ApiKey, ApiKeyStatus, Scope
 from keys.permissions import HasApiKey
@@ -267,6 +268,11 @@ class KeyInfoApi(RateLimitHeadersMixin, APIView):
                     "reset_seconds": serializers.DictField(
                         child=serializers.IntegerField(allow_null=True)
                     ),
+                    "billing": serializers.DictField(
+                        allow_null=True,
+                        help_text="Null, or a failed payment: status past_due, the plan kept, "
+                        "grace_until (then the free plan) and a message.",
+                    ),
                 },
             ),
             **errors(401, 503),
@@ -289,5 +295,6 @@ class KeyInfoApi(RateLimitHeadersMixin, APIView):
                 "expires_at": expires.isoformat().replace("+00:00", "Z") if expires else None,
                 "test_mode": context.test_mode,
                 **key_limit_status(context, request.limit_windows),  # limits, remaining, ...
+                "billing": billing_notice(organization_id=context.organization_id),
             }
         )

@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "keys",
     "metering",
     "billing",
+    "billing.subscriptions",
     "aibaas.gateway",
 ]
 
