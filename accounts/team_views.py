@@ -36,8 +36,8 @@ from accounts.services import (
 from accounts.services.invitations import invitation_check_address, invitation_from_token
 from accounts.tenancy import SESSION_KEY, organization_required, set_current_organization
 from accounts.views import INVITE_RATELIMIT_GROUP, _invite_rate, form_add_service_errors
-from aibaas.errors import ApplicationError
-from aibaas.http import client_ip, user_agent
+from infra.errors import ApplicationError
+from infra.http import client_ip, user_agent
 
 # Each invitation is an email: a person may send (or resend) RATELIMIT_INVITE of them.
 _invite_limit = ratelimit(

@@ -24,8 +24,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
-from aibaas.db import when_unlocked
-from aibaas.errors import ApplicationError
+from infra.db import when_unlocked
+from infra.errors import ApplicationError
 from metering import limiter, quota
 from metering.ip_limit import current_rate, ip_check_finish, ip_check_start
 

@@ -27,7 +27,7 @@ from accounts.models import AuditAction, Invitation, Membership, Organization, U
 from accounts.services import rules
 from accounts.services.organizations import user_create
 from accounts.services.team import acting_membership
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 
 _SALT = "aibaas.accounts.invitation"
 

@@ -14,10 +14,10 @@ from accounts.models import AuditAction, Invitation, Membership, Organization, R
 from accounts.services import rules
 from accounts.services.team import acting_membership
 from accounts.signals import organization_closing
-from aibaas.errors import ApplicationError
 from billing.defaults import DEFAULT_PLAN_SLUG
 from billing.models import Plan
 from billing.selectors import plan_get
+from infra.errors import ApplicationError
 
 EMAIL_TAKEN = "An account with this email address already exists."
 SLUG_TAKEN = "An organization with this slug already exists."
@@ -173,14 +173,12 @@ def organization_set_plan(
     *, organization: Organization, plan: Plan, actor: Actor | None = None
 ) -> Organization:
     """Move the organization to `plan`. With an `actor` (operators: admin, set_plan) the change
-    is audited here; billing audits its own transitions with Stripe's reasons."""
-    from keys.services import api_keys_invalidate  # keys depends on accounts, not back
-
+    is audited here; billing audits its own transitions with Stripe's reasons. The
+    organization's keys re-read their limits: keys/signals.py (keys sits above accounts)."""
     before = Organization.objects.filter(pk=organization.pk).values_list("plan__slug", flat=True)
     before = before.first()
     organization.plan = plan
     organization.save(update_fields=["plan"])
-    api_keys_invalidate(organization=organization)
     if actor is not None and before != plan.slug:
         audit_record(
             action=AuditAction.PLAN_CHANGED,

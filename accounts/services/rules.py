@@ -7,7 +7,7 @@ own departure.
 """
 
 from accounts.models import ROLE_RANK, Membership, Role
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 
 NOT_A_MANAGER = "team_not_manager"
 NOT_A_MANAGER_MESSAGE = "Only owners and admins manage the team."

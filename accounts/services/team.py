@@ -13,7 +13,7 @@ from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Membership, Organization, Role, User
 from accounts.services import rules
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 
 NOT_A_MEMBER = "team_not_a_member"
 NOT_A_MEMBER_MESSAGE = "That person is not a member of this organization."

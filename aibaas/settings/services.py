@@ -48,7 +48,7 @@ if CACHE_URL:
     CACHES = {
         "default": {
             # django-redis, falling back to an in-process cache while Redis is unreachable.
-            "BACKEND": "aibaas.cache.FailoverRedisCache",
+            "BACKEND": "infra.cache.FailoverRedisCache",
             "LOCATION": CACHE_URL,
             "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="aibaas"),
             "OPTIONS": {

@@ -17,9 +17,14 @@ def floor(value: datetime, granularity: str) -> datetime:
 
 
 def ceil(value: datetime, granularity: str) -> datetime:
-    """The first UTC hour or day boundary at or after `value`."""
+    """The first UTC hour or day boundary at or after `value` (datetime.max past the last)."""
     start = floor(value, granularity)
-    return start if start == value else start + STEP[granularity]
+    if start == value:
+        return start
+    try:
+        return start + STEP[granularity]
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def buckets(start: datetime, end: datetime, granularity: str) -> list[datetime]:

@@ -27,7 +27,7 @@ from accounts.services.invitations import (
     INVITATION_REVOKED,
     INVITATION_USED,
 )
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from tests.factories import PASSWORD, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

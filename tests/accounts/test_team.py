@@ -23,7 +23,7 @@ from accounts.services.rules import (
     ROLE_ABOVE_YOURS,
 )
 from accounts.services.team import USE_LEAVE
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from tests.factories import MembershipFactory, OrganizationFactory
 
 pytestmark = pytest.mark.django_db
