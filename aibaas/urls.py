@@ -5,8 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from aibaas import error_views, health
-from keys.apis import KeyInfoApi
-from metering.apis import UsageApi
+from aibaas.gateway.apis import KeyInfoApi, UsageApi
 
 api_patterns = [
     path("", include("accounts.api_urls")),

@@ -1,6 +1,7 @@
-"""Dashboard page /dashboard/usage/: charts and tables of the organization's usage, from the
-rollups (metering.rollups.selectors.usage_series); the tables carry every number the charts
-draw, so the page reads the same with JavaScript off."""
+"""Dashboard pages of metering: the overview (plan, team size, limits and quota use) and
+/dashboard/usage/: charts and tables of the organization's usage, from the rollups
+(metering.rollups.selectors.usage_series); the tables carry every number the charts draw, so
+the page reads the same with JavaScript off."""
 
 from datetime import datetime
 from decimal import Decimal
@@ -11,11 +12,13 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.selectors import organization_members
 from accounts.tenancy import organization_required
 from keys.selectors import api_key_list
 from metering.models import UsageRollup
 from metering.rollups import ranges
 from metering.rollups.selectors import rollup_models, usage_series
+from metering.selectors import organization_limit_overview
 
 GROUPS = {"model": "model", "key": "key"}
 # (series field, chart title, unit)
@@ -184,5 +187,19 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "csv_url": f"{reverse('api-usage-csv')}?{urlencode(api_query)}",
             "api_url": f"{reverse('api-usage')}?{urlencode(api_query)}",
             "chart_data": chart_data,
+        },
+    )
+
+
+@organization_required
+def overview(request: HttpRequest) -> HttpResponse:
+    organization = request.organization
+    return render(
+        request,
+        "dashboard/overview.html",
+        {
+            "plan": organization.plan,
+            "members": organization_members(organization=organization),
+            "limits": organization_limit_overview(organization),
         },
     )

@@ -12,9 +12,9 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api_access import OrganizationAccess, resolve_access
-from aibaas.errors import INVALID_REQUEST, ApplicationError
-from aibaas.schema import NO_NUL_PATTERN, errors
+from infra.errors import INVALID_REQUEST, ApplicationError
+from infra.schema import NO_NUL_PATTERN, errors
+from keys.access import OrganizationAccess, resolve_access
 from metering.models import UsageRollup
 from metering.rollups.buckets import PERCENTILES, STEP, floor
 from metering.rollups.selectors import GROUPS, MAX_BUCKETS, usage_series

@@ -8,7 +8,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from accounts.models import Organization
-from aibaas.errors import INVALID_REQUEST, ApplicationError
+from infra.errors import INVALID_REQUEST, ApplicationError
 from metering.models import UsageRollup
 from metering.rollups.buckets import HOUR, floor
 from metering.rollups.selectors import BILLABLE, REFUSED, cost, rollup_rows, sums, unprefixed

@@ -16,8 +16,8 @@ from drf_spectacular.validation import validate_schema
 from accounts.actors import Actor
 from aibaas.gateway import validation
 from aibaas.gateway.models import ModelKind
-from aibaas.pagination import MAX_LIMIT, MAX_OFFSET
-from aibaas.schema import ERROR_DESCRIPTIONS
+from infra.pagination import MAX_LIMIT, MAX_OFFSET
+from infra.schema import ERROR_DESCRIPTIONS
 from keys.services import api_key_create
 from metering.selectors import MONTH_PATTERN, month_period
 from tests.factories import AIModelFactory, MembershipFactory

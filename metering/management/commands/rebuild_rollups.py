@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.selectors import organization_get
-from aibaas.commands import service_errors
+from infra.commands import service_errors
 from metering.rollups.maintenance import rollup_rebuild
 
 
