@@ -3,8 +3,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import QuerySet
 
-from aibaas.errors import ApplicationError
 from billing.models import BillingAccount, Plan
+from infra.errors import ApplicationError
 
 PLAN_NOT_FOUND = "plan_not_found"
 

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from keys import format as key_format
 from keys.hashing import (
     VerificationBusy,

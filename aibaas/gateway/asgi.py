@@ -7,7 +7,7 @@ for them), on the event loop, without Django's request/middleware machinery; eve
 work itself is aibaas/gateway/pipeline.py. What Django's side does too is one function both
 call: the key from the headers (keys/authentication.py), the key_in_query refusal
 (keys/middleware.py), request ids (aibaas/gateway/middleware.py), the client address and the
-405 (aibaas/http.py).
+405 (infra/http.py).
 
 Why: measured on the 2-core machine (README, "Performance"), a Django async view pays a thread
 hop per request for the sync-only middleware (WhiteNoise, django-ratelimit) and Django's
@@ -18,7 +18,7 @@ budget of 2 ms and 1,000 requests/s. This handler keeps what the Django path gav
   (400 otherwise), the HTTPS redirect and SecurityMiddleware's headers (HSTS, nosniff, ...).
 - X-Request-ID on every response (aibaas/gateway/middleware.py's rules).
 - The body read up to GATEWAY_MAX_BODY_BYTES (413 beyond, without reading the rest).
-- The client address from the same trusted source as the rate limiters (aibaas/http.py).
+- The client address from the same trusted source as the rate limiters (infra/http.py).
 - A client that hangs up cancels the request (upstream call or stream included): the pipeline
   then records its usage event with status 499.
 - Lifespan: on startup the in-flight registry starts (metering/inflight.py); on shutdown the
@@ -35,11 +35,11 @@ from typing import Any
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from aibaas.errors import ApplicationError, internal_error
 from aibaas.gateway import pipeline, streaming, validation
 from aibaas.gateway.middleware import request_ids
 from aibaas.gateway.security import Security, SecurityRequest
-from aibaas.http import client_address, method_refusal
+from infra.errors import ApplicationError, internal_error
+from infra.http import client_address, method_refusal
 from keys import changes
 from keys.authentication import key_from_headers
 from keys.middleware import key_in_query_refusal

@@ -24,7 +24,6 @@ from typing import Any
 
 from django.utils import timezone
 
-from aibaas.errors import INTERNAL_ERROR, INVALID_REQUEST, ApplicationError
 from aibaas.gateway import response_cache, streaming, validation
 from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.base import ModelSpec, Usage
@@ -34,8 +33,9 @@ from aibaas.gateway.tokenizer import (
     estimate_chat_tokens,
     estimate_embedding_tokens,
 )
-from aibaas.http import canonical_ip
 from billing.pricing import ZERO_COST, acost_for
+from infra.errors import INTERNAL_ERROR, INVALID_REQUEST, ApplicationError
+from infra.http import canonical_ip
 from keys.authentication import CHALLENGE
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use

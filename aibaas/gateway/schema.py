@@ -3,15 +3,15 @@ aibaas/gateway/asgi.py, serves them): a drf-spectacular postprocessing hook adds
 to /api/schema/ and /api/docs/.
 
 This file is the one place for the /v1 schema: the inference paths are written here by hand,
-and the two /v1 DRF views point here (`/v1/key`: keys/apis.py KeyInfoApi, `/v1/usage`:
-metering/apis.py UsageApi, whose response serializers describe their bodies). Every constraint
+and the two /v1 DRF views point here (`/v1/key` KeyInfoApi and `/v1/usage` UsageApi in
+aibaas/gateway/apis.py, whose response serializers describe their bodies). Every constraint
 below is the one aibaas/gateway/validation.py enforces (its constants are used), so the schema
 never allows a body the server refuses with a 400; tests/e2e/test_schemathesis.py checks the
 responses against it.
 """
 
 from aibaas.gateway import validation
-from aibaas.schema import ERROR_DESCRIPTIONS
+from infra.schema import ERROR_DESCRIPTIONS
 from keys.schema import KEY_SECURITY, KEY_SECURITY_SCHEMES
 
 TAG = "v1"

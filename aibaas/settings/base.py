@@ -4,7 +4,7 @@ import ipaddress
 
 from django.core.exceptions import ImproperlyConfigured
 
-from aibaas.proxies import proxies_from_env
+from infra.proxies import proxies_from_env
 
 from .env import BASE_DIR, ENV_FILE, env  # noqa: F401 (ENV_FILE: the dotenv file read, if any)
 
@@ -120,6 +120,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Login and signup are rate limited per client IP (django-ratelimit). "N/m", "N/h", ...
 RATELIMIT_LOGIN = env.str("RATELIMIT_LOGIN", default="10/m")
 RATELIMIT_SIGNUP = env.str("RATELIMIT_SIGNUP", default="5/m")
+# Invitations sent or resent per dashboard user (django-ratelimit rate): each one is an email.
+RATELIMIT_INVITE = env.str("RATELIMIT_INVITE", default="20/h")
+# How long an invitation link works after it was (re)sent.
+INVITATION_TTL_SECONDS = env.int("INVITATION_TTL_SECONDS", default=7 * 24 * 3600)
 RATELIMIT_VIEW = "accounts.views.ratelimited"
 # Where client addresses come from (rate limits, audit log, usage events): the socket peer, or
 # X-Forwarded-For when the peer is one of CLIENT_IP_PROXIES (networks; empty: trust nobody).
@@ -133,7 +137,7 @@ if env.str("RATELIMIT_IP_META_KEY", default="REMOTE_ADDR") != "REMOTE_ADDR":
         "RATELIMIT_IP_META_KEY is no longer read: X-Forwarded-For is trusted from the peers in "
         "CLIENT_IP_PROXIES (e.g. CLIENT_IP_PROXIES=10.0.0.0/8), and from nobody else."
     )
-RATELIMIT_IP_META_KEY = "aibaas.http.ratelimit_ip"  # django-ratelimit: the same address
+RATELIMIT_IP_META_KEY = "infra.http.ratelimit_ip"  # django-ratelimit: the same address
 # Who may read /metrics and the detail of /readyz (aibaas/health.py): a bearer token and/or
 # client networks. Neither set: nobody (/readyz still answers its status to everyone).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
@@ -152,8 +156,8 @@ RATELIMIT_IPV6_MASK = env.int("RATELIMIT_IPV6_MASK", default=64)
 if not 1 <= RATELIMIT_IPV6_MASK <= 128:
     raise ImproperlyConfigured("RATELIMIT_IPV6_MASK must be from 1 to 128.")
 
-# Every handler, Django's own included, redacts key-shaped text (aibaas/logs.py).
-LOGGING_CONFIG = "aibaas.logs.configure"
+# Every handler, Django's own included, redacts key-shaped text (infra/logs.py).
+LOGGING_CONFIG = "infra.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -208,7 +212,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "aibaas.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "aibaas.pagination.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "infra.pagination.Pagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -239,7 +243,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "aibaas.gateway.schema.add_inference_paths",
-        "aibaas.schema.add_retry_after_headers",
+        "infra.schema.add_retry_after_headers",
     ],
 }
 
@@ -283,8 +287,9 @@ QUOTA_DB_PREPARED = env.bool("QUOTA_DB_PREPARED", default=True)
 QUOTA_LEASE_REQUESTS = env.int("QUOTA_LEASE_REQUESTS", default=64)
 QUOTA_LEASE_IDLE_SECONDS = env.float("QUOTA_LEASE_IDLE_SECONDS", default=1.0)
 QUOTA_LEASE_MAX_AGE_SECONDS = env.float("QUOTA_LEASE_MAX_AGE_SECONDS", default=1.0)
-# After a Redis failure the limiter limits per process and tries Redis again after this long.
-RATE_LIMIT_REDIS_RETRY_SECONDS = env.float("RATE_LIMIT_REDIS_RETRY_SECONDS", default=2.0)
+# After a Redis failure, everything that uses Redis (the cache, the rate limiters, the usage
+# stream) falls back for this long, then one call tries Redis again (infra/breaker.py).
+REDIS_RETRY_SECONDS = env.float("REDIS_RETRY_SECONDS", default=2.0)
 # Connections per event loop of the asyncio Redis pool (usage stream, limiter).
 REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
 

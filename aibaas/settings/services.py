@@ -48,14 +48,13 @@ if CACHE_URL:
     CACHES = {
         "default": {
             # django-redis, falling back to an in-process cache while Redis is unreachable.
-            "BACKEND": "aibaas.cache.FailoverRedisCache",
+            "BACKEND": "infra.cache.FailoverRedisCache",
             "LOCATION": CACHE_URL,
             "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="aibaas"),
             "OPTIONS": {
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 "SOCKET_CONNECT_TIMEOUT": env.float("REDIS_CONNECT_TIMEOUT", default=0.5),
                 "SOCKET_TIMEOUT": env.float("REDIS_SOCKET_TIMEOUT", default=0.5),
-                "REDIS_RETRY_SECONDS": env.float("REDIS_RETRY_SECONDS", default=5.0),
                 "FALLBACK_MAX_TTL": env.float("CACHE_FALLBACK_MAX_TTL", default=10.0),
             },
         }

@@ -37,8 +37,8 @@ from django.utils.dateparse import parse_datetime
 from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
-from aibaas.db import when_unlocked
-from aibaas.errors import ApplicationError
+from infra.db import when_unlocked
+from infra.errors import ApplicationError
 from metering.models import QuotaCounter
 
 logger = logging.getLogger(__name__)
