@@ -120,6 +120,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Login and signup are rate limited per client IP (django-ratelimit). "N/m", "N/h", ...
 RATELIMIT_LOGIN = env.str("RATELIMIT_LOGIN", default="10/m")
 RATELIMIT_SIGNUP = env.str("RATELIMIT_SIGNUP", default="5/m")
+# Invitations sent or resent per dashboard user (django-ratelimit rate): each one is an email.
+RATELIMIT_INVITE = env.str("RATELIMIT_INVITE", default="20/h")
+# How long an invitation link works after it was (re)sent.
+INVITATION_TTL_SECONDS = env.int("INVITATION_TTL_SECONDS", default=7 * 24 * 3600)
 RATELIMIT_VIEW = "accounts.views.ratelimited"
 # Where client addresses come from (rate limits, audit log, usage events): the socket peer, or
 # X-Forwarded-For when the peer is one of CLIENT_IP_PROXIES (networks; empty: trust nobody).

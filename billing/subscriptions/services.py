@@ -106,6 +106,13 @@ def checkout_session_start(
     return session.url
 
 
+def checkout_abandon(*, organization: Organization) -> None:
+    """The customer came back from Checkout without paying: nothing is pending any more."""
+    BillingAccount.objects.filter(organization=organization).update(
+        checkout_plan=None, checkout_started_at=None
+    )
+
+
 def portal_session_start(*, organization: Organization, actor: Actor, return_url: str) -> str:
     """A Stripe Customer Portal session (payment methods, invoices, plan changes, cancelling)."""
     _check(actor)
