@@ -27,6 +27,7 @@ urlpatterns = [
     path("keys/new/", key_views.key_create, name="key_create"),
     path("keys/<str:ident>/revoke/", key_views.key_revoke, name="key_revoke"),
     path("keys/<str:ident>/rotate/", key_views.key_rotate, name="key_rotate"),
+    path("usage/", metering_views.usage_page, name="usage"),
     path("billing/", billing_views.billing_page, name="billing"),
     path("switch/", views.organization_switch, name="organization_switch"),
     path("organizations/new/", views.organization_new, name="organization_create"),
