@@ -157,3 +157,8 @@ def invoices_recent(*, customer: str, limit: int = 12) -> list[stripe.Invoice]:
 def card_on_file(*, customer: str) -> stripe.PaymentMethod | None:
     cards = client().v1.payment_methods.list({"customer": customer, "type": "card", "limit": 1})
     return cards.data[0] if cards.data else None
+
+
+def subscription_cancel(subscription_id: str) -> stripe.Subscription:
+    """End the subscription now (not at period end)."""
+    return client().v1.subscriptions.cancel(subscription_id)
