@@ -21,7 +21,7 @@ budget of 2 ms and 1,000 requests/s. This handler keeps what the Django path gav
 - The client address from the same trusted source as the rate limiters (infra/http.py).
 - A client that hangs up cancels the request (upstream call or stream included): the pipeline
   then records its usage event with status 499.
-- Lifespan: on startup the in-flight registry starts (metering/inflight.py); on shutdown the
+- Lifespan: on startup the in-flight registry starts (metering/usage/inflight.py); on shutdown the
   usage events of closing streams are awaited and the upstream connection pools closed.
 """
 
@@ -330,12 +330,12 @@ class GatewayApplication:
 
 
 async def startup() -> None:
-    """Start the in-flight registry (metering/inflight.py): from now on, if this process dies,
+    """Start the in-flight registry (metering/usage/inflight.py): from now on, if this process dies,
     a survivor records its admitted requests as interrupted; and the key change poller
     (keys/changes.py)."""
-    from metering import inflight
+    from metering import usage
 
-    await inflight.start()
+    await usage.start()
     changes.start_polling()  # key revocations made by any process reach this one
 
 
@@ -345,9 +345,9 @@ async def shutdown() -> None:
     registry, then close the upstream pools and the quota's database connections."""
     await streaming.drain_background()
     from aibaas.gateway.providers.openai_compatible import close_sessions
-    from metering import inflight, limiter, quota
+    from metering import limiter, quota, usage
 
-    await inflight.stop()
+    await usage.stop()
     await limiter.aflush_settlements()
     await quota.aclose()
     await close_sessions()

@@ -40,10 +40,19 @@ from keys.authentication import CHALLENGE
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, aauthenticate_key
-from metering import inflight, limiter
-from metering.admission import Admission, IpGate, aadmit, rate_limit_headers
-from metering.events import UsageEventData, ausage_emit
-from metering.reaper import INTERRUPTED, INTERRUPTED_STATUS, marker
+from metering.admission import (
+    INTERRUPTED,
+    INTERRUPTED_STATUS,
+    Admission,
+    IpGate,
+    UsageEventData,
+    aadmit,
+    ausage_emit,
+    inflight,
+    limiter,
+    marker,
+    rate_limit_headers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +236,8 @@ class Call:
         await self._emit(event)
 
     def streaming(self, usage) -> None:
-        """The stream's StreamUsage: its output tokens are checkpointed (metering/inflight.py)."""
+        """The stream's StreamUsage: its output tokens are checkpointed (the in-flight registry,
+        metering/usage/inflight.py)."""
         registry = inflight.current()
         if registry is not None:
             registry.streaming(self.inbound.request_id, usage)
