@@ -56,7 +56,7 @@ class _Counter:
 
 
 def _context(organization_id: int, limits: dict):
-    from keys.verification import KeyContext
+    from keys.context import KeyContext
 
     return KeyContext(
         pk=0,
