@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from accounts.models import Role, User
-from aibaas.http import client_ip, user_agent
+from infra.http import client_ip, user_agent
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import Count
 
@@ -9,8 +9,7 @@ from accounts.services import (
     organization_delete_refusal,
     organization_set_plan,
 )
-from aibaas.admin import ReadOnlyAdminMixin
-from metering.quota import quota_reset
+from infra.admin import ReadOnlyAdminMixin
 
 
 class MembershipInline(admin.TabularInline):
@@ -74,7 +73,6 @@ class OrganizationAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
     date_hierarchy = "created_at"
-    actions = ["reset_quota"]
 
     def get_queryset(self, request):
         # distinct: see UserAdmin.get_queryset.
@@ -110,20 +108,6 @@ class OrganizationAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset):
         for organization in queryset:
             organization_delete(organization=organization, actor=Actor.for_operator(request))
-
-    def has_reset_quota_permission(self, request) -> bool:
-        return request.user.has_perm("metering.change_quotacounter")
-
-    @admin.action(description="Reset this month's quota usage", permissions=["reset_quota"])
-    def reset_quota(self, request, queryset):
-        actor = Actor.for_operator(request)
-        count = 0
-        for organization in queryset:
-            quota_reset(organization, actor=actor, reason=f"reset in admin by {request.user}")
-            count += 1
-        self.message_user(
-            request, f"Reset this month's quota of {count} organization(s).", messages.SUCCESS
-        )
 
 
 @admin.register(Membership)

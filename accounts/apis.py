@@ -1,11 +1,10 @@
-"""Management API of accounts: JWT for humans, and the organization's audit log."""
+"""Management API of accounts: JWT for humans. The audit log's API is keys/audit_apis.py."""
 
 from django.conf import settings
 from django.utils.decorators import method_decorator
 from django_ratelimit.decorators import ratelimit
 from django_ratelimit.exceptions import Ratelimited
 from drf_spectacular.utils import (
-    OpenApiParameter,
     extend_schema,
     extend_schema_view,
     inline_serializer,
@@ -17,15 +16,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from accounts.api_access import INSUFFICIENT_ROLE, OrganizationAccess, resolve_access
-from accounts.audit import READERS_ONLY, audit_list
-from accounts.models import Role
 from accounts.services import user_tokens_revoke
 from accounts.tokens import TokenObtainSerializer, TokenRefreshSerializer
-from aibaas.errors import ApplicationError
-from aibaas.http import ratelimit_retry_after
-from aibaas.pagination import Pagination
-from aibaas.schema import NO_NUL_PATTERN, errors
+from infra.http import ratelimit_retry_after
+from infra.schema import errors
 
 TOKEN_RATELIMIT_GROUP = "api-token"
 
@@ -84,62 +78,3 @@ class LogoutApi(APIView):
     def post(self, request):
         user_tokens_revoke(user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class AuditEventOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    created_at = serializers.DateTimeField()
-    action = serializers.CharField()
-    actor = serializers.CharField(source="actor_label")
-    actor_key_id = serializers.CharField()
-    target_type = serializers.CharField()
-    target_id = serializers.CharField()
-    ip = serializers.CharField(allow_null=True)
-    user_agent = serializers.CharField()
-    metadata = serializers.JSONField()
-
-
-class AuditListApi(APIView):
-    """The organization's audit log, newest first. Owners, admins and admin-scoped keys."""
-
-    permission_classes = [OrganizationAccess]
-    pagination_class = Pagination  # the schema documents the paginated envelope
-    key_scopes = ("admin",)
-
-    class FilterSerializer(serializers.Serializer):
-        # DRF's CharField refuses NUL characters (400), which PostgreSQL cannot compare (a 500).
-        action = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-        actor = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-
-    @extend_schema(
-        parameters=[
-            OpenApiParameter(
-                "action",
-                str,
-                description="Prefix, e.g. 'key.' or 'key.revoked'.",
-                pattern=NO_NUL_PATTERN,
-            ),
-            OpenApiParameter(
-                "actor",
-                str,
-                description="Part of the actor's email or key id.",
-                pattern=NO_NUL_PATTERN,
-            ),
-        ],
-        responses={200: AuditEventOutputSerializer(many=True), **errors(400, 401, 403)},
-        operation_id="audit_list",
-    )
-    def get(self, request):
-        access = resolve_access(request)
-        if access.actor.role not in (Role.OWNER, Role.ADMIN):
-            raise ApplicationError(INSUFFICIENT_ROLE, READERS_ONLY, status=403)
-        filters = self.FilterSerializer(data=request.query_params)
-        filters.is_valid(raise_exception=True)
-        events = audit_list(
-            organization=access.organization,
-            action=filters.validated_data.get("action"),
-            actor=filters.validated_data.get("actor"),
-        )
-        paginator = self.pagination_class()
-        page = paginator.paginate_queryset(events, request, view=self)
-        return paginator.get_paginated_response(AuditEventOutputSerializer(page, many=True).data)

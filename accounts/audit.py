@@ -6,7 +6,7 @@ from django.db.models import QuerySet
 
 from accounts.actors import Actor
 from accounts.models import AuditEvent, Organization
-from aibaas.logs import redact_stored
+from infra.logs import redact_stored
 
 # The audit log shows IPs and emails: owners and admins read it, on the API and the dashboard.
 READERS_ONLY = "Only owners and admins can read the audit log."

@@ -1,7 +1,7 @@
 from django.db.models import QuerySet
 
 from accounts.models import Membership, Organization, User
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 
 ORGANIZATION_NOT_FOUND = "organization_not_found"
 

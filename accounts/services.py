@@ -10,10 +10,10 @@ from django.utils.text import slugify
 from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Membership, Organization, Role, User
-from aibaas.errors import ApplicationError
 from billing.defaults import DEFAULT_PLAN_SLUG
 from billing.models import Plan
 from billing.selectors import plan_get
+from infra.errors import ApplicationError
 
 EMAIL_TAKEN = "An account with this email address already exists."
 SLUG_TAKEN = "An organization with this slug already exists."
@@ -124,11 +124,9 @@ def user_signup(
 
 @transaction.atomic
 def organization_set_plan(*, organization: Organization, plan: Plan) -> Organization:
-    from keys.services import api_keys_invalidate  # keys depends on accounts, not back
-
+    # The organization's keys re-read their limits: keys/signals.py (keys sits above accounts).
     organization.plan = plan
     organization.save(update_fields=["plan"])
-    api_keys_invalidate(organization=organization)
     return organization
 
 

@@ -7,7 +7,7 @@ from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, User
 from accounts.selectors import membership_list
-from aibaas.http import client_ip, user_agent
+from infra.http import client_ip, user_agent
 
 
 @receiver(user_logged_in, dispatch_uid="audit-login-succeeded")

@@ -18,8 +18,7 @@ from accounts.models import AuditAction
 from accounts.selectors import membership_list, organization_members
 from accounts.services import organization_create, user_signup, user_tokens_revoke
 from accounts.tenancy import organization_required, set_current_organization
-from aibaas.http import ratelimit_retry_after
-from metering.selectors import organization_limit_overview
+from infra.http import ratelimit_retry_after
 
 # The limit groups are the views' URL names, so the 429 page can tell which limit was hit.
 LOGIN_RATELIMIT_GROUP = "accounts:login"
@@ -123,20 +122,6 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
 
 
 # --- Dashboard -------------------------------------------------------------------------------
-
-
-@organization_required
-def overview(request: HttpRequest) -> HttpResponse:
-    organization = request.organization
-    return render(
-        request,
-        "dashboard/overview.html",
-        {
-            "plan": organization.plan,
-            "members": organization_members(organization=organization),
-            "limits": organization_limit_overview(organization),
-        },
-    )
 
 
 @organization_required

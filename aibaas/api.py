@@ -10,7 +10,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from aibaas.errors import INVALID_REQUEST, ApplicationError, method_not_allowed
+from infra.errors import INVALID_REQUEST, ApplicationError, method_not_allowed
 from keys.authentication import KeyAuthenticationFailed
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE
 

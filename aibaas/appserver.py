@@ -14,8 +14,8 @@ from gunicorn.glogging import Logger
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
-from aibaas.logs import AccessLogWithoutQuery, protect_handlers
-from aibaas.proxies import proxies_from_env
+from infra.logs import AccessLogWithoutQuery, protect_handlers
+from infra.proxies import proxies_from_env
 
 
 def _int(name: str, default: int, minimum: int = 0) -> int:

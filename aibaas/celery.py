@@ -5,7 +5,7 @@ import os
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from aibaas.logs import protect_handlers
+from infra.logs import protect_handlers
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aibaas.settings")
 

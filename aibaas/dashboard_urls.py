@@ -5,11 +5,12 @@ from django.urls import path
 from accounts import views
 from billing.subscriptions import views as billing_views
 from keys import views as key_views
+from metering import views as metering_views
 
 app_name = "dashboard"
 
 urlpatterns = [
-    path("", views.overview, name="overview"),
+    path("", metering_views.overview, name="overview"),
     path("team/", views.team, name="team"),
     path("audit/", views.audit, name="audit"),
     path("keys/", key_views.key_list, name="keys"),

@@ -7,7 +7,7 @@ gets JSON it can parse, as OpenAI answers; browsers keep Django's HTML pages eve
 from django.http import JsonResponse
 from django.views import defaults
 
-from aibaas.errors import INVALID_REQUEST, ApplicationError, internal_error
+from infra.errors import INVALID_REQUEST, ApplicationError, internal_error
 
 UNKNOWN_URL = "unknown_url"
 MACHINE_PREFIXES = ("/v1/", "/api/")

@@ -2,7 +2,7 @@
 
 /healthz is public. /metrics and the detail of /readyz (what is down, the limiter's state) are
 for operators only: a request carrying `Authorization: Bearer <METRICS_TOKEN>`, or coming from
-METRICS_ALLOWED_NETWORKS (the client address as everywhere: aibaas.http.client_ip). Anyone else
+METRICS_ALLOWED_NETWORKS (the client address as everywhere: infra.http.client_ip). Anyone else
 gets /readyz's status alone, and 401/403 from /metrics.
 """
 
@@ -17,8 +17,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from aibaas.errors import ApplicationError
-from aibaas.http import client_ip
+from infra.errors import ApplicationError
+from infra.http import client_ip
 
 PROBE_TIMEOUT_SECONDS = 1.0
 METRICS_UNAUTHORIZED = "metrics_unauthorized"

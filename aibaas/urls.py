@@ -5,12 +5,12 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from aibaas import error_views, health
-from keys.apis import KeyInfoApi
-from metering.apis import UsageApi
+from aibaas.gateway.apis import KeyInfoApi, UsageApi
 
 api_patterns = [
     path("", include("accounts.api_urls")),
     path("", include("keys.urls")),
+    path("", include("metering.rollups.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

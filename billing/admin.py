@@ -75,11 +75,8 @@ class PlanAdmin(admin.ModelAdmin):
     )
 
     def save_model(self, request, obj, form, change):
+        # The keys of its organizations re-read their limits: keys/signals.py.
         super().save_model(request, obj, form, change)
-        if change:
-            from keys.services import api_keys_invalidate
-
-            api_keys_invalidate(plan=obj)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(org_total=Count("organizations"))
@@ -109,22 +106,3 @@ class ModelPriceAdmin(admin.ModelAdmin):
     list_filter = ["model__kind", "model__provider"]
     autocomplete_fields = ["model"]
     readonly_fields = ["created_at", "updated_at"]
-
-    # Prices are cached per process (billing/pricing.py): every admin write forgets them.
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        _prices_changed()
-
-    def delete_model(self, request, obj):
-        super().delete_model(request, obj)
-        _prices_changed()
-
-    def delete_queryset(self, request, queryset):
-        super().delete_queryset(request, queryset)
-        _prices_changed()
-
-
-def _prices_changed() -> None:
-    from aibaas.gateway.services import model_registry_invalidate
-
-    model_registry_invalidate()

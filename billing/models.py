@@ -236,3 +236,45 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.stripe_id}"
+
+
+class MeterReport(models.Model):
+    """The outbox of metered usage: one Stripe Billing Meter event per organization and hour,
+    written first, sent by Celery, retried until Stripe has it. `identifier` is deterministic
+    (organization and window), so no retry can bill a window twice."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed, will retry"
+        EMPTY = "empty", "Nothing to report"
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.PROTECT, related_name="meter_reports"
+    )
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    tokens = models.PositiveBigIntegerField(help_text="Billable tokens used in the window.")
+    identifier = models.CharField(
+        max_length=100, unique=True, help_text="The meter event's identifier at Stripe."
+    )
+    event_name = models.CharField(max_length=100)
+    stripe_customer_id = models.CharField(max_length=255)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-window_start", "organization_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "window_start"], name="uniq_meter_report_window"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="meter_report_due")]
+
+    def __str__(self) -> str:
+        return f"{self.identifier} ({self.status})"

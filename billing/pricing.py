@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 
-from aibaas.gateway.registry import ProcessSnapshot
+from infra.snapshots import ProcessSnapshot
 
 logger = logging.getLogger(__name__)
 

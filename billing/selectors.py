@@ -1,7 +1,10 @@
+from datetime import datetime, timedelta
+
+from django.conf import settings
 from django.db.models import QuerySet
 
-from aibaas.errors import ApplicationError
-from billing.models import Plan
+from billing.models import BillingAccount, Plan
+from infra.errors import ApplicationError
 
 PLAN_NOT_FOUND = "plan_not_found"
 
@@ -19,3 +22,34 @@ def plan_get(*, slug: str) -> Plan:
         raise ApplicationError(
             PLAN_NOT_FOUND, f"No plan with slug {slug!r}. Known plans: {known}.", status=404
         ) from None
+
+
+def grace_deadline(account: BillingAccount) -> datetime | None:
+    """When a past-due subscription's plan stops applying: BILLING_GRACE_DAYS after the first
+    failed payment (None if no payment is failing)."""
+    if account.past_due_since is None:
+        return None
+    return account.past_due_since + timedelta(days=settings.BILLING_GRACE_DAYS)
+
+
+def billing_notice(*, organization_id: int) -> dict | None:
+    """What a client should know about the organization's billing (GET /v1/key): a failed
+    payment and until when the paid plan is kept. None when there is nothing to say."""
+    account = (
+        BillingAccount.objects.filter(
+            organization_id=organization_id, subscription_status="past_due"
+        )
+        .select_related("subscribed_plan")
+        .first()
+    )
+    if account is None or account.past_due_since is None:
+        return None
+    until = grace_deadline(account)
+    plan = account.subscribed_plan.slug if account.subscribed_plan else None
+    return {
+        "status": "past_due",
+        "plan": plan,
+        "grace_until": until.isoformat().replace("+00:00", "Z"),
+        "message": f"A payment failed. The {plan} plan applies until {until:%Y-%m-%d %H:%M} UTC, "
+        "then the free plan, unless the payment succeeds.",
+    }

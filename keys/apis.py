@@ -6,22 +6,17 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
     extend_schema_serializer,
-    inline_serializer,
 )
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api_access import OrganizationAccess, resolve_access
-from aibaas.pagination import Pagination
-from aibaas.schema import errors
-from keys.authentication import ApiKeyAuthentication
+from infra.pagination import Pagination
+from infra.schema import errors
+from keys.access import OrganizationAccess, resolve_access
 from keys.models import ApiKey, ApiKeyStatus, Scope
-from keys.permissions import HasApiKey
 from keys.selectors import api_key_effective_scopes, api_key_get, api_key_list
 from keys.services import api_key_create, api_key_revoke, api_key_rotate, api_key_update
-from metering.apis import RateLimitHeadersMixin
-from metering.selectors import key_limit_status, key_windows
 
 KEY_SCOPES = ("keys:write", "admin")
 LIMIT_FIELDS = ApiKey.LIMIT_FIELDS
@@ -234,60 +229,3 @@ class KeyRotateApi(_OrgApi):
             grace=None if grace is None else timedelta(seconds=grace),
         )
         return Response(_issued(issued), status=status.HTTP_201_CREATED)
-
-
-class KeyInfoApi(RateLimitHeadersMixin, APIView):
-    """GET /v1/key: the calling key, its scopes, models and limits as the limiter enforces them
-    (with a burst: the raised per-minute limits and the burst windows), what remains of each
-    limit now (`remaining`, None = unlimited) and when it frees up (`reset_seconds`)."""
-
-    authentication_classes = [ApiKeyAuthentication]
-    permission_classes = [HasApiKey]
-
-    @extend_schema(
-        responses={
-            200: inline_serializer(
-                "KeyInfo",
-                {
-                    "object": serializers.CharField(),
-                    "id": serializers.CharField(),
-                    "name": serializers.CharField(),
-                    "organization": serializers.CharField(),
-                    "plan": serializers.CharField(),
-                    "scopes": serializers.ListField(child=serializers.CharField()),
-                    "models": serializers.ListField(child=serializers.CharField(), allow_null=True),
-                    "expires_at": serializers.DateTimeField(allow_null=True),
-                    "test_mode": serializers.BooleanField(),
-                    "limits": serializers.DictField(
-                        child=serializers.IntegerField(allow_null=True)
-                    ),
-                    "remaining": serializers.DictField(
-                        child=serializers.IntegerField(allow_null=True)
-                    ),
-                    "reset_seconds": serializers.DictField(
-                        child=serializers.IntegerField(allow_null=True)
-                    ),
-                },
-            ),
-            **errors(401, 503),
-        },
-        operation_id="v1_key",
-    )
-    def get(self, request):
-        context = request.auth
-        request.limit_windows = key_windows(context)  # read once, for the body and the headers
-        expires = context.expires_at_datetime
-        return Response(
-            {
-                "object": "api_key",
-                "id": context.key_id,
-                "name": context.name,
-                "organization": context.organization_slug,
-                "plan": context.plan_slug,
-                "scopes": sorted(context.scopes),
-                "models": list(context.models) if context.models is not None else None,
-                "expires_at": expires.isoformat().replace("+00:00", "Z") if expires else None,
-                "test_mode": context.test_mode,
-                **key_limit_status(context, request.limit_windows),  # limits, remaining, ...
-            }
-        )

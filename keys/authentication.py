@@ -7,7 +7,7 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
-from aibaas.http import client_ip
+from infra.http import client_ip
 from keys.context import KeyContext
 from keys.touch import note_key_use
 from keys.verification import KeyRejected, authenticate_key

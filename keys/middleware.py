@@ -8,7 +8,7 @@ from asgiref.sync import iscoroutinefunction
 from django.http import JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from keys.authentication import CHALLENGE
 from keys.format import key_in_query
 from keys.verification import KEY_IN_QUERY, KEY_IN_QUERY_MESSAGE

@@ -2,7 +2,7 @@
 
 from rest_framework.permissions import BasePermission
 
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from keys.authentication import key_context
 
 INSUFFICIENT_SCOPE = "insufficient_scope"

@@ -2,7 +2,7 @@ from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from accounts.models import Membership, Organization
-from aibaas.errors import INVALID_REQUEST, ApplicationError
+from infra.errors import INVALID_REQUEST, ApplicationError
 from keys.format import KEY_ID_PATTERN
 from keys.models import ApiKey, ApiKeyStatus
 from keys.scopes import effective_scopes

@@ -7,7 +7,8 @@ because those paths do not all go through a service; the invalidation is the key
 from django.db.models.signals import post_save, pre_delete
 from django.dispatch import receiver
 
-from accounts.models import Membership, User
+from accounts.models import Membership, Organization, User
+from billing.models import Plan
 
 
 @receiver(post_save, sender=Membership, dispatch_uid="keys-membership-saved")
@@ -27,3 +28,23 @@ def user_changed(sender, instance: User, created=False, update_fields=None, **kw
     from keys.services import api_keys_invalidate
 
     api_keys_invalidate(created_by_id=instance.pk)
+
+
+@receiver(post_save, sender=Organization, dispatch_uid="keys-organization-saved")
+def organization_changed(sender, instance: Organization, created=False, update_fields=None, **kw):
+    # A plan change (service, admin, Stripe) gives the organization's keys their new limits.
+    if created or (update_fields is not None and "plan" not in update_fields):
+        return
+    from keys.services import api_keys_invalidate
+
+    api_keys_invalidate(organization=instance)
+
+
+@receiver(post_save, sender=Plan, dispatch_uid="keys-plan-saved")
+def plan_changed(sender, instance: Plan, created=False, **kwargs) -> None:
+    # An edited plan (admin, stripe_sync) changes the limits of every key of its organizations.
+    if created:
+        return
+    from keys.services import api_keys_invalidate
+
+    api_keys_invalidate(plan=instance)

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from keys import format as key_format
 from keys.context import KeyContext, context_from, context_row
 from keys.hashing import (

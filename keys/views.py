@@ -10,8 +10,8 @@ from django.views.decorators.cache import never_cache
 from accounts.actors import Actor
 from accounts.tenancy import organization_required
 from accounts.views import form_add_service_errors
-from aibaas.durations import parse_duration
-from aibaas.errors import ApplicationError
+from infra.durations import parse_duration
+from infra.errors import ApplicationError
 from keys.forms import KeyCreateForm, KeyRevokeForm, KeyRotateForm
 from keys.selectors import api_key_effective_scopes, api_key_get, api_key_list
 from keys.services import api_key_create, api_key_revoke, api_key_rotate, grantor_of

@@ -2,7 +2,9 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from accounts.actors import Actor
-from aibaas.admin import ReadOnlyAdminMixin
+from accounts.admin import OrganizationAdmin
+from accounts.models import Organization
+from infra.admin import ReadOnlyAdminMixin
 from metering.models import QuotaCounter, UsageEvent
 from metering.quota import period_for, quota_reset
 
@@ -81,3 +83,28 @@ class QuotaCounterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 f"Skipped {past} counter(s) of past months: they are history and stay as they are.",
                 messages.WARNING,
             )
+
+
+class MeteredOrganizationAdmin(OrganizationAdmin):
+    """The Organization admin of accounts, plus the quota reset that metering owns: accounts
+    sits below metering and does not import it, so metering extends accounts' admin."""
+
+    actions = [*OrganizationAdmin.actions, "reset_quota"]
+
+    def has_reset_quota_permission(self, request) -> bool:
+        return request.user.has_perm("metering.change_quotacounter")
+
+    @admin.action(description="Reset this month's quota usage", permissions=["reset_quota"])
+    def reset_quota(self, request, queryset):
+        actor = Actor.for_operator(request)
+        count = 0
+        for organization in queryset:
+            quota_reset(organization, actor=actor, reason=f"reset in admin by {request.user}")
+            count += 1
+        self.message_user(
+            request, f"Reset this month's quota of {count} organization(s).", messages.SUCCESS
+        )
+
+
+admin.site.unregister(Organization)
+admin.site.register(Organization, MeteredOrganizationAdmin)

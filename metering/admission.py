@@ -24,8 +24,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
-from aibaas.db import when_unlocked
-from aibaas.errors import ApplicationError
+from infra.db import when_unlocked
+from infra.errors import ApplicationError
 from metering import limiter, quota
 from metering.ip_limit import current_rate, ip_check_finish, ip_check_start
 
@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
 INSUFFICIENT_QUOTA = "insufficient_quota"
-QUOTA_UNAVAILABLE = "quota_unavailable"
-QUOTA_UNAVAILABLE_RETRY_SECONDS = 5
 
 _LIMIT_WORDS = {
     "requests_per_minute": "requests per minute",
@@ -296,13 +294,9 @@ def _window_refusal(context, decision, tokens: int, headers, client_ip) -> Appli
 
 def _quota_refusal(context, verdict, request_quota, token_quota, headers, client_ip):
     if isinstance(verdict, quota.QuotaUnavailable):
-        return ApplicationError(
-            QUOTA_UNAVAILABLE,
-            "The monthly quota cannot be checked right now; retry shortly.",
-            status=503,
-            extra={"retry_after": QUOTA_UNAVAILABLE_RETRY_SECONDS},
-            headers={**headers, "Retry-After": str(QUOTA_UNAVAILABLE_RETRY_SECONDS)},
-        )
+        error = quota.QuotaUnavailable(verdict.detail)  # its own: headers differ per request
+        error.headers = {**headers, **error.headers}
+        return error
     limit = request_quota if verdict.exceeded == "requests" else token_quota
     used = verdict.requests_used if verdict.exceeded == "requests" else verdict.tokens_used
     resets = verdict.resets_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

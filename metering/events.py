@@ -24,8 +24,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from aibaas.db import releasing_connections
-from aibaas.redis_clients import apipelined, redis_client
+from infra.db import releasing_connections
+from infra.redis_clients import apipelined, redis_client
 from metering import inflight
 from metering.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
 
@@ -197,7 +197,7 @@ def _xadd_args(event: UsageEventData) -> tuple[tuple, dict]:
 
 
 def _record(event: UsageEventData) -> None:
-    from aibaas.db import when_unlocked
+    from infra.db import when_unlocked
     from metering.services import usage_record
 
     try:
@@ -221,7 +221,7 @@ def usage_emit(event: UsageEventData) -> None:
 
 async def ausage_emit(event: UsageEventData) -> None:
     """usage_emit for async code: redis.asyncio for the stream (pipelined with the loop's other
-    commands: aibaas.redis_clients.apipelined), a thread for the database. The request's marker
+    commands: infra.redis_clients.apipelined), a thread for the database. The request's marker
     in the in-flight registry (metering/inflight.py) goes with the event: in the same Lua
     script as the XADD, or once the event is committed to the database."""
     registry = inflight.current()

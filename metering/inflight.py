@@ -19,8 +19,8 @@ from collections import OrderedDict
 
 from django.conf import settings
 
-from aibaas.loops import PerLoop
-from aibaas.redis_clients import submit
+from infra.loops import PerLoop
+from infra.redis_clients import submit
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ inference endpoints, whatever keys it uses. A shield against abuse, not a plan l
 
 Counting: the sliding-window estimate over two fixed windows; every attempt counts, refused
 ones too. On Redis, one EVALSHA of metering/lua/ip_window.lua on `ip:{<address>}:<window>`
-(Cluster safe), pipelined with the key's own limiter call (aibaas.redis_clients.apipelined);
+(Cluster safe), pipelined with the key's own limiter call (infra.redis_clients.apipelined);
 without Redis, or while the limiter's breaker is open, the same counting in the process. The
 rate syntax is django-ratelimit's ("6000/m"); why not django-ratelimit itself: docs/limiter.md.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import redis
 from django.conf import settings
 
-from aibaas.redis_clients import apipelined, aredis_client, submit
+from infra.redis_clients import apipelined, aredis_client, submit
 from metering import limiter
 
 SCRIPT = (Path(__file__).parent / "lua" / "ip_window.lua").read_text()

@@ -24,7 +24,7 @@ from pathlib import Path
 import redis
 from django.conf import settings
 
-from aibaas.redis_clients import apipelined, aredis_client, redis_client, submit
+from infra.redis_clients import apipelined, aredis_client, redis_client, submit
 
 logger = logging.getLogger(__name__)
 

@@ -127,3 +127,95 @@ class QuotaCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id} {self.period:%Y-%m}: {self.requests} req, {self.tokens} tok"
+
+
+# Upper bounds (ms) of the latency histograms' buckets; the last bucket holds everything above.
+# Fixed for good: changing them needs a migration and `rebuild_rollups`.
+LATENCY_BOUNDS_MS = (
+    5, 10, 25, 50, 75, 100, 150, 200, 300, 500, 750,
+    1000, 1500, 2000, 3000, 5000, 7500, 10000, 15000, 20000, 30000, 60000,
+)  # fmt: skip
+HISTOGRAM_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
+
+
+class UsageRollup(models.Model):
+    """Usage events summed per organization x key x model x hour (or day), UTC: what every usage
+    figure reads (GET /v1/usage, /api/usage, the dashboard), never the events themselves.
+
+    Maintained in the transaction that stores the events (metering/rollups/maintenance.py), from
+    the rows that transaction inserted, so a replayed batch adds nothing; `rebuild_rollups`
+    recomputes them from the events. Billable events are rows with `refusal_code` "" (requests,
+    tokens, cost, errors, latency); refused ones are rows with their error code (`refused`)."""
+
+    HOUR = "hour"
+    DAY = "day"
+    GRANULARITIES = [(HOUR, "hour"), (DAY, "day")]
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="usage_rollups"
+    )
+    granularity = models.CharField(max_length=4, choices=GRANULARITIES)
+    bucket = models.DateTimeField(help_text="Start of the hour or day (UTC) summed here.")
+    key_id = models.CharField(
+        max_length=32, help_text="Public id of the calling key, kept if the key is deleted."
+    )
+    api_key = models.ForeignKey(
+        "keys.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="usage_rollups",
+    )
+    model = models.CharField(max_length=200, help_text="Public model name the client asked for.")
+    refusal_code = models.CharField(
+        max_length=50,
+        blank=True,
+        default="",
+        help_text="Empty for billable requests; the error code of the refused ones counted here.",
+    )
+    requests = models.PositiveBigIntegerField(default=0, help_text="Billable requests.")
+    refused = models.PositiveBigIntegerField(default=0, help_text="Requests refused.")
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cached_requests = models.PositiveBigIntegerField(
+        default=0, help_text="Billable requests served from the response cache."
+    )
+    cached_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="Input tokens of the requests served from the response cache."
+    )
+    cost_units = models.BigIntegerField(
+        default=0, help_text="Cost in units of 0.00000001 USD (exact sums on every database)."
+    )
+    errors_4xx = models.PositiveBigIntegerField(
+        default=0, help_text="Billable requests answered 4xx (e.g. 499: the client hung up)."
+    )
+    errors_5xx = models.PositiveBigIntegerField(
+        default=0, help_text="Billable requests answered 5xx (upstream error, timeout, 599)."
+    )
+    latency_ms_sum = models.PositiveBigIntegerField(
+        default=0, help_text="Sum of the billable requests' latency (for the mean)."
+    )
+    ttft_count = models.PositiveBigIntegerField(
+        default=0, help_text="Billable requests that reached a model (time to first token)."
+    )
+
+    class Meta:
+        ordering = ["organization_id", "granularity", "bucket"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "granularity", "bucket", "key_id", "model", "refusal_code"],
+                name="usage_rollup_dimensions",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        bucket = f"{self.bucket:%Y-%m-%d %H:00}"
+        return f"{self.organization_id} {self.granularity} {bucket} {self.model}"
+
+
+# The histograms: latency_b0..b22 (total time in aibaas) and ttft_b0..b22 (time to the first
+# byte from the model: the whole answer when not streamed), one column per bucket so that any
+# range sums in SQL.
+for _index in range(HISTOGRAM_BUCKETS):
+    UsageRollup.add_to_class(f"latency_b{_index}", models.PositiveBigIntegerField(default=0))
+    UsageRollup.add_to_class(f"ttft_b{_index}", models.PositiveBigIntegerField(default=0))

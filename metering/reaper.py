@@ -17,8 +17,8 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from aibaas.redis_clients import BACKGROUND_SOCKET_TIMEOUT
 from billing.pricing import cost_for
+from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT
 from metering.events import UsageEventData, redis_client
 from metering.inflight import PREFIX, PROCESSES_KEY, ttl_seconds
 from metering.services import usage_record

@@ -66,6 +66,7 @@ class FakeStripe:
         self.checkout_sessions: dict[str, dict] = {}
         self.portal_sessions: dict[str, dict] = {}
         self.subscriptions: dict[str, dict] = {}
+        self.idempotent: dict[tuple[str, str], tuple[int, dict]] = {}
         self.failures_left = 0  # the next this many API requests answer 500
         self.requests: list[tuple[str, str]] = []
         self.base_url = ""
@@ -94,11 +95,18 @@ class FakeStripe:
             ("POST", r"/v1/subscriptions/(?P<id>[\w-]+)", self.subscription_update),
             ("DELETE", r"/v1/subscriptions/(?P<id>[\w-]+)", self.subscription_cancel),
         ]
+        key = {k.lower(): v for k, v in headers.items()}.get("idempotency-key")
         for route_method, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
             if match and method == route_method:
                 with self.lock:
-                    return handler(params, **match.groupdict())
+                    # Stripe answers a repeated Idempotency-Key with its first answer.
+                    if key and (path, key) in self.idempotent:
+                        return self.idempotent[(path, key)]
+                    answer = handler(params, **match.groupdict())
+                    if key and answer[0] < 500:
+                        self.idempotent[(path, key)] = answer
+                    return answer
         return None  # localstripe's
 
     # --- prices and meters ------------------------------------------------------------------

@@ -133,7 +133,7 @@ def run() -> None:
     rows = []
     verdict = None
     if settings.REDIS_URL:
-        from aibaas.redis_clients import redis_client
+        from infra.redis_clients import redis_client
 
         context = _context(organization_id, LIMITS)
         asyncio.run(_admissions(context, 200))  # scripts loaded, pools warm, a quota lease

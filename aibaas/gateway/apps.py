@@ -6,3 +6,6 @@ class GatewayConfig(AppConfig):
     name = "aibaas.gateway"
     label = "gateway"
     verbose_name = "Gateway (models and upstreams)"
+
+    def ready(self) -> None:
+        from aibaas.gateway import signals  # noqa: F401  (price changes reload the registry)

@@ -18,12 +18,12 @@ from functools import partial
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from aibaas.errors import ApplicationError, internal_error
 from aibaas.gateway import pipeline, streaming, validation, wire
 from aibaas.gateway.lifespan import lifespan
 from aibaas.gateway.middleware import request_ids
 from aibaas.gateway.security import Security, SecurityRequest
-from aibaas.http import client_address, method_refusal
+from infra.errors import ApplicationError, internal_error
+from infra.http import client_address, method_refusal
 from keys.authentication import key_from_headers
 from keys.middleware import key_in_query_refusal
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from django.utils import timezone
 
-from aibaas.errors import INTERNAL_ERROR
 from aibaas.gateway import streaming
 from aibaas.gateway.providers.base import UPSTREAM_ERROR, UPSTREAM_TIMEOUT, Usage
-from aibaas.http import canonical_ip
 from billing.pricing import ZERO_COST, acost_for
+from infra.errors import INTERNAL_ERROR
+from infra.http import canonical_ip
 from metering import inflight
 from metering.admission import Admission, IpGate, aadmit
 from metering.events import UsageEventData, ausage_emit

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from aibaas.errors import INVALID_REQUEST, ApplicationError
 from aibaas.gateway import response_cache, streaming, validation
 from aibaas.gateway.call import UNKNOWN_MODEL, Call
 from aibaas.gateway.providers import provider_for
@@ -27,6 +26,7 @@ from aibaas.gateway.tokenizer import (
     estimate_chat_tokens,
     estimate_embedding_tokens,
 )
+from infra.errors import INVALID_REQUEST, ApplicationError
 from keys.authentication import CHALLENGE
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use

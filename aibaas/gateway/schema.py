@@ -2,13 +2,13 @@
 serves them): a drf-spectacular postprocessing hook adds their paths, and their bodies
 (aibaas/gateway/schema_components.py), to /api/schema/ and /api/docs/.
 
-This is the one place for the /v1 schema: the two /v1 DRF views (`/v1/key` KeyInfoApi,
-`/v1/usage` UsageApi) describe their bodies with their response serializers.
+This is the one place for the /v1 schema: the two /v1 DRF views (aibaas/gateway/apis.py:
+`/v1/key` KeyInfoApi, `/v1/usage` UsageApi) describe their bodies with their serializers.
 tests/e2e/test_schemathesis.py checks the responses against it.
 """
 
 from aibaas.gateway.schema_components import SCHEMAS, ref
-from aibaas.schema import ERROR_DESCRIPTIONS
+from infra.schema import ERROR_DESCRIPTIONS
 from keys.schema import KEY_SECURITY, KEY_SECURITY_SCHEMES
 
 TAG = "v1"

@@ -9,7 +9,7 @@ import json
 import re
 from typing import Any
 
-from aibaas.errors import INVALID_REQUEST, ApplicationError
+from infra.errors import INVALID_REQUEST, ApplicationError
 
 INVALID_JSON = "invalid_json"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"

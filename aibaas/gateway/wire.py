@@ -5,7 +5,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 
 Headers = list[tuple[bytes, bytes]]
 STREAM_HEADERS: Headers = [

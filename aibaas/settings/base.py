@@ -4,7 +4,7 @@ import ipaddress
 
 from django.core.exceptions import ImproperlyConfigured
 
-from aibaas.proxies import proxies_from_env
+from infra.proxies import proxies_from_env
 
 from .env import BASE_DIR, ENV_FILE, env  # noqa: F401 (ENV_FILE: the dotenv file read, if any)
 
@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "keys",
     "metering",
     "billing",
+    "billing.subscriptions",
     "aibaas.gateway",
 ]
 
@@ -132,7 +133,7 @@ if env.str("RATELIMIT_IP_META_KEY", default="REMOTE_ADDR") != "REMOTE_ADDR":
         "RATELIMIT_IP_META_KEY is no longer read: X-Forwarded-For is trusted from the peers in "
         "CLIENT_IP_PROXIES (e.g. CLIENT_IP_PROXIES=10.0.0.0/8), and from nobody else."
     )
-RATELIMIT_IP_META_KEY = "aibaas.http.ratelimit_ip"  # django-ratelimit: the same address
+RATELIMIT_IP_META_KEY = "infra.http.ratelimit_ip"  # django-ratelimit: the same address
 # Who may read /metrics and the detail of /readyz (aibaas/health.py): a bearer token and/or
 # client networks. Neither set: nobody (/readyz still answers its status to everyone).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
@@ -151,8 +152,8 @@ RATELIMIT_IPV6_MASK = env.int("RATELIMIT_IPV6_MASK", default=64)
 if not 1 <= RATELIMIT_IPV6_MASK <= 128:
     raise ImproperlyConfigured("RATELIMIT_IPV6_MASK must be from 1 to 128.")
 
-# Every handler, Django's own included, redacts key-shaped text (aibaas/logs.py).
-LOGGING_CONFIG = "aibaas.logs.configure"
+# Every handler, Django's own included, redacts key-shaped text (infra/logs.py).
+LOGGING_CONFIG = "infra.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -207,7 +208,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "aibaas.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "aibaas.pagination.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "infra.pagination.Pagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -238,7 +239,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "aibaas.gateway.schema.add_inference_paths",
-        "aibaas.schema.add_retry_after_headers",
+        "infra.schema.add_retry_after_headers",
     ],
 }
 

@@ -36,6 +36,11 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 # Content-Security-Policy on every response (django-csp): scripts and styles only from our own
 # origin or carrying the request's nonce, no inline event handlers or style attributes, nothing
 # from other hosts (front-end libraries are vendored; Swagger UI comes from the sidecar package).
+# Billing's forms (checkout, portal) answer with a redirect to Stripe's hosted pages, and a
+# browser applies form-action to the redirect too: those origins are allowed.
+STRIPE_REDIRECT_ORIGINS = env.list(
+    "STRIPE_REDIRECT_ORIGINS", default=["https://checkout.stripe.com", "https://billing.stripe.com"]
+)
 # The one hash is the inline <style> of Django admin's change list (models without actions).
 ADMIN_CHANGE_LIST_STYLE = "'sha256-blvLUW3UscWqsXGByNOqdBboM+ShWAuugp2mC/wbafU='"
 CONTENT_SECURITY_POLICY = {
@@ -48,7 +53,7 @@ CONTENT_SECURITY_POLICY = {
         "connect-src": [SELF],
         "object-src": [NONE],
         "base-uri": [SELF],
-        "form-action": [SELF],
+        "form-action": [SELF, *STRIPE_REDIRECT_ORIGINS],
         "frame-ancestors": [NONE],
     },
 }

@@ -48,7 +48,7 @@ if CACHE_URL:
     CACHES = {
         "default": {
             # django-redis, falling back to an in-process cache while Redis is unreachable.
-            "BACKEND": "aibaas.cache.FailoverRedisCache",
+            "BACKEND": "infra.cache.FailoverRedisCache",
             "LOCATION": CACHE_URL,
             "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="aibaas"),
             "OPTIONS": {
@@ -96,6 +96,18 @@ CELERY_BEAT_SCHEDULE = (
             "schedule": 2.0,
             "options": {"expires": 10},
         },
+        # Past-due subscriptions whose grace period ran out go to the free plan.
+        "billing-expire-grace-periods": {
+            "task": "billing.subscriptions.tasks.expire_grace_periods",
+            "schedule": 3600.0,
+            "options": {"expires": 600},
+        },
+        # Metered usage to Stripe: closed hours into the outbox, due rows sent.
+        "billing-report-usage-to-stripe": {
+            "task": "billing.subscriptions.tasks.report_usage_to_stripe",
+            "schedule": 300.0,
+            "options": {"expires": 240},
+        },
     }
     if CELERY_BROKER_URL
     else {}
@@ -111,6 +123,9 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = 300
 BILLING_GRACE_DAYS = env.float("BILLING_GRACE_DAYS", default=7.0)
+# An hour of usage is reported to Stripe's meter this long after it ends (usage events reach the
+# database within seconds; later ones show up in `manage.py stripe_reconcile_usage`).
+BILLING_METER_SETTLE_SECONDS = env.int("BILLING_METER_SETTLE_SECONDS", default=300)
 
 # --- Email: console backend unless EMAIL_URL is set (smtp://user:pass@host:587/?tls=True).
 _email = env.email_url("EMAIL_URL", default="consolemail://")

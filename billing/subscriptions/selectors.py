@@ -8,9 +8,9 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from billing.models import BillingAccount, Plan
-from billing.selectors import plan_list
+from billing.selectors import grace_deadline, plan_list
 from billing.subscriptions import stripe_client
-from billing.subscriptions.state import LIVE, grace_deadline
+from billing.subscriptions.state import LIVE
 from metering.selectors import month_period, usage_totals
 
 

@@ -8,10 +8,10 @@ from django.utils import timezone
 from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import Organization
-from aibaas.errors import ApplicationError
 from billing.models import BillingAccount, Plan
 from billing.subscriptions import stripe_client
 from billing.subscriptions.state import LIVE, subscription_apply
+from infra.errors import ApplicationError
 
 BILLING_OFFLINE = "billing_offline"
 BILLING_OFFLINE_MESSAGE = "Billing is offline: the operators set plans on this server."

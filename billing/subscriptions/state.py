@@ -7,9 +7,8 @@ is live: a late event about an old, canceled subscription changes nothing.
 """
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -19,6 +18,8 @@ from accounts.models import Organization
 from accounts.services import organization_set_plan
 from billing.defaults import DEFAULT_PLAN_SLUG
 from billing.models import BillingAccount, Plan
+from billing.selectors import grace_deadline
+from billing.subscriptions import stripe_client
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +53,6 @@ def subscription_plan(subscription) -> Plan | None:
         slug = (price.get("metadata") or {}).get("plan")
         plan = Plan.objects.filter(slug=slug).first() if slug else None
     return plan
-
-
-def grace_deadline(account: BillingAccount) -> datetime | None:
-    if account.past_due_since is None:
-        return None
-    return account.past_due_since + timedelta(days=settings.BILLING_GRACE_DAYS)
 
 
 def effective_plan(account: BillingAccount, *, now: datetime | None = None) -> Plan:
@@ -138,3 +133,36 @@ def subscription_apply(*, account: BillingAccount, subscription, event_id: str =
     return f"subscription {subscription['id']} {status} on {plan_name}" + (
         ", plan changed" if moved else ""
     )
+
+
+def grace_periods_expire(*, now: datetime | None = None) -> int:
+    """Move every organization whose payment has been failing longer than the grace period to
+    the free plan (Celery beat, hourly). Returns how many moved; the subscription's recovery
+    (invoice.paid) restores the plan."""
+    moved = 0
+    for account in BillingAccount.objects.filter(
+        subscription_status="past_due", past_due_since__isnull=False
+    ):
+        if (now or timezone.now()) < grace_deadline(account):
+            continue
+        with transaction.atomic():
+            locked = BillingAccount.objects.select_for_update().get(pk=account.pk)
+            moved += plan_follow(account=locked, reason="grace period over")
+    return moved
+
+
+def billing_account_resync(*, account: BillingAccount) -> str:
+    """Re-read the customer's subscriptions from Stripe and apply the current one (the
+    account's, else the newest live one): for an operator who doubts a missed webhook."""
+    if not account.stripe_customer_id:
+        return "no Stripe customer"
+    subscriptions = [
+        s.to_dict() for s in stripe_client.subscription_list(customer=account.stripe_customer_id)
+    ]
+    if not subscriptions:
+        return "no subscription in Stripe"
+    live = [s for s in subscriptions if s["status"] in LIVE]
+    chosen = next((s for s in subscriptions if s["id"] == account.stripe_subscription_id), None)
+    if chosen is None or (chosen["status"] not in LIVE and live):
+        chosen = max(live or subscriptions, key=lambda s: s.get("created") or 0)
+    return subscription_apply(account=account, subscription=chosen)

@@ -127,3 +127,22 @@ def subscription_list(*, customer: str) -> list[stripe.Subscription]:
     return list(
         client().v1.subscriptions.list({"customer": customer, "status": "all", "limit": 10}).data
     )
+
+
+# --- Metered usage ------------------------------------------------------------------------------
+
+
+def meter_event_create(
+    *, event_name: str, identifier: str, customer: str, value: int, timestamp: int
+) -> stripe.billing.MeterEvent:
+    """One Billing Meter event. The identifier doubles as the Idempotency-Key: a retry of a
+    request Stripe already took gets Stripe's first answer back, not a second event."""
+    return client().v1.billing.meter_events.create(
+        {
+            "event_name": event_name,
+            "identifier": identifier,
+            "timestamp": timestamp,
+            "payload": {"stripe_customer_id": customer, "value": str(value)},
+        },
+        {"idempotency_key": identifier},
+    )

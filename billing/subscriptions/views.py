@@ -12,11 +12,11 @@ from django.views.decorators.http import require_POST
 
 from accounts.actors import Actor
 from accounts.tenancy import organization_required
-from aibaas.errors import ApplicationError
 from billing.selectors import plan_get
 from billing.subscriptions import services
 from billing.subscriptions.selectors import billing_overview
 from billing.subscriptions.webhooks import webhook_receive
+from infra.errors import ApplicationError
 
 CHECKOUT_CANCELLED = "Checkout cancelled: your plan has not changed."
 CHECKOUT_RETURNED = (

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from django.db import transaction
 from django.utils import timezone
 
-from aibaas.errors import ApplicationError
 from billing.models import BillingAccount, StripeEvent
 from billing.subscriptions import stripe_client
 from billing.subscriptions.state import subscription_apply
+from infra.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from django.utils import timezone
 from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
-from aibaas.errors import ApplicationError
-from aibaas.logs import redact_stored
+from infra.errors import ApplicationError
+from infra.logs import redact_stored
 from keys import format as key_format
 from keys import verification
 from keys.hashing import hash_key

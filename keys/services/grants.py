@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from accounts.actors import Actor
 from accounts.models import Organization
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from keys.models import ApiKey
 from keys.scopes import ALL_SCOPES, implied, role_scopes
 from keys.selectors import api_key_effective_scopes

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.actors import Actor
 from accounts.models import AuditAction
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from keys.models import ApiKey
 from keys.services.api_keys import IssuedKey, api_key_create, audit_key
 from keys.services.grants import Grantor, grantor_of, require_manage

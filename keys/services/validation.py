@@ -6,8 +6,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from aibaas.logs import redact_stored
 from billing.models import Plan
+from infra.logs import redact_stored
 from keys.models import DEFAULT_SCOPES, ApiKey, Scope
 
 MAX_MODELS = 100

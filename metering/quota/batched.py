@@ -22,7 +22,7 @@ import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from aibaas.loops import PerLoop, quiet_future
+from infra.loops import PerLoop, quiet_future
 from metering.quota.counter import (
     QuotaDecision,
     QuotaUnavailable,

@@ -37,7 +37,8 @@ from django.utils.dateparse import parse_datetime
 from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Organization
-from aibaas.db import when_unlocked
+from infra.db import when_unlocked
+from infra.errors import ApplicationError
 from metering.models import QuotaCounter
 
 logger = logging.getLogger(__name__)
@@ -68,8 +69,24 @@ def lease_hold_seconds() -> float:
     return lease_max_age() + LEASE_SETTLE_MARGIN_SECONDS
 
 
-class QuotaUnavailable(Exception):
-    """The database could not check (or settle) the monthly quota."""
+QUOTA_UNAVAILABLE = "quota_unavailable"
+QUOTA_UNAVAILABLE_MESSAGE = "The monthly quota cannot be checked right now; retry shortly."
+QUOTA_UNAVAILABLE_RETRY_SECONDS = 5
+
+
+class QuotaUnavailable(ApplicationError):
+    """The database could not check (or settle) the monthly quota: a 503 with Retry-After.
+    `detail` is the database's error, for the logs (never sent to the client)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            QUOTA_UNAVAILABLE,
+            QUOTA_UNAVAILABLE_MESSAGE,
+            status=503,
+            extra={"retry_after": QUOTA_UNAVAILABLE_RETRY_SECONDS},
+            headers={"Retry-After": str(QUOTA_UNAVAILABLE_RETRY_SECONDS)},
+        )
+        self.detail = detail
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from datetime import date, datetime
 
 from django.conf import settings
 
-from aibaas.loops import PerLoop
+from infra.loops import PerLoop
 from metering.quota import batched
 from metering.quota.counter import (
     QuotaDecision,

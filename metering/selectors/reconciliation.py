@@ -24,7 +24,7 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import AuditAction, AuditEvent, Organization
-from aibaas.redis_clients import BACKGROUND_SOCKET_TIMEOUT
+from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT
 from metering.events import (
     ENTRY_FIELD,
     REDIS_ERRORS,

@@ -1,25 +1,23 @@
-"""Usage reads: a month of usage events, summed. Every query is scoped by organization and
-aggregated in SQL."""
+"""Usage reads: a month of usage, summed from the rollups (metering/rollups/). Every query is
+scoped by organization and aggregated in SQL."""
 
 import re
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
-from django.db.models import Count, DecimalField, Max, Q, QuerySet, Sum, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from accounts.models import Organization
-from aibaas.errors import INVALID_REQUEST, ApplicationError
-from billing.pricing import COST_QUANTUM
-from metering.models import UsageEvent
+from infra.errors import INVALID_REQUEST, ApplicationError
+from metering.models import UsageRollup
+from metering.rollups.buckets import HOUR, floor
+from metering.rollups.selectors import BILLABLE, REFUSED, cost, rollup_rows, sums, unprefixed
 
 INVALID_MONTH_MESSAGE = "'month' must be a calendar month written YYYY-MM, e.g. 2025-06."
 
 # A calendar month from 1970-01 on, YYYY-MM: the validator and the OpenAPI schema share it.
 MONTH_PATTERN = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$"
 MONTH_REGEX = re.compile(MONTH_PATTERN)
-_COST = DecimalField(max_digits=28, decimal_places=8)
 
 
 def month_period(month: str | None = None) -> tuple[datetime, datetime]:
@@ -45,52 +43,27 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-_BILLABLE = Q(billable=True)
-_FAILED = Q(billable=True, status_code__gte=400)
-_REFUSED = Q(billable=False)
-
-
 def _totals(*, refusals: bool = True) -> dict:
-    """The aggregates of a set of events. "requests" are billable (admitted) requests, as the
+    """The sums of a set of rollup rows. "requests" are billable (admitted) requests, as the
     quota and the limits count them; tokens and cost are theirs. `errors`: billable requests
     that failed (upstream errors, timeouts, the client hanging up, interrupted); `refused`:
     requests refused before admission (limits, quota, unknown model, bad body...)."""
-    totals = {
-        "requests": Count("id", filter=_BILLABLE),
-        "input_tokens": Coalesce(Sum("input_tokens", filter=_BILLABLE), 0),
-        "output_tokens": Coalesce(Sum("output_tokens", filter=_BILLABLE), 0),
-        "cost": Coalesce(
-            Sum("cost", filter=_BILLABLE, output_field=_COST),
-            Value(Decimal(0)),
-            output_field=_COST,
-        ),
-        "errors": Count("id", filter=_FAILED),
-    }
-    if refusals:
-        totals["refused"] = Count("id", filter=_REFUSED)
-    return totals
-
-
-def _cost(value: Decimal | None) -> str:
-    """Money as a decimal string with 8 places, e.g. "0.00001234"."""
-    return f"{Decimal(value or 0).quantize(COST_QUANTUM):f}"
+    names = ["requests", "input_tokens", "output_tokens", "cost_units", "errors_4xx", "errors_5xx"]
+    return sums(*names, *(["refused"] if refusals else []))
 
 
 def _t(row: dict) -> dict:
+    row = unprefixed(row)
     totals = {
         "requests": row["requests"],
         "input_tokens": row["input_tokens"],
         "output_tokens": row["output_tokens"],
-        "cost": _cost(row["cost"]),
-        "errors": row["errors"],
+        "cost": f"{cost(row['cost_units']):f}",
+        "errors": row["errors_4xx"] + row["errors_5xx"],
     }
     if "refused" in row:
         totals["refused"] = row["refused"]
     return totals
-
-
-def _events(organization: Organization) -> QuerySet[UsageEvent]:
-    return UsageEvent.objects.filter(organization=organization).order_by()
 
 
 def _default_period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
@@ -107,10 +80,11 @@ def usage_totals(
     end: datetime | None = None,
 ) -> dict:
     """The organization's totals in [start, end) (default: this calendar month, UTC): the
-    `totals` of GET /v1/usage, for the dashboard. One query."""
+    `totals` of GET /v1/usage, for the dashboard. One query, on the rollups: the range is read
+    in whole hours (metering.rollups.selectors.range_filter)."""
     start, end = _default_period(start, end)
-    period = _events(organization).filter(created_at__gte=start, created_at__lt=end)
-    return _t(period.aggregate(**_totals()))
+    rows = rollup_rows(organization=organization, start=start, end=end)
+    return _t(rows.aggregate(**_totals()))
 
 
 def usage_summary(
@@ -120,37 +94,37 @@ def usage_summary(
     end: datetime | None = None,
 ) -> dict:
     """The organization's usage in [start, end) (default: this calendar month, UTC), the last
-    24 hours, and the period per key and per model: the body of GET /v1/usage. Five queries.
+    24 hours, and the period per key and per model: the body of GET /v1/usage. Five queries on
+    the rollups: the period in whole hours, and "the last 24 hours" are the current UTC hour
+    and the 23 before it.
 
     `requests` means billable requests everywhere (per key and per model too), the number the
     quota counts; refusals are `refused` in the totals and per key, and `refused_by_code`. A
     refused request is never a model row: its model may not even exist."""
     start, end = _default_period(start, end)
-    period = _events(organization).filter(created_at__gte=start, created_at__lt=end)
-    now = timezone.now()
+    period = rollup_rows(organization=organization, start=start, end=end)
+    this_hour = floor(timezone.now(), UsageRollup.HOUR)
+    last_24h = rollup_rows(
+        organization=organization, start=this_hour - timedelta(hours=23), end=this_hour + HOUR
+    ).aggregate(**_totals())
     totals = period.aggregate(**_totals())
-    last_24h = (
-        _events(organization)
-        .filter(created_at__gt=now - timedelta(hours=24), created_at__lte=now)
-        .aggregate(**_totals())
-    )
     by_key = (
         period.values("key_id")
-        # A deleted key's events keep its key_id; its name is gone (null).
+        # A deleted key's usage keeps its key_id; its name is gone (null).
         .annotate(name=Max("api_key__name"), **_totals())
         .order_by("key_id")
     )
     by_model = (
-        period.filter(_BILLABLE)
+        period.filter(BILLABLE)
         .values("model")
         .annotate(**_totals(refusals=False))
         .order_by("model")
     )
     refused = (
-        period.filter(_REFUSED)
-        .values("error_code")
-        .annotate(count=Count("id"))
-        .order_by("error_code")
+        period.filter(REFUSED)
+        .values("refusal_code")
+        .annotate(count=Sum("refused"))
+        .order_by("refusal_code")
     )
     return {
         "object": "usage",
@@ -160,5 +134,5 @@ def usage_summary(
         "last_24h": _t(last_24h),
         "by_key": [{"key_id": row["key_id"], "name": row["name"], **_t(row)} for row in by_key],
         "by_model": [{"model": row["model"], **_t(row)} for row in by_model],
-        "refused_by_code": {row["error_code"] or "unknown": row["count"] for row in refused},
+        "refused_by_code": {row["refusal_code"]: row["count"] for row in refused},
     }

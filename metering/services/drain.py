@@ -9,7 +9,7 @@ import time
 import redis
 from django.db import DataError, IntegrityError
 
-from aibaas.redis_clients import BACKGROUND_SOCKET_TIMEOUT
+from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT
 from metering.events import (
     ENTRY_FIELD,
     UsageEventData,

@@ -14,6 +14,7 @@ from keys.models import ApiKey
 from metering.events import UsageEventData
 from metering.models import UsageEvent
 from metering.quota.counter import settle_rows
+from metering.rollups.maintenance import rollup_add
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +115,11 @@ def _settle_quota(events: Sequence[UsageEventData], inserted: set[str]) -> None:
 
 
 def usage_record(*, events: Sequence[UsageEventData]) -> int:
-    """Store usage events and settle the monthly quota's tokens of those stored now, in one
-    transaction. Idempotent: an event whose request_id is already stored is skipped, and so is
-    its settlement, so replaying a batch never counts or settles a request twice, and an event
-    that reaches the table has settled. Returns how many events were handed to the database
-    (new or already there)."""
+    """Store usage events, add those stored now to the rollups (metering/rollups/) and settle
+    their monthly quota tokens, in one transaction. Idempotent: an event whose request_id is
+    already stored is skipped, and so are its rollup and settlement, so replaying a batch never
+    counts or settles a request twice, and an event that reaches the table has settled.
+    Returns how many events were handed to the database (new or already there)."""
     if not events:
         return 0
     first: dict[str, UsageEventData] = {}
@@ -129,5 +130,6 @@ def usage_record(*, events: Sequence[UsageEventData]) -> int:
         rows = _rows(unique)
         if rows:
             inserted = _insert_new(rows)
+            rollup_add(request_ids=inserted)
             _settle_quota(unique, inserted)
     return len(rows)

@@ -15,7 +15,7 @@ from accounts.services import (
     ORGANIZATION_HAS_USAGE,
     organization_delete,
 )
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from keys.models import ApiKey
 from keys.services import api_key_create, api_key_revoke
 from metering.models import UsageEvent

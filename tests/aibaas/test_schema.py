@@ -16,8 +16,8 @@ from drf_spectacular.validation import validate_schema
 from accounts.actors import Actor
 from aibaas.gateway import validation
 from aibaas.gateway.models import ModelKind
-from aibaas.pagination import MAX_LIMIT, MAX_OFFSET
-from aibaas.schema import ERROR_DESCRIPTIONS
+from infra.pagination import MAX_LIMIT, MAX_OFFSET
+from infra.schema import ERROR_DESCRIPTIONS
 from keys.services import api_key_create
 from metering.selectors import MONTH_PATTERN, month_period
 from tests.factories import AIModelFactory, MembershipFactory
@@ -126,6 +126,8 @@ EXPECTED_ERRORS = {
     ("/api/keys/{ident}/revoke", "post"): {400, 401, 403, 404},
     ("/api/keys/{ident}/rotate", "post"): {400, 401, 403, 404},
     ("/api/audit", "get"): {400, 401, 403},
+    ("/api/usage", "get"): {400, 401, 403},
+    ("/api/usage/csv", "get"): {400, 401, 403},
     ("/v1/key", "get"): {401, 503},
     ("/v1/usage", "get"): {400, 401, 403, 503},
     ("/v1/models", "get"): {401, 403, 429, 503},

@@ -105,7 +105,7 @@ def test_backing_services_follow_the_environment():
     else:
         assert connection.vendor == "sqlite"
     if os.environ.get("REDIS_URL") or os.environ.get("CACHE_URL"):
-        assert backend == "aibaas.cache.FailoverRedisCache"  # django-redis with a fallback
+        assert backend == "infra.cache.FailoverRedisCache"  # django-redis with a fallback
         assert cache.primary.client.get_client().ping()
         assert not cache.degraded
     else:

@@ -162,3 +162,12 @@ def test_a_subscribed_organization_changes_paid_plan_in_the_portal(synced, owner
     refused = _post(browser, "/billing/checkout/pro/")
     assert refused["Location"] == PAGE
     assert len(synced.fake.checkout_sessions) == 1
+
+
+def test_the_policy_lets_billing_forms_redirect_to_stripes_hosted_pages(owner_client):
+    # A browser applies form-action to the redirect after a POST: without Stripe's origins the
+    # checkout and portal buttons would be blocked (tests/e2e/test_browser_billing.py).
+    policy = owner_client.get(PAGE)["Content-Security-Policy"]
+    form_action = next(d for d in policy.split(";") if d.strip().startswith("form-action"))
+    assert "https://checkout.stripe.com" in form_action
+    assert "https://billing.stripe.com" in form_action

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from aibaas.proxies import TrustedProxies, parse_proxies
 from aibaas.settings.env import BASE_DIR
+from infra.proxies import TrustedProxies, parse_proxies
 from tests.aibaas.test_settings import production_env, run_python
 
 SETUP = "import django; django.setup(); from django.conf import settings"

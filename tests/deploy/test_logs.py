@@ -10,8 +10,8 @@ import pytest
 
 from accounts.actors import Actor
 from aibaas.gateway.models import AIModel
-from aibaas.logs import RedactKeys
 from billing.models import Plan
+from infra.logs import RedactKeys
 from keys.services import api_key_create
 from tests.aibaas.test_settings import production_env, run_python
 from tests.factories import AIModelFactory, MembershipFactory
@@ -70,7 +70,7 @@ def test_every_handler_of_the_app_redacts_keys():
     console, mail_admins and django.server included) carries the filter: checked in a fresh
     interpreter. (Libraries' NullHandlers write nothing.)"""
     code = (
-        "import django, logging; django.setup(); from aibaas.logs import RedactKeys; "
+        "import django, logging; django.setup(); from infra.logs import RedactKeys; "
         "loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]; "
         "handlers = [h for lg in loggers if isinstance(lg, logging.Logger) for h in lg.handlers]; "
         "bare = [h for h in handlers if not isinstance(h, logging.NullHandler) "

@@ -24,10 +24,10 @@ from django.urls import resolve
 
 from accounts.actors import Actor
 from aibaas.asgi import application
-from aibaas.errors import method_not_allowed
 from aibaas.gateway import pipeline, streaming
 from aibaas.gateway.models import ModelKind
 from aibaas.gateway.providers.base import ProviderError
+from infra.errors import method_not_allowed
 from keys import touch, verification
 from keys.models import ApiKey
 from keys.services import api_key_create, api_key_revoke

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from aibaas.bench import fake_upstream
-from aibaas.errors import ApplicationError
 from aibaas.gateway.providers import openai_compatible as oc
 from aibaas.gateway.providers.base import ModelSpec, ProviderError, StreamUsage, UpstreamSpec
 from aibaas.gateway.tokenizer import count_tokens
+from infra.errors import ApplicationError
 from tests.servers import free_port
 
 CHAT = {"messages": [{"role": "user", "content": "Say something about foxes."}]}

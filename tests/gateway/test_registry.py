@@ -15,8 +15,8 @@ from aibaas.gateway import registry
 from aibaas.gateway.models import AIModel, ModelKind, ProviderKind
 from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.demo import DemoProvider
-from aibaas.gateway.registry import ProcessSnapshot
 from aibaas.gateway.services import model_registry_invalidate, model_seed_demo
+from infra.snapshots import ProcessSnapshot
 from tests.factories import AIModelFactory, UpstreamFactory
 from tests.gateway.conftest import key_context
 

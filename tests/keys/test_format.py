@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from aibaas.logs import REDACTED, redact_stored
+from infra.logs import REDACTED, redact_stored
 from keys import format as key_format
 
 ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase

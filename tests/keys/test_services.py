@@ -8,8 +8,8 @@ from django.utils import timezone
 
 from accounts.actors import Actor
 from accounts.models import AuditAction, AuditEvent, Role
-from aibaas.errors import ApplicationError
 from billing.models import Plan
+from infra.errors import ApplicationError
 from keys import format as key_format
 from keys.models import ApiKey, ApiKeyStatus
 from keys.services import (

@@ -103,6 +103,7 @@ def test_v1_key_describes_the_calling_key(make_key, org, api_client):
             "monthly_request_quota": body["reset_seconds"]["monthly_request_quota"],
             "monthly_token_quota": body["reset_seconds"]["monthly_token_quota"],
         },
+        "billing": None,  # no failed payment (tests/billing/test_grace.py)
     }
     assert 0 < body["reset_seconds"]["monthly_request_quota"] <= 31 * 86400
     assert response["X-RateLimit-Limit"] == "5" and response["X-RateLimit-Remaining"] == "5"

@@ -269,7 +269,7 @@ def test_async_calls_share_the_sync_windows(backend, key_id):
 
 @pytest.mark.redis
 def test_an_async_settlement_rides_with_the_next_call_or_goes_by_itself_soon(key_id):
-    from aibaas.redis_clients import redis_client
+    from infra.redis_clients import redis_client
 
     limits = [tpm(10_000)]
     tokens_key = f"rl:{{{key_id}}}:tpm"
@@ -668,7 +668,7 @@ def test_each_call_is_one_evalsha_and_the_script_reloads_itself(settings):
 
 @pytest.mark.redis
 def test_a_full_window_stays_small_and_expires(settings, key_id):
-    from aibaas.redis_clients import redis_client
+    from infra.redis_clients import redis_client
 
     limits = [rpm(10**6), tpm(10**9)]
     for second in range(120):  # every bucket of the window holds a count

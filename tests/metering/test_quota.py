@@ -287,10 +287,23 @@ def test_database_error_refuses_by_default(org, settings, caplog, fail_queries):
     settings.QUOTA_FAIL_OPEN = False
     with (
         caplog.at_level(logging.ERROR, logger="metering.quota"),
-        pytest.raises(QuotaUnavailable, match="server closed the connection"),
+        pytest.raises(QuotaUnavailable) as refused,
     ):
         admit(org, requests=100)
     assert "request refused" in caplog.text
+    assert "server closed the connection" in refused.value.detail
+
+
+def test_quota_unavailable_is_a_503_with_retry_after_in_the_openai_shape():
+    from metering.quota.counter import QUOTA_UNAVAILABLE, QUOTA_UNAVAILABLE_RETRY_SECONDS
+
+    error = QuotaUnavailable("connection refused")
+    assert error.status == 503
+    assert error.headers == {"Retry-After": str(QUOTA_UNAVAILABLE_RETRY_SECONDS)}
+    body = error.as_dict()["error"]
+    assert body["code"] == QUOTA_UNAVAILABLE
+    assert body["retry_after"] == QUOTA_UNAVAILABLE_RETRY_SECONDS
+    assert "connection refused" not in body["message"]  # the database's words stay in the logs
 
 
 def test_database_error_admits_unmetered_when_fail_open(org, settings, caplog, fail_queries):

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aibaas.errors import INVALID_REQUEST, ApplicationError
 from billing.models import Plan
+from infra.errors import INVALID_REQUEST, ApplicationError
 from keys import verification
 from metering import limiter
 from metering.selectors import (

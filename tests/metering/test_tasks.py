@@ -21,7 +21,7 @@ BEAT = (
     "import django, json; django.setup(); from django.conf import settings; "
     "from aibaas.celery import app; app.loader.import_default_modules(); "
     "print(json.dumps({'beat': settings.CELERY_BEAT_SCHEDULE, "
-    "'registered': 'metering.tasks.drain_usage_events' in app.tasks}))"
+    "'registered': sorted(t for t in app.tasks if not t.startswith('celery.'))}))"
 )
 
 
@@ -37,14 +37,24 @@ def settings_in_a_fresh_process(**env: str) -> dict:
 
 def test_with_a_broker_beat_drains_usage_every_two_seconds():
     found = settings_in_a_fresh_process(CELERY_BROKER_URL="redis://127.0.0.1:1/0")
-    assert found["beat"] == {
-        "metering-drain-usage-events": {
-            "task": "metering.tasks.drain_usage_events",
-            "schedule": 2.0,
-            "options": {"expires": 10},
-        }
+    assert found["beat"]["metering-drain-usage-events"] == {
+        "task": "metering.tasks.drain_usage_events",
+        "schedule": 2.0,
+        "options": {"expires": 10},
     }
-    assert found["registered"] is True
+    assert "metering.tasks.drain_usage_events" in found["registered"]
+
+
+def test_with_a_broker_beat_expires_billing_grace_periods_hourly():
+    found = settings_in_a_fresh_process(CELERY_BROKER_URL="redis://127.0.0.1:1/0")
+    assert found["beat"]["billing-expire-grace-periods"] == {
+        "task": "billing.subscriptions.tasks.expire_grace_periods",
+        "schedule": 3600.0,
+        "options": {"expires": 600},
+    }
+    assert "billing.subscriptions.tasks.expire_grace_periods" in found["registered"]
+    assert found["beat"]["billing-report-usage-to-stripe"]["schedule"] == 300.0
+    assert "billing.subscriptions.tasks.send_meter_report" in found["registered"]
 
 
 def test_without_a_broker_there_is_no_beat_schedule():

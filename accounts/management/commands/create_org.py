@@ -3,8 +3,8 @@ from django.db import transaction
 
 from accounts.models import User
 from accounts.services import organization_create, user_create
-from aibaas.commands import service_errors
 from billing.selectors import plan_get
+from infra.commands import service_errors
 
 
 class Command(BaseCommand):

@@ -2,8 +2,8 @@ from django.core.management.base import BaseCommand
 
 from accounts.selectors import organization_get
 from accounts.services import organization_set_plan
-from aibaas.commands import service_errors
 from billing.selectors import plan_get
+from infra.commands import service_errors
 
 
 class Command(BaseCommand):

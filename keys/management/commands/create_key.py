@@ -3,7 +3,7 @@ from django.utils import timezone
 
 from accounts.actors import Actor
 from accounts.selectors import organization_get
-from aibaas.commands import duration, service_errors
+from infra.commands import duration, service_errors
 from keys.management.commands._common import write_issued
 from keys.services import api_key_create
 

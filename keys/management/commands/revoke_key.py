@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from accounts.actors import Actor
-from aibaas.commands import service_errors
+from infra.commands import service_errors
 from keys.selectors import api_key_get_any
 from keys.services import api_key_revoke
 

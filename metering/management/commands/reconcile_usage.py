@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.selectors import organization_get
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from metering.selectors import usage_reconcile
 
 

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.actors import Actor
 from accounts.selectors import organization_get
-from aibaas.commands import service_errors
+from infra.commands import service_errors
 from metering.quota import quota_reset, quota_usage
 
 

@@ -4,7 +4,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.selectors import organization_get
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from metering.selectors import month_period, usage_summary
 
 CSV_HEADER = [

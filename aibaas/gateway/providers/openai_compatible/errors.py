@@ -21,13 +21,13 @@ import re
 import aiohttp
 from yarl import URL
 
-from aibaas.errors import INVALID_REQUEST, ApplicationError
 from aibaas.gateway.providers.base import (
     UPSTREAM_ERROR,
     UPSTREAM_TIMEOUT,
     ProviderError,
     UpstreamSpec,
 )
+from infra.errors import INVALID_REQUEST, ApplicationError
 
 # The package's name, as before it was split: log configuration and filters keep working.
 logger = logging.getLogger(__package__)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from django.urls import reverse
 
-from aibaas.cache import FailoverRedisCache
+from infra.cache import FailoverRedisCache
 from tests.redis_server import redis_process, redis_server_available
 
 
@@ -35,7 +35,7 @@ def private_redis():
 
 def test_unreachable_redis_serves_from_the_fallback_and_says_so(caplog):
     cache = make_cache("redis://127.0.0.1:1/0", retry=60)
-    with caplog.at_level(logging.ERROR, logger="aibaas.cache"):
+    with caplog.at_level(logging.ERROR, logger="infra.cache"):
         assert cache.get("missing") is None
     assert cache.degraded
     assert "unreachable" in caplog.text
@@ -79,7 +79,7 @@ def test_login_and_signup_work_while_redis_is_down(client, settings, db):
 
     settings.CACHES = {
         "default": {
-            "BACKEND": "aibaas.cache.FailoverRedisCache",
+            "BACKEND": "infra.cache.FailoverRedisCache",
             "LOCATION": "redis://127.0.0.1:1/0",
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
         }

@@ -1,6 +1,6 @@
 """Which peers may tell us the client's address: CLIENT_IP_PROXIES, read here and only here.
 
-The app server (deploy/gunicorn.conf.py → uvicorn's proxy headers) and the app (aibaas.http)
+The app server (deploy/gunicorn.conf.py → uvicorn's proxy headers) and the app (infra.http)
 both use this list, so they agree on every request. Empty, the default, trusts nobody: the
 client is the socket peer and X-Forwarded-For is ignored. No Django: the gunicorn config imports
 it before any settings exist.

@@ -8,8 +8,8 @@ from datetime import timedelta
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
-from aibaas.durations import parse_duration
-from aibaas.errors import ApplicationError
+from infra.durations import parse_duration
+from infra.errors import ApplicationError
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from accounts.actors import Actor
 from accounts.models import Organization, Role
 from accounts.selectors import membership_current, membership_list
 from accounts.tenancy import SESSION_KEY
-from aibaas.errors import ApplicationError
+from infra.errors import ApplicationError
 from keys.authentication import key_context
 from keys.permissions import INSUFFICIENT_SCOPE
 

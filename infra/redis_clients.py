@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aibaas.loops import PerLoop, quiet_future
+from infra.loops import PerLoop, quiet_future
 
 SOCKET_CONNECT_TIMEOUT = 0.5
 SOCKET_TIMEOUT = 2.0

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django_ratelimit.core import _split_rate, get_usage
 
-from aibaas.errors import ApplicationError, method_not_allowed
-from aibaas.proxies import TrustedProxies
+from infra.errors import ApplicationError, method_not_allowed
+from infra.proxies import TrustedProxies
 
 USER_AGENT_MAX = 300
 

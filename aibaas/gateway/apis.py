@@ -1,4 +1,6 @@
-"""Machine API of metering: GET /v1/usage."""
+"""The /v1 DRF views that are not inference: GET /v1/key and GET /v1/usage, with the
+rate-limit headers of the calling key. Wiring: they combine keys (authentication) and metering
+(limits, usage)."""
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -7,13 +9,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import organization_get
-from aibaas.schema import errors
+from billing.selectors import billing_notice
+from infra.schema import errors
 from keys.authentication import ApiKeyAuthentication
 from keys.permissions import HasApiKey
 from keys.verification import KeyContext
 from metering.selectors import (
     MONTH_PATTERN,
+    key_limit_status,
     key_rate_limit_headers,
+    key_windows,
     month_period,
     usage_summary,
 )
@@ -117,3 +122,66 @@ class UsageApi(RateLimitHeadersMixin, APIView):
         start, end = month_period(request.query_params.get("month"))
         organization = organization_get(slug=request.auth.organization_slug)
         return Response(usage_summary(organization=organization, start=start, end=end))
+
+
+class KeyInfoApi(RateLimitHeadersMixin, APIView):
+    """GET /v1/key: the calling key, its scopes, models and limits as the limiter enforces them
+    (with a burst: the raised per-minute limits and the burst windows), what remains of each
+    limit now (`remaining`, None = unlimited) and when it frees up (`reset_seconds`)."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [HasApiKey]
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "KeyInfo",
+                {
+                    "object": serializers.CharField(),
+                    "id": serializers.CharField(),
+                    "name": serializers.CharField(),
+                    "organization": serializers.CharField(),
+                    "plan": serializers.CharField(),
+                    "scopes": serializers.ListField(child=serializers.CharField()),
+                    "models": serializers.ListField(child=serializers.CharField(), allow_null=True),
+                    "expires_at": serializers.DateTimeField(allow_null=True),
+                    "test_mode": serializers.BooleanField(),
+                    "limits": serializers.DictField(
+                        child=serializers.IntegerField(allow_null=True)
+                    ),
+                    "remaining": serializers.DictField(
+                        child=serializers.IntegerField(allow_null=True)
+                    ),
+                    "reset_seconds": serializers.DictField(
+                        child=serializers.IntegerField(allow_null=True)
+                    ),
+                    "billing": serializers.DictField(
+                        allow_null=True,
+                        help_text="Null, or a failed payment: status past_due, the plan kept, "
+                        "grace_until (then the free plan) and a message.",
+                    ),
+                },
+            ),
+            **errors(401, 503),
+        },
+        operation_id="v1_key",
+    )
+    def get(self, request):
+        context = request.auth
+        request.limit_windows = key_windows(context)  # read once, for the body and the headers
+        expires = context.expires_at_datetime
+        return Response(
+            {
+                "object": "api_key",
+                "id": context.key_id,
+                "name": context.name,
+                "organization": context.organization_slug,
+                "plan": context.plan_slug,
+                "scopes": sorted(context.scopes),
+                "models": list(context.models) if context.models is not None else None,
+                "expires_at": expires.isoformat().replace("+00:00", "Z") if expires else None,
+                "test_mode": context.test_mode,
+                **key_limit_status(context, request.limit_windows),  # limits, remaining, ...
+                "billing": billing_notice(organization_id=context.organization_id),
+            }
+        )

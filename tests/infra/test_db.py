@@ -1,9 +1,9 @@
-"""aibaas/db.py: a write SQLite refuses as locked is tried again; nothing else is."""
+"""infra/db.py: a write SQLite refuses as locked is tried again; nothing else is."""
 
 import pytest
 from django.db import OperationalError
 
-from aibaas.db import when_unlocked
+from infra.db import when_unlocked
 
 
 def failing(errors: list[Exception]):

@@ -1,4 +1,4 @@
-"""aibaas/redis_clients.py: commands packed by hiredis exactly as redis-py packs them, and the
+"""infra/redis_clients.py: commands packed by hiredis exactly as redis-py packs them, and the
 per-loop pipeliner (what is issued together goes in one round trip, errors stay per command)."""
 
 import asyncio
@@ -7,7 +7,7 @@ import pytest
 import redis
 from redis.asyncio.connection import Connection
 
-from aibaas import redis_clients
+from infra import redis_clients
 from tests.servers import free_port
 
 

@@ -1,0 +1,109 @@
+"""Operators' view of Stripe billing: each organization's customer, subscription, period and last
+webhook (with a resync from Stripe), and every webhook event received."""
+
+from django.contrib import admin, messages
+
+from billing.models import BillingAccount, MeterReport, StripeEvent
+from billing.subscriptions import stripe_client
+from billing.subscriptions.state import billing_account_resync
+from billing.subscriptions.tasks import send_meter_report
+from billing.subscriptions.usage import meter_reports_retry
+
+
+@admin.register(BillingAccount)
+class BillingAccountAdmin(admin.ModelAdmin):
+    list_display = [
+        "organization",
+        "stripe_customer_id",
+        "subscription_status",
+        "subscribed_plan",
+        "current_period_end",
+        "cancel_at_period_end",
+        "past_due_since",
+        "last_event_at",
+    ]
+    list_filter = ["subscription_status", "cancel_at_period_end", "subscribed_plan"]
+    search_fields = ["organization__slug", "organization__name", "stripe_customer_id"]
+    list_select_related = ["organization", "subscribed_plan"]
+    actions = ["resync"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Stripe's state, written by webhooks: an edit here would be overwritten by the next one.
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Resync from Stripe")
+    def resync(self, request, queryset):
+        for account in queryset.select_related("organization"):
+            try:
+                outcome = billing_account_resync(account=account)
+            except stripe_client.StripeError as error:
+                outcome = f"Stripe refused: {error.user_message or error}"
+                self.message_user(request, f"{account.organization}: {outcome}", messages.ERROR)
+                continue
+            self.message_user(request, f"{account.organization}: {outcome}")
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(admin.ModelAdmin):
+    list_display = [
+        "stripe_id",
+        "type",
+        "organization",
+        "stripe_created",
+        "processed_at",
+        "outcome",
+    ]
+    list_filter = ["type"]
+    search_fields = ["stripe_id", "organization__slug"]
+    list_select_related = ["organization"]
+    date_hierarchy = "received_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(MeterReport)
+class MeterReportAdmin(admin.ModelAdmin):
+    list_display = [
+        "identifier",
+        "organization",
+        "window_start",
+        "tokens",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+    ]
+    list_filter = ["status"]
+    search_fields = ["identifier", "organization__slug"]
+    list_select_related = ["organization"]
+    actions = ["retry_now"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Retry the failed reports now")
+    def retry_now(self, request, queryset):
+        ids = list(queryset.values_list("id", flat=True))
+        count = meter_reports_retry(report_ids=ids)
+        for report_id in ids:
+            send_meter_report.delay(report_id)
+        self.message_user(request, f"{count} failed report(s) sent again.")

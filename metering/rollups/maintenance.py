@@ -1,0 +1,200 @@
+"""Usage rollups, write side. `rollup_add` sums the events one transaction inserted into the
+hourly and daily rows (called by usage_record, in its transaction, with the request ids its
+INSERT ... ON CONFLICT DO NOTHING returned: a replayed event adds nothing). `rollup_rebuild`
+recomputes them from the events (manage.py rebuild_rollups). One aggregation serves both."""
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from datetime import UTC, datetime
+
+from django.db import connection, transaction
+from django.db.models import (
+    BigIntegerField,
+    Case,
+    CharField,
+    Count,
+    ExpressionWrapper,
+    F,
+    Max,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast, Coalesce, Round, TruncHour
+
+from accounts.models import Organization
+from metering.models import LATENCY_BOUNDS_MS, UsageEvent, UsageRollup
+from metering.rollups.buckets import COUNT_COLUMNS, floor, latency_columns
+
+# Request ids per SELECT ... WHERE request_id IN (...): far below SQLite's variable limit.
+ID_BATCH = 500
+# Rows per upsert statement (about 60 columns each).
+UPSERT_BATCH = 200
+
+_DIMENSIONS = ("organization_id", "granularity", "bucket", "key_id", "model", "refusal_code")
+_BILLABLE = Q(billable=True)
+_COUNTS = COUNT_COLUMNS
+
+
+def _histogram(field: str, prefix: str) -> dict:
+    """One Count per bucket: bucket i holds (bound[i-1], bound[i]] ms, the last one the rest."""
+    columns = {}
+    lower = None
+    for index, name in enumerate(latency_columns(prefix)):
+        condition = _BILLABLE & Q(**{f"{field}__isnull": False})
+        if lower is not None:
+            condition &= Q(**{f"{field}__gt": lower})
+        if index < len(LATENCY_BOUNDS_MS):
+            condition &= Q(**{f"{field}__lte": LATENCY_BOUNDS_MS[index]})
+            lower = LATENCY_BOUNDS_MS[index]
+        columns[name] = Count("id", filter=condition)
+    return columns
+
+
+def _sum(field: str, condition: Q = _BILLABLE):
+    return Coalesce(Sum(field, filter=condition), 0)
+
+
+_COST_UNITS = ExpressionWrapper(
+    Cast(Round(F("cost") * Value(100_000_000)), BigIntegerField()), output_field=BigIntegerField()
+)
+_AGGREGATES = {
+    "requests": Count("id", filter=_BILLABLE),
+    "refused": Count("id", filter=~_BILLABLE),
+    "input_tokens": _sum("input_tokens"),
+    "output_tokens": _sum("output_tokens"),
+    "cached_requests": Count("id", filter=_BILLABLE & Q(cached=True)),
+    "cached_tokens": _sum("input_tokens", _BILLABLE & Q(cached=True)),
+    "cost_units": Coalesce(Sum(_COST_UNITS, filter=_BILLABLE), 0),
+    "errors_4xx": Count("id", filter=_BILLABLE & Q(status_code__gte=400, status_code__lt=500)),
+    "errors_5xx": Count("id", filter=_BILLABLE & Q(status_code__gte=500)),
+    "latency_ms_sum": _sum("latency_ms"),
+    "ttft_count": Count("id", filter=_BILLABLE & Q(upstream_latency_ms__isnull=False)),
+    **_histogram("latency_ms", "latency"),
+    **_histogram("upstream_latency_ms", "ttft"),
+    "api_key_id": Max("api_key_id"),
+}
+_REFUSAL_CODE = Case(
+    When(billable=True, then=Value("")),
+    When(error_code="", then=Value("unknown")),
+    default=F("error_code"),
+    output_field=CharField(),
+)
+
+_UPSERT = (
+    "INSERT INTO {table} ({columns}) VALUES {rows} ON CONFLICT ({key}) DO UPDATE SET {updates}"
+)
+
+Key = tuple  # the _DIMENSIONS of one rollup row
+
+
+def _hourly(events: QuerySet[UsageEvent]) -> Iterable[dict]:
+    return (
+        events.order_by()
+        .annotate(hour=TruncHour("created_at", tzinfo=UTC), code=_REFUSAL_CODE)
+        .values("organization_id", "hour", "key_id", "model", "code")
+        .annotate(**{f"s_{name}": value for name, value in _AGGREGATES.items()})
+        .iterator(chunk_size=2000)
+    )
+
+
+class _Sums:
+    """Rollup rows being summed: hourly rows from the aggregation, and the daily ones from them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Key, dict] = defaultdict(lambda: dict.fromkeys(_COUNTS, 0))
+        self.keys: dict[Key, int | None] = {}
+
+    def add(self, row: dict) -> None:
+        hour = row["hour"]
+        for granularity, bucket in (
+            (UsageRollup.HOUR, hour),
+            (UsageRollup.DAY, floor(hour, UsageRollup.DAY)),
+        ):
+            key = (row["organization_id"], granularity, bucket, row["key_id"], row["model"])
+            key += (row["code"],)
+            sums = self.rows[key]
+            for name in _COUNTS:
+                sums[name] += row[f"s_{name}"] or 0
+            if row["s_api_key_id"] is not None:
+                self.keys[key] = row["s_api_key_id"]
+
+    def upsert(self) -> int:
+        """Add the sums to the stored rows (insert the missing ones), in the rows' unique order
+        so that concurrent drainers never deadlock. Returns the number of rows written."""
+        items = sorted(self.rows.items())
+        for start in range(0, len(items), UPSERT_BATCH):
+            _upsert(items[start : start + UPSERT_BATCH], self.keys)
+        return len(items)
+
+
+def _upsert(items: list[tuple[Key, dict]], keys: dict[Key, int | None]) -> None:
+    quote = connection.ops.quote_name
+    table = quote(UsageRollup._meta.db_table)
+    bucket_field = UsageRollup._meta.get_field("bucket")
+    columns = [*_DIMENSIONS, "api_key_id", *_COUNTS]
+    params: list = []
+    for key, sums in items:
+        organization_id, granularity, bucket, key_id, model, code = key
+        bucket_value = bucket_field.get_db_prep_save(bucket, connection)
+        params += [organization_id, granularity, bucket_value, key_id, model, code]
+        params += [keys.get(key)] + [sums[name] for name in _COUNTS]
+    row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    updates = [f"{quote(c)} = {table}.{quote(c)} + excluded.{quote(c)}" for c in _COUNTS]
+    updates.append(f"api_key_id = COALESCE(excluded.api_key_id, {table}.api_key_id)")
+    # Identifiers are the model's own, quoted; every value is a parameter.
+    statement = _UPSERT.format(
+        table=table,
+        columns=", ".join(quote(c) for c in columns),
+        rows=", ".join([row] * len(items)),
+        key=", ".join(quote(c) for c in _DIMENSIONS),
+        updates=", ".join(updates),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+def rollup_add(*, request_ids: Collection[str]) -> int:
+    """Add the stored events `request_ids` to the rollups. Call it in the transaction that
+    inserted them, with exactly the ids that transaction inserted (never one already stored):
+    that is what makes a re-drained batch count once. Returns the rollup rows written."""
+    sums = _Sums()
+    ids = sorted(request_ids)
+    for start in range(0, len(ids), ID_BATCH):
+        for row in _hourly(UsageEvent.objects.filter(request_id__in=ids[start : start + ID_BATCH])):
+            sums.add(row)
+    return sums.upsert()
+
+
+@transaction.atomic
+def rollup_rebuild(
+    *, organization: Organization | None = None, since: datetime | None = None
+) -> int:
+    """Recompute the rollups from the usage events: of one organization or all, from the UTC day
+    that holds `since` or from the start. Safe beside a running drain: on PostgreSQL the table
+    is locked (EXCLUSIVE: reads go on) before the events are read, so a drain's events are
+    either read here or added after; SQLite has one writer. Returns the rollup rows written."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            table = connection.ops.quote_name(UsageRollup._meta.db_table)
+            cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+    rollups = UsageRollup.objects.all()
+    events = UsageEvent.objects.all()
+    if organization is not None:
+        rollups = rollups.filter(organization=organization)
+        events = events.filter(organization=organization)
+    if since is not None:
+        day = floor(since, UsageRollup.DAY)
+        rollups = rollups.filter(bucket__gte=day)
+        events = events.filter(created_at__gte=day)
+    rollups.delete()
+    written = 0
+    organization_ids = events.order_by().values_list("organization_id", flat=True).distinct()
+    for organization_id in sorted(set(organization_ids)):
+        sums = _Sums()
+        for row in _hourly(events.filter(organization_id=organization_id)):
+            sums.add(row)
+        written += sums.upsert()
+    return written

@@ -1,0 +1,186 @@
+"""Usage rollups, read side: the rows of a time range, summed in SQL. Every read is scoped by
+organization and touches rollup rows only, never the events: a month is at most
+days x keys x models daily rows, whatever the number of requests."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from django.db.models import Max, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
+
+from accounts.models import Organization
+from billing.pricing import COST_QUANTUM
+from metering.models import UsageRollup
+from metering.rollups.buckets import (
+    COUNT_COLUMNS,
+    PERCENTILES,
+    buckets,
+    ceil,
+    floor,
+    latency_columns,
+    percentile,
+)
+
+HOUR, DAY = UsageRollup.HOUR, UsageRollup.DAY
+BILLABLE = Q(refusal_code="")
+REFUSED = ~BILLABLE
+
+# The sums a range reads; refusals are their own rows, so no filter is needed.
+SUMS = COUNT_COLUMNS
+
+
+def sums(*names: str) -> dict:
+    """Aggregates of the columns `names` (default: all), each as `s_<name>` (an annotation may
+    not take a field's name)."""
+    return {f"s_{name}": Coalesce(Sum(name), 0) for name in (names or SUMS)}
+
+
+def unprefixed(row: dict) -> dict:
+    return {name[2:] if name.startswith("s_") else name: value for name, value in row.items()}
+
+
+def range_filter(start: datetime, end: datetime) -> Q:
+    """The rollup rows of [start, end), rounded out to whole hours: daily rows for the whole
+    days inside, hourly rows for the hours at either edge. An hour bucket belongs to the range
+    when its start is in [floor_hour(start), end)."""
+    first, last = floor(start, HOUR), ceil(end, HOUR)
+    day_first, day_last = ceil(first, DAY), floor(last, DAY)
+    if day_first >= day_last:
+        return Q(granularity=HOUR, bucket__gte=first, bucket__lt=last)
+    return Q(granularity=DAY, bucket__gte=day_first, bucket__lt=day_last) | Q(
+        Q(bucket__gte=first, bucket__lt=day_first) | Q(bucket__gte=day_last, bucket__lt=last),
+        granularity=HOUR,
+    )
+
+
+def rollup_rows(
+    *,
+    organization: Organization,
+    start: datetime,
+    end: datetime,
+    key_ids: list[str] | None = None,
+    models: list[str] | None = None,
+) -> QuerySet[UsageRollup]:
+    rows = UsageRollup.objects.filter(range_filter(start, end), organization=organization)
+    if key_ids:
+        rows = rows.filter(key_id__in=key_ids)
+    if models:
+        rows = rows.filter(model__in=models)
+    return rows.order_by()
+
+
+def cost(units: int | None) -> Decimal:
+    return (Decimal(units or 0) * COST_QUANTUM).quantize(COST_QUANTUM)
+
+
+def latency(row: dict) -> dict:
+    """p50/p95/p99 of the latency and the time to first token (ms, None when no request) and
+    the mean latency, from a row of summed histograms."""
+    counts = [row[name] for name in latency_columns("latency")]
+    ttft = [row[name] for name in latency_columns("ttft")]
+    out = {f"latency_p{q}_ms": percentile(counts, q) for q in PERCENTILES}
+    out.update({f"ttft_p{q}_ms": percentile(ttft, q) for q in PERCENTILES})
+    requests = sum(counts)
+    out["latency_mean_ms"] = round(row["latency_ms_sum"] / requests) if requests else None
+    return out
+
+
+def key_names(rows: QuerySet[UsageRollup]) -> dict[str, str | None]:
+    """key_id → the key's name (None once the key is deleted)."""
+    named = rows.values("key_id").annotate(name=Max("api_key__name")).order_by("key_id")
+    return {row["key_id"]: row["name"] for row in named}
+
+
+GROUPS = ("key", "model")
+# The most buckets one series may hold (the API refuses more): 92 days of hours.
+MAX_BUCKETS = 2208
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def figures(row: dict) -> dict:
+    """The published numbers of a row of sums (unprefixed): counts, cost as a decimal string,
+    errors, error rate and the latency percentiles."""
+    requests = row["requests"]
+    errors = row["errors_4xx"] + row["errors_5xx"]
+    return {
+        "requests": requests,
+        "refused": row["refused"],
+        "input_tokens": row["input_tokens"],
+        "output_tokens": row["output_tokens"],
+        "total_tokens": row["input_tokens"] + row["output_tokens"],
+        "cached_tokens": row["cached_tokens"],
+        "cost": f"{cost(row['cost_units']):f}",
+        "errors": errors,
+        "errors_4xx": row["errors_4xx"],
+        "errors_5xx": row["errors_5xx"],
+        "error_rate": round(errors / requests, 4) if requests else 0.0,
+        **latency(row),
+    }
+
+
+def _add(into: dict, row: dict) -> None:
+    for name in SUMS:
+        into[name] = into.get(name, 0) + row[name]
+
+
+def usage_series(
+    *,
+    organization: Organization,
+    start: datetime,
+    end: datetime,
+    granularity: str = DAY,
+    group_by: str | None = None,
+    key_ids: list[str] | None = None,
+    models: list[str] | None = None,
+) -> dict:
+    """The organization's usage over [start, end) per hour or day (UTC buckets: the first is the
+    one that holds `start`), optionally per key or per model and filtered by keys and models:
+    GET /api/usage, its CSV, the dashboard's charts and tables. One query for the numbers (plus
+    one for the key names when grouped by key). `data` holds only the buckets with usage;
+    `buckets` lists them all; `totals` and each group's totals sum the same rows."""
+    start_bucket = floor(start, granularity)
+    starts = buckets(start, end, granularity)
+    rows = UsageRollup.objects.filter(
+        organization=organization, granularity=granularity, bucket__gte=start_bucket, bucket__lt=end
+    )
+    if key_ids:
+        rows = rows.filter(key_id__in=key_ids)
+    if models:
+        rows = rows.filter(model__in=models)
+    rows = rows.order_by()
+    dimension = {"key": "key_id", "model": "model", None: None}[group_by]
+    # A refused request is never a model's usage: its model may not even exist.
+    if group_by == "model":
+        rows = rows.filter(BILLABLE)
+    fields = ["bucket", dimension] if dimension else ["bucket"]
+    summed = rows.values(*fields).annotate(**sums()).order_by(*fields)
+    names = key_names(rows) if group_by == "key" else {}
+    data, totals, groups = [], {}, {}
+    for raw in summed:
+        row = unprefixed(raw)
+        group = row.get(dimension) if dimension else None
+        _add(totals, row)
+        point = {"bucket": _iso(row["bucket"])}
+        if dimension:
+            point["group"] = group
+            _add(groups.setdefault(group, {}), row)
+        data.append({**point, **figures(row)})
+    empty = dict.fromkeys(SUMS, 0)
+    return {
+        "object": "usage.series",
+        "organization": organization.slug,
+        "start": _iso(start_bucket),
+        "end": _iso(end),
+        "granularity": granularity,
+        "group_by": group_by,
+        "buckets": [_iso(bucket) for bucket in starts],
+        "groups": [
+            {"group": group, "name": names.get(group, group), **figures(sums_)}
+            for group, sums_ in sorted(groups.items())
+        ],
+        "totals": figures(totals or empty),
+        "data": data,
+    }
