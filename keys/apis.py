@@ -88,6 +88,14 @@ class _OrgApi(APIView):
     permission_classes = [OrganizationAccess]
     key_scopes = KEY_SCOPES
 
+    def _key_and_input(self, request, ident: str) -> tuple:
+        """(the caller's access, the organization's key `ident`, the view's valid input)."""
+        access = resolve_access(request)
+        key = api_key_get(organization=access.organization, ident=ident)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return access, key, serializer.validated_data
+
 
 class KeyListCreateApi(_OrgApi):
     pagination_class = Pagination  # the schema documents the paginated envelope
@@ -175,11 +183,8 @@ class KeyDetailApi(_OrgApi):
         operation_id="keys_update",
     )
     def patch(self, request, ident: str):
-        access = resolve_access(request)
-        key = api_key_get(organization=access.organization, ident=ident)
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        key = api_key_update(api_key=key, actor=access.actor, **serializer.validated_data)
+        access, key, data = self._key_and_input(request, ident)
+        key = api_key_update(api_key=key, actor=access.actor, **data)
         return Response(KeyOutputSerializer(key).data)
 
 
@@ -194,11 +199,8 @@ class KeyRevokeApi(_OrgApi):
         operation_id="keys_revoke",
     )
     def post(self, request, ident: str):
-        access = resolve_access(request)
-        key = api_key_get(organization=access.organization, ident=ident)
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        key = api_key_revoke(api_key=key, actor=access.actor, **serializer.validated_data)
+        access, key, data = self._key_and_input(request, ident)
+        key = api_key_revoke(api_key=key, actor=access.actor, **data)
         return Response(KeyOutputSerializer(key).data)
 
 
@@ -218,11 +220,8 @@ class KeyRotateApi(_OrgApi):
         operation_id="keys_rotate",
     )
     def post(self, request, ident: str):
-        access = resolve_access(request)
-        key = api_key_get(organization=access.organization, ident=ident)
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        grace = serializer.validated_data.get("grace_seconds")
+        access, key, data = self._key_and_input(request, ident)
+        grace = data.get("grace_seconds")
         issued = api_key_rotate(
             api_key=key,
             actor=access.actor,
