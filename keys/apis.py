@@ -84,6 +84,15 @@ class _LimitsMixin(serializers.Serializer):
     tokens_per_day = _limit_field("tokens per day")
 
 
+def _key_write(operation_id: str, request, output=KeyOutputSerializer, ok: int = 200):
+    """The schema of a write on one key: its input, its output, the errors it may answer."""
+    return extend_schema(
+        request=request,
+        responses={ok: output, **errors(400, 401, 403, 404)},
+        operation_id=operation_id,
+    )
+
+
 class _OrgApi(APIView):
     permission_classes = [OrganizationAccess]
     key_scopes = KEY_SCOPES
@@ -177,11 +186,7 @@ class KeyDetailApi(_OrgApi):
         key = api_key_get(organization=access.organization, ident=ident)
         return Response(KeyOutputSerializer(key).data)
 
-    @extend_schema(
-        request=InputSerializer,
-        responses={200: KeyOutputSerializer, **errors(400, 401, 403, 404)},
-        operation_id="keys_update",
-    )
+    @_key_write("keys_update", InputSerializer)
     def patch(self, request, ident: str):
         access, key, data = self._key_and_input(request, ident)
         key = api_key_update(api_key=key, actor=access.actor, **data)
@@ -193,11 +198,7 @@ class KeyRevokeApi(_OrgApi):
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
-    @extend_schema(
-        request=InputSerializer,
-        responses={200: KeyOutputSerializer, **errors(400, 401, 403, 404)},
-        operation_id="keys_revoke",
-    )
+    @_key_write("keys_revoke", InputSerializer)
     def post(self, request, ident: str):
         access, key, data = self._key_and_input(request, ident)
         key = api_key_revoke(api_key=key, actor=access.actor, **data)
@@ -214,11 +215,7 @@ class KeyRotateApi(_OrgApi):
             help_text="How long the old key keeps working (default 86400; 0 ends it now).",
         )
 
-    @extend_schema(
-        request=InputSerializer,
-        responses={201: IssuedKeyOutputSerializer, **errors(400, 401, 403, 404)},
-        operation_id="keys_rotate",
-    )
+    @_key_write("keys_rotate", InputSerializer, IssuedKeyOutputSerializer, 201)
     def post(self, request, ident: str):
         access, key, data = self._key_and_input(request, ident)
         grace = data.get("grace_seconds")

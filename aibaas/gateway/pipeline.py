@@ -19,7 +19,7 @@ from typing import Any
 from aibaas.gateway import response_cache, streaming, validation
 from aibaas.gateway.call import UNKNOWN_MODEL, Call
 from aibaas.gateway.providers import provider_for
-from aibaas.gateway.providers.base import ModelSpec
+from aibaas.gateway.providers.base import ModelSpec, ProviderResult
 from aibaas.gateway.registry import amodel_spec, amodels_for_key, key_may_use
 from aibaas.gateway.tokenizer import (
     count_chat_tokens,
@@ -234,14 +234,25 @@ async def models_retrieve(inbound: Inbound, name: str) -> Reply:
     return await _informational(inbound, answer)
 
 
+async def _checked(call: Call, inbound: Inbound, validate, kind: str):
+    """The request's body, model name and model, checked: 400, 403 or 404 otherwise."""
+    body = _body(inbound)
+    call.model = _call_model(body)
+    name = validate(body)
+    return body, name, await _model(call, name, kind)
+
+
+def _answer(call: Call, result: ProviderResult, headers: dict[str, str] | None = None) -> Reply:
+    """A provider's answer, its usage event recorded once it is sent."""
+    after = partial(call.record, 200, result.usage, upstream_latency_ms=result.upstream_latency_ms)
+    return Reply(body=result.body, headers=headers or {}, after=after)
+
+
 async def chat(inbound: Inbound) -> Reply:
     """POST /v1/chat/completions."""
 
     async def work(call: Call) -> Reply:
-        body = _body(inbound)
-        call.model = _call_model(body)
-        name = validation.validate_chat(body)
-        spec = await _model(call, name, "chat")
+        body, name, spec = await _checked(call, inbound, validation.validate_chat, "chat")
         prompt = count_chat_tokens(body.get("messages") or [])
         await call.admit(estimate_chat_tokens(body, spec.context_window, prompt=prompt), prompt)
         provider = provider_for(spec)
@@ -260,17 +271,10 @@ async def chat(inbound: Inbound) -> Reply:
                     after=partial(call.record, 200, hit[1], cached=True),
                 )
         result = await provider.chat(spec, body)
-        headers = {}
-        if key is not None:
-            headers["X-Cache"] = "MISS"
-            await response_cache.aset(key, result, spec.response_cache_ttl)
-        return Reply(
-            body=result.body,
-            headers=headers,
-            after=partial(
-                call.record, 200, result.usage, upstream_latency_ms=result.upstream_latency_ms
-            ),
-        )
+        if key is None:
+            return _answer(call, result)
+        await response_cache.aset(key, result, spec.response_cache_ttl)
+        return _answer(call, result, {"X-Cache": "MISS"})
 
     return await _run(inbound, CHAT, work)
 
@@ -279,18 +283,9 @@ async def embeddings(inbound: Inbound) -> Reply:
     """POST /v1/embeddings."""
 
     async def work(call: Call) -> Reply:
-        body = _body(inbound)
-        call.model = _call_model(body)
-        name = validation.validate_embeddings(body)
-        spec = await _model(call, name, "embeddings")
+        body, _, spec = await _checked(call, inbound, validation.validate_embeddings, "embeddings")
         tokens = estimate_embedding_tokens(body)
         await call.admit(tokens, tokens)
-        result = await provider_for(spec).embeddings(spec, body)
-        return Reply(
-            body=result.body,
-            after=partial(
-                call.record, 200, result.usage, upstream_latency_ms=result.upstream_latency_ms
-            ),
-        )
+        return _answer(call, await provider_for(spec).embeddings(spec, body))
 
     return await _run(inbound, EMBEDDINGS, work)
