@@ -139,7 +139,7 @@ async def _refused(
     """Answer what is refused before the body is read, in this order: a Host not in
     ALLOWED_HOSTS, a key in the query string (before any redirect echoes it back), the HTTPS
     redirect, a method not allowed. True when an answer was sent."""
-    if not django.allowed_host():
+    if not cfg.security.allowed_host(django):
         error = ApplicationError(BAD_HOST, "Invalid Host header.", status=400)
         await wire.send_error(send, error, common)
         return True
