@@ -84,6 +84,24 @@ class _LimitsMixin(serializers.Serializer):
     tokens_per_day = _limit_field("tokens per day")
 
 
+class _KeyFields(_LimitsMixin):
+    """What a key's creation and update both take (beside its name)."""
+
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=Scope.values),
+        required=False,
+        min_length=1,  # a key needs a scope (the service says so too; the schema shows it)
+        max_length=10,
+    )
+    models = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        allow_null=True,
+        max_length=100,
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
 def _key_write(operation_id: str, request, output=KeyOutputSerializer, ok: int = 200):
     """The schema of a write on one key: its input, its output, the errors it may answer."""
     return extend_schema(
@@ -110,21 +128,8 @@ class KeyListCreateApi(_OrgApi):
     pagination_class = Pagination  # the schema documents the paginated envelope
 
     @extend_schema_serializer(component_name="KeyCreateInput")
-    class InputSerializer(_LimitsMixin):
+    class InputSerializer(_KeyFields):
         name = serializers.CharField(max_length=100)
-        scopes = serializers.ListField(
-            child=serializers.ChoiceField(choices=Scope.values),
-            required=False,
-            min_length=1,  # a key needs a scope (the service says so too; the schema shows it)
-            max_length=10,
-        )
-        models = serializers.ListField(
-            child=serializers.CharField(max_length=200),
-            required=False,
-            allow_null=True,
-            max_length=100,
-        )
-        expires_at = serializers.DateTimeField(required=False, allow_null=True)
         test_mode = serializers.BooleanField(required=False, default=False)
 
     @extend_schema(
@@ -162,21 +167,8 @@ class KeyListCreateApi(_OrgApi):
 
 class KeyDetailApi(_OrgApi):
     @extend_schema_serializer(component_name="KeyUpdateInput")
-    class InputSerializer(_LimitsMixin):
+    class InputSerializer(_KeyFields):
         name = serializers.CharField(max_length=100, required=False)
-        scopes = serializers.ListField(
-            child=serializers.ChoiceField(choices=Scope.values),
-            required=False,
-            min_length=1,  # a key needs a scope (the service says so too; the schema shows it)
-            max_length=10,
-        )
-        models = serializers.ListField(
-            child=serializers.CharField(max_length=200),
-            required=False,
-            allow_null=True,
-            max_length=100,
-        )
-        expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     @extend_schema(
         responses={200: KeyOutputSerializer, **errors(401, 403, 404)}, operation_id="keys_read"
