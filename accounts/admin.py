@@ -3,7 +3,7 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import Count
 
 from accounts.actors import Actor
-from accounts.models import AuditEvent, Membership, Organization, User
+from accounts.models import AuditEvent, Invitation, Membership, Organization, User
 from accounts.services import (
     organization_delete,
     organization_delete_refusal,
@@ -65,11 +65,11 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "plan", "member_count", "created_at"]
-    list_filter = ["plan", "created_at"]
+    list_display = ["name", "slug", "plan", "member_count", "created_at", "deleted_at"]
+    list_filter = ["plan", "created_at", "deleted_at"]
     list_select_related = ["plan"]
     search_fields = ["name", "slug", "memberships__user__email"]
-    readonly_fields = ["created_at"]
+    readonly_fields = ["created_at", "deleted_at"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
     date_hierarchy = "created_at"
@@ -89,7 +89,9 @@ class OrganizationAdmin(admin.ModelAdmin):
         if change and "plan" in form.changed_data:
             # Through the service that owns plan changes, so the organization's keys re-read
             # their limits on the next request (not after API_KEY_CONTEXT_TTL).
-            organization_set_plan(organization=obj, plan=obj.plan)
+            organization_set_plan(
+                organization=obj, plan=obj.plan, actor=Actor.for_operator(request)
+            )
 
     # Deleting goes through organization_delete: the confirmation page lists why an organization
     # cannot go (as Django lists protected objects) and offers no "Yes" button then.
@@ -120,17 +122,53 @@ class MembershipAdmin(admin.ModelAdmin):
     readonly_fields = ["created_at"]
 
 
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Operators see and withdraw invitations; they are made on the dashboard (an email with a
+    secret only the invitee receives), so there is no add form."""
+
+    list_display = ["email", "organization", "role", "sent_at", "expires_at", "accepted_at"]
+    list_filter = ["role", "accepted_at", "revoked_at"]
+    list_select_related = ["organization"]
+    search_fields = ["email", "organization__slug", "organization__name"]
+    readonly_fields = [
+        "organization",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "sent_at",
+        "send_count",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+    ]
+    exclude = ["token_hash"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Append-only: operators can read and search the log, never add, edit or delete."""
 
-    list_display = ["created_at", "action", "actor_label", "organization_slug", "target_id", "ip"]
+    list_display = [
+        "created_at",
+        "action",
+        "actor_label",
+        "organization_slug",
+        "target_label",
+        "target_id",
+        "ip",
+    ]
     list_filter = ["action", "created_at"]
     search_fields = [
         "action",
         "actor_label",
         "actor_key_id",
         "target_id",
+        "target_label",
         "organization_slug",
         "ip",
     ]

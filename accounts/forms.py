@@ -4,7 +4,7 @@ from django import forms
 from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
 
-from accounts.models import User
+from accounts.models import Role, User
 
 
 class SignupForm(forms.Form):
@@ -47,3 +47,57 @@ class PasswordResetForm(auth_forms.PasswordResetForm):
         users = User._default_manager.filter(email__iexact=email, is_active=True)
         # As Django does: no match through a database's looser Unicode case folding.
         return (user for user in users if _same_address(email, user.email))
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "off"}))
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+    def __init__(self, *args, grantable: list[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if grantable is not None:  # the choices the inviter may grant (the service checks too)
+            self.fields["role"].choices = [c for c in Role.choices if c[0] in grantable]
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class RenameForm(forms.Form):
+    name = forms.CharField(label="Organization name", max_length=100)
+
+
+class DeleteOrganizationForm(forms.Form):
+    confirmation = forms.CharField(
+        label="Type the organization's name to confirm",
+        max_length=100,
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )
+
+
+class InvitationSignupForm(forms.Form):
+    full_name = forms.CharField(label="Your name", max_length=150, required=False)
+    password = forms.CharField(
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+
+
+class AuditFilterForm(forms.Form):
+    action = forms.CharField(required=False, max_length=64)
+    actor = forms.CharField(required=False, max_length=254)
+    since = forms.DateField(
+        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def clean(self):
+        data = super().clean()
+        for name in ("action", "actor"):
+            data[name] = (data.get(name) or "").strip()
+        if data.get("since") and data.get("until") and data["since"] > data["until"]:
+            self.add_error("until", "The end date is before the start date.")
+        return data

@@ -79,6 +79,12 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=60, unique=True, help_text="Stable public identifier.")
     plan = models.ForeignKey("billing.Plan", on_delete=models.PROTECT, related_name="organizations")
     created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set when its owner deleted it while usage or keys (billing records) keep the "
+        "row: members and invitations are gone, keys revoked, the audit log kept.",
+    )
 
     class Meta:
         ordering = ["name", "id"]
@@ -92,6 +98,10 @@ class Role(models.TextChoices):
     ADMIN = "admin", "Admin"
     MEMBER = "member", "Member"
     VIEWER = "viewer", "Viewer"
+
+
+# Higher manages lower: who may grant or act on a role (accounts/services/team_rules.py).
+ROLE_RANK = {Role.VIEWER: 0, Role.MEMBER: 1, Role.ADMIN: 2, Role.OWNER: 3}
 
 
 class Membership(models.Model):
@@ -122,6 +132,66 @@ class Membership(models.Model):
         return self.role != Role.VIEWER
 
 
+class Invitation(models.Model):
+    """An invitation to join an organization with a role, sent by email.
+
+    Only a hash of the link's secret is stored (the raw secret lives in the email alone); the
+    link is signed with a timestamp, expires, and works once. Resending issues a new secret, so
+    the previous link dies.
+    """
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="invitations"
+    )
+    email = models.EmailField(help_text="Who is invited (lower-cased); only they can accept.")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    token_hash = models.CharField(
+        max_length=64, unique=True, editable=False, help_text="HMAC-SHA256 of the link's secret."
+    )
+    invited_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(default=timezone.now, help_text="Last (re)sent.")
+    send_count = models.PositiveIntegerField(default=1)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                "organization",
+                Lower("email"),
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="uniq_open_invitation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.organization_id} as {self.role}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.accepted_at is None and self.revoked_at is None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at <= timezone.now()
+
+    @property
+    def status(self) -> str:
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.is_expired else "pending"
+
+
 class AuditAction(models.TextChoices):
     LOGIN_SUCCEEDED = "login.succeeded", "Login succeeded"
     LOGIN_FAILED = "login.failed", "Login failed"
@@ -132,6 +202,24 @@ class AuditAction(models.TextChoices):
     RATE_LIMIT_REFUSED = "rate_limit.refused", "Request refused by a limit"
     QUOTA_RESET = "quota.reset", "Monthly quota reset"
     ORGANIZATION_DELETED = "organization.deleted", "Organization deleted"
+    USER_SIGNED_UP = "user.signed_up", "Signed up"
+    ORGANIZATION_CREATED = "organization.created", "Organization created"
+    ORGANIZATION_RENAMED = "organization.renamed", "Organization renamed"
+    MEMBER_INVITED = "member.invited", "Member invited"
+    INVITATION_RESENT = "invitation.resent", "Invitation resent"
+    INVITATION_REVOKED = "invitation.revoked", "Invitation revoked"
+    MEMBER_JOINED = "member.joined", "Member joined"
+    MEMBER_ROLE_CHANGED = "member.role_changed", "Member's role changed"
+    MEMBER_REMOVED = "member.removed", "Member removed"
+    MEMBER_LEFT = "member.left", "Member left"
+    OWNERSHIP_TRANSFERRED = "organization.ownership_transferred", "Ownership transferred"
+    # Emitted by billing (billing/subscriptions) and the operators' paths; labelled here, where
+    # the audit log is read.
+    PLAN_CHANGED = "plan.changed", "Plan changed"
+    CHECKOUT_STARTED = "billing.checkout_started", "Checkout started"
+    CANCEL_REQUESTED = "billing.cancel_requested", "Cancellation requested"
+    CANCEL_WITHDRAWN = "billing.cancel_withdrawn", "Cancellation withdrawn"
+    CATALOGUE_CHANGED = "catalogue.changed", "Model or price changed by an operator"
 
 
 class AuditEvent(models.Model):
@@ -166,6 +254,11 @@ class AuditEvent(models.Model):
     action = models.CharField(max_length=64, db_index=True)
     target_type = models.CharField(max_length=32, blank=True)
     target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(
+        max_length=254,
+        blank=True,
+        help_text="What was acted on, as people read it (an email, a key's name and id).",
+    )
     ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=300, blank=True)
     metadata = models.JSONField(default=dict, blank=True)

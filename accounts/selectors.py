@@ -1,6 +1,6 @@
 from django.db.models import QuerySet
 
-from accounts.models import Membership, Organization, User
+from accounts.models import Invitation, Membership, Organization, User
 from infra.errors import ApplicationError
 
 ORGANIZATION_NOT_FOUND = "organization_not_found"
@@ -34,8 +34,19 @@ def organization_members(*, organization: Organization) -> QuerySet[Membership]:
 
 def organization_get(*, slug: str) -> Organization:
     try:
-        return Organization.objects.select_related("plan").get(slug=slug)
+        return Organization.objects.select_related("plan").get(slug=slug, deleted_at__isnull=True)
     except Organization.DoesNotExist:
         raise ApplicationError(
             ORGANIZATION_NOT_FOUND, f"No organization with slug {slug!r}.", status=404
         ) from None
+
+
+def invitation_list_open(*, organization: Organization) -> QuerySet[Invitation]:
+    """Invitations not yet accepted or revoked (expired ones included: they can be resent)."""
+    return (
+        Invitation.objects.filter(
+            organization=organization, accepted_at__isnull=True, revoked_at__isnull=True
+        )
+        .select_related("invited_by")
+        .order_by("-sent_at", "-id")
+    )

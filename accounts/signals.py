@@ -1,13 +1,17 @@
 """Django's auth signals feed the audit log; the recording itself is the audit service."""
 
 from django.contrib.auth.signals import user_logged_in, user_login_failed
-from django.dispatch import receiver
+from django.dispatch import Signal, receiver
 
 from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, User
 from accounts.selectors import membership_list
 from infra.http import client_ip, user_agent
+
+# Sent inside the transaction that closes (soft-deletes) an organization, before its members go:
+# keys (a layer above) revokes the organization's keys. Arguments: organization, actor.
+organization_closing = Signal()
 
 
 @receiver(user_logged_in, dispatch_uid="audit-login-succeeded")

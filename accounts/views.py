@@ -5,20 +5,29 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 from django_ratelimit.decorators import ratelimit
 
-from accounts.audit import READERS_ONLY, audit_list
-from accounts.forms import OrganizationForm, PasswordResetForm, SignupForm
+from accounts.actors import Actor
+from accounts.audit import (
+    READERS_ONLY,
+    action_label,
+    audit_actors,
+    audit_csv_lines,
+    audit_list,
+    target_text,
+)
+from accounts.forms import AuditFilterForm, OrganizationForm, PasswordResetForm, SignupForm
 from accounts.models import AuditAction
-from accounts.selectors import membership_list, organization_members
+from accounts.selectors import membership_list
 from accounts.services import organization_create, user_signup, user_tokens_revoke
 from accounts.tenancy import organization_required, set_current_organization
-from infra.http import ratelimit_retry_after
+from infra.http import client_ip, ratelimit_retry_after, user_agent
 
 # The limit groups are the views' URL names, so the 429 page can tell which limit was hit.
 LOGIN_RATELIMIT_GROUP = "accounts:login"
@@ -34,7 +43,18 @@ def _signup_rate(group, request) -> str:
     return settings.RATELIMIT_SIGNUP
 
 
-_RATE_BY_GROUP = {LOGIN_RATELIMIT_GROUP: _login_rate, SIGNUP_RATELIMIT_GROUP: _signup_rate}
+def _invite_rate(group, request) -> str:
+    return settings.RATELIMIT_INVITE
+
+
+INVITE_RATELIMIT_GROUP = "dashboard:team_invite"
+# View name → (its limit's group, rate and key).
+_RATE_BY_VIEW = {
+    LOGIN_RATELIMIT_GROUP: (LOGIN_RATELIMIT_GROUP, _login_rate, "ip"),
+    SIGNUP_RATELIMIT_GROUP: (SIGNUP_RATELIMIT_GROUP, _signup_rate, "ip"),
+    "dashboard:team_invite": (INVITE_RATELIMIT_GROUP, _invite_rate, "user_or_ip"),
+    "dashboard:invitation_resend": (INVITE_RATELIMIT_GROUP, _invite_rate, "user_or_ip"),
+}
 
 
 def _retry_after(request: HttpRequest) -> int:
@@ -44,14 +64,16 @@ def _retry_after(request: HttpRequest) -> int:
     they are still blocked.
     """
     match = request.resolver_match
-    rate = _RATE_BY_GROUP.get(match.view_name if match else "")
-    if rate is None:
+    limit = _RATE_BY_VIEW.get(match.view_name if match else "")
+    if limit is None:
         return DEFAULT_RETRY_AFTER_SECONDS
-    return ratelimit_retry_after(request, group=match.view_name, rate=rate)
+    group, rate, key = limit
+    return ratelimit_retry_after(request, group=group, rate=rate, key=key)
 
 
 def ratelimited(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    """Shown by django-ratelimit's middleware when an IP exceeds the login/signup limits."""
+    """Shown by django-ratelimit's middleware when a client exceeds the login/signup limits
+    (per address) or the invitation limit (per user)."""
     retry_after = _retry_after(request)
     response = render(request, "429.html", {"retry_after": retry_after}, status=429)
     response["Retry-After"] = str(retry_after)
@@ -74,7 +96,8 @@ def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            membership = user_signup(**form.cleaned_data)
+            actor = Actor(ip=client_ip(request), user_agent=user_agent(request))
+            membership = user_signup(**form.cleaned_data, actor=actor)
         except ValidationError as error:
             form_add_service_errors(form, error)
         else:
@@ -124,15 +147,6 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
 # --- Dashboard -------------------------------------------------------------------------------
 
 
-@organization_required
-def team(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "dashboard/team.html",
-        {"members": organization_members(organization=request.organization)},
-    )
-
-
 @require_POST
 @organization_required
 def organization_switch(request: HttpRequest) -> HttpResponse:
@@ -155,7 +169,11 @@ def organization_new(request: HttpRequest) -> HttpResponse:
     form = OrganizationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            organization = organization_create(name=form.cleaned_data["name"], owner=request.user)
+            organization = organization_create(
+                name=form.cleaned_data["name"],
+                owner=request.user,
+                actor=Actor.for_user(request, request.user, None),
+            )
         except ValidationError as error:
             form_add_service_errors(form, error)
         else:
@@ -166,17 +184,56 @@ def organization_new(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/organization_new.html", {"form": form})
 
 
+def _audit_events(request: HttpRequest):
+    """The filtered events of the request's organization, and the filter form."""
+    form = AuditFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    events = audit_list(
+        organization=request.organization,
+        action=filters.get("action") or None,
+        actor=filters.get("actor") or None,
+        since=filters.get("since"),
+        until=filters.get("until"),
+    )
+    return events, form
+
+
 @organization_required
 def audit(request: HttpRequest) -> HttpResponse:
     """The organization's audit log: owners and admins only (it shows IPs and emails)."""
     if not request.membership.is_admin:
         messages.error(request, READERS_ONLY)
         return redirect("dashboard:overview")
-    action = request.GET.get("action", "").strip()[:64] or None
-    events = audit_list(organization=request.organization, action=action)
+    events, form = _audit_events(request)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
     return render(
         request,
         "dashboard/audit.html",
-        {"page": page, "action": action or "", "action_choices": AuditAction.choices},
+        {
+            "page": page,
+            "rows": [(event, action_label(event.action), target_text(event)) for event in page],
+            "form": form,
+            "query": query.urlencode(),
+            "action_choices": AuditAction.choices,
+            "actor_choices": audit_actors(organization=request.organization),
+        },
     )
+
+
+@organization_required
+def audit_csv(request: HttpRequest) -> HttpResponse:
+    """The filtered audit log as CSV, streamed (any length, constant memory)."""
+    if not request.membership.is_admin:
+        messages.error(request, READERS_ONLY)
+        return redirect("dashboard:overview")
+    events, _ = _audit_events(request)
+    response = StreamingHttpResponse(
+        audit_csv_lines(events.iterator(chunk_size=500)), content_type="text/csv; charset=utf-8"
+    )
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    filename = f"audit-{request.organization.slug}-{stamp}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "no-store"
+    return response

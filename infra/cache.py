@@ -1,40 +1,36 @@
 """The Redis cache, with a per-process fallback while Redis is unreachable.
 
 django-redis raises on a connection error, which would turn a Redis outage into 500s on every
-page and every /v1 call (the key verification cache, the login rate limits). This backend wraps
-django-redis and, when a call fails, serves from an in-process LocMemCache instead:
-
-- a circuit breaker: after a failure, Redis is skipped for REDIS_RETRY_SECONDS, so an outage
-  costs one socket timeout per process, not one per call; then one call probes it again;
-- entries written during an outage live at most FALLBACK_MAX_TTL seconds, so that state
-  changed elsewhere (a revocation on another instance) is re-read from the database soon;
-- deletes that could not reach Redis are remembered and replayed when it is back, before any
-  read, so an invalidation made during the outage is not undone by a stale Redis entry;
-- the state is logged on each transition and exposed (`degraded`) for /readyz and metrics.
+page and every /v1 call. This backend wraps django-redis and serves from an in-process
+LocMemCache while the server's breaker (infra/breaker.py, REDIS_RETRY_SECONDS) is open.
+Invariants: entries written during an outage live at most FALLBACK_MAX_TTL seconds (state
+changed elsewhere, a revocation on another instance, is re-read soon); deletes that could not
+reach Redis are replayed before Redis serves anything again (an invalidation made during the
+outage is never undone by a stale Redis entry).
 """
 
 import logging
 import threading
-import time
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.cache.backends.locmem import LocMemCache
 from django_redis.cache import RedisCache
 from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import RedisError
+
+from infra import redis_clients
+from infra.breaker import breaker_for
 
 logger = logging.getLogger(__name__)
 
-REDIS_ERRORS = (ConnectionInterrupted, RedisError, OSError)
+REDIS_ERRORS = (ConnectionInterrupted, *redis_clients.REDIS_ERRORS)
 
 
 class FailoverRedisCache(BaseCache):
     def __init__(self, server: str, params: dict) -> None:
         super().__init__(params)
         options = dict(params.get("OPTIONS", {}))
-        self.retry_seconds = float(options.pop("REDIS_RETRY_SECONDS", 5.0))
-        self.fallback_max_ttl = float(options.pop("FALLBACK_MAX_TTL", 10.0))
+        self.fallback_max_ttl = float(options.pop("FALLBACK_MAX_TTL"))
         primary_params = dict(params, OPTIONS=options)
         self.primary = RedisCache(server, primary_params)
         self.fallback = LocMemCache(
@@ -45,8 +41,7 @@ class FailoverRedisCache(BaseCache):
                 "OPTIONS": {"MAX_ENTRIES": 50_000},
             },
         )
-        self._down_until = 0.0
-        self._degraded = False
+        self.breaker = breaker_for(server)
         self._pending_deletes: set[str] = set()
         self._lock = threading.Lock()
 
@@ -54,20 +49,7 @@ class FailoverRedisCache(BaseCache):
 
     @property
     def degraded(self) -> bool:
-        return self._degraded
-
-    def _redis_usable(self) -> bool:
-        return not self._degraded or time.monotonic() >= self._down_until
-
-    def _failed(self, error: Exception) -> None:
-        with self._lock:
-            if not self._degraded:
-                logger.error(
-                    "Redis cache unreachable (%s); serving from the in-process fallback",
-                    error,
-                )
-            self._degraded = True
-            self._down_until = time.monotonic() + self.retry_seconds
+        return self.breaker.down
 
     def _replay_pending_deletes(self) -> None:
         """Deletes made during the outage, replayed before Redis serves anything again."""
@@ -78,25 +60,19 @@ class FailoverRedisCache(BaseCache):
             with self._lock:
                 self._pending_deletes.difference_update(pending)
 
-    def _recovered(self) -> None:
-        with self._lock:
-            was_degraded, self._degraded = self._degraded, False
-        if was_degraded:
-            logger.warning("Redis cache reachable again; leaving the in-process fallback")
-
     def _call(self, name: str, *args, **kwargs) -> tuple[bool, Any]:
         """(True, result) from Redis, or (False, None) when Redis is down or failed now."""
-        if not self._redis_usable():
+        breaker = self.breaker
+        if not breaker.usable():
             return False, None
         try:
-            if self._degraded or self._pending_deletes:
+            if self._pending_deletes:
                 self._replay_pending_deletes()
             result = getattr(self.primary, name)(*args, **kwargs)
         except REDIS_ERRORS as error:
-            self._failed(error)
+            breaker.failed(error)
             return False, None
-        if self._degraded:
-            self._recovered()
+        breaker.succeeded()
         return True, result
 
     def _fallback_timeout(self, timeout):

@@ -22,8 +22,12 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from infra.background import background
+from infra.breaker import breaker_for
 from infra.loops import PerLoop, quiet_future
 
+# What a call to an unreachable or failing Redis raises (asyncio's timeout is an OSError).
+REDIS_ERRORS = (redis.RedisError, OSError)
 SOCKET_CONNECT_TIMEOUT = 0.5
 SOCKET_TIMEOUT = 2.0
 # Background work (the usage drain, the reaper, reconciliation) may wait for a busy Redis longer
@@ -31,8 +35,8 @@ SOCKET_TIMEOUT = 2.0
 BACKGROUND_SOCKET_TIMEOUT = 10.0
 
 _OPTIONS = {"socket_connect_timeout": SOCKET_CONNECT_TIMEOUT, "health_check_interval": 30}
-_clients: dict[tuple[str, float], redis.Redis] = {}
-_aclients: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, aredis.Redis]] = {}
+_clients: dict[tuple[str, float], tuple[redis.Redis, int]] = {}  # (client, breaker's outages)
+_aclients: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, aredis.Redis, int]] = {}
 _lock = threading.Lock()
 
 
@@ -41,17 +45,23 @@ def max_connections() -> int:
 
 
 def redis_client(*, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
-    """The process's pooled sync client (one per timeout: the usage drain waits longer)."""
+    """The process's pooled sync client (one per timeout: the usage drain waits longer). After
+    an outage (infra/breaker.py) its connections of before are dropped, not reused."""
     key = (settings.REDIS_URL, socket_timeout)
-    client = _clients.get(key)
-    if client is None:
+    outages = breaker_for(key[0]).outages
+    entry = _clients.get(key)
+    if entry is None or entry[1] != outages:
         with _lock:
-            client = _clients.get(key)
-            if client is None:
-                client = _clients[key] = redis.Redis.from_url(
+            entry = _clients.get(key)
+            if entry is None:
+                client = redis.Redis.from_url(
                     key[0], socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 1), **_OPTIONS
                 )
-    return client
+                entry = _clients[key] = (client, outages)
+            elif entry[1] != outages:
+                entry[0].connection_pool.disconnect()
+                entry = _clients[key] = (entry[0], outages)
+    return entry[0]
 
 
 class _HiredisPacking:
@@ -84,26 +94,33 @@ def _packed(connection_class: type) -> type:
 
 
 def aredis_client() -> aredis.Redis:
-    """The asyncio client of the running event loop, on a bounded blocking pool."""
+    """The asyncio client of the running event loop, on a bounded blocking pool. After an
+    outage (infra/breaker.py) a new one: the old one's connections are closed, not reused."""
     loop = asyncio.get_running_loop()
     url = settings.REDIS_URL
+    outages = breaker_for(url).outages
     entry = _aclients.get((id(loop), url))
-    if entry is None or entry[0] is not loop:
-        for key, (other, _) in list(_aclients.items()):
+    if entry is None or entry[0] is not loop or entry[2] != outages:
+        for key, (other, *_) in list(_aclients.items()):
             if other.is_closed():
                 del _aclients[key]
-        options = {
-            "max_connections": max_connections(),
-            "timeout": SOCKET_TIMEOUT,  # waiting for a free connection counts as a timeout
-            "socket_timeout": SOCKET_TIMEOUT,
-            **_OPTIONS,
-            **parse_url(url),
-        }
-        options["connection_class"] = _packed(options.get("connection_class", Connection))
-        pool = aredis.BlockingConnectionPool(**options)
-        client = aredis.Redis(connection_pool=pool, retry=AsyncRetry(NoBackoff(), 1))
-        entry = _aclients[(id(loop), url)] = (loop, client)
+        if entry is not None and entry[0] is loop:
+            background(entry[1].connection_pool.disconnect())
+        entry = _aclients[(id(loop), url)] = (loop, _new_aclient(url), outages)
     return entry[1]
+
+
+def _new_aclient(url: str) -> aredis.Redis:
+    options = {
+        "max_connections": max_connections(),
+        "timeout": SOCKET_TIMEOUT,  # waiting for a free connection counts as a timeout
+        "socket_timeout": SOCKET_TIMEOUT,
+        **_OPTIONS,
+        **parse_url(url),
+    }
+    options["connection_class"] = _packed(options.get("connection_class", Connection))
+    pool = aredis.BlockingConnectionPool(**options)
+    return aredis.Redis(connection_pool=pool, retry=AsyncRetry(NoBackoff(), 1))
 
 
 class _Pipeliner:

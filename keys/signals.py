@@ -8,6 +8,7 @@ from django.db.models.signals import post_save, pre_delete
 from django.dispatch import receiver
 
 from accounts.models import Membership, Organization, User
+from accounts.signals import organization_closing
 from billing.models import Plan
 
 
@@ -48,3 +49,13 @@ def plan_changed(sender, instance: Plan, created=False, **kwargs) -> None:
     from keys.services import api_keys_invalidate
 
     api_keys_invalidate(plan=instance)
+
+
+@receiver(organization_closing, dispatch_uid="keys-organization-closing")
+def organization_closing_revokes_keys(sender, organization, actor, **kwargs) -> None:
+    """An organization its owner deleted keeps no working key (each revocation audited)."""
+    from keys.models import ApiKey
+    from keys.services import api_key_revoke
+
+    for api_key in ApiKey.objects.filter(organization=organization, revoked_at__isnull=True):
+        api_key_revoke(api_key=api_key, actor=actor, reason="organization deleted")

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
+from infra.background import background
 from infra.db import when_unlocked
 from infra.errors import ApplicationError
 from metering import limiter, quota
@@ -404,17 +405,8 @@ async def aadmit(
     except asyncio.CancelledError:
         # The client hung up while its request was being admitted: what admitted it keeps the
         # request (it was made; its usage event says 499) but not its token estimate.
-        _background(_abandoned(admission, windows, pending_quota, tokens))
+        background(_abandoned(admission, windows, pending_quota, tokens))
         raise
-
-
-_tasks: set[asyncio.Task] = set()
-
-
-def _background(work) -> None:
-    task = asyncio.ensure_future(work)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
 
 
 async def _abandoned(admission: Admission, windows, pending_quota, tokens: int) -> None:

@@ -4,7 +4,7 @@ twice. The gateway builds a `UsageEventData` (cost already computed) and calls `
 
 With REDIS_URL and CELERY_BROKER_URL: one XADD to the stream `aibaas:{usage}:events` (no SQL
 on the request path), moved into PostgreSQL by metering.services.usage_drain. Without a
-broker, or while Redis is unreachable (then skipped for REDIS_RETRY_SECONDS): written at once
+broker, or while Redis's breaker is open (infra/breaker.py): written at once
 by metering.services.usage_record. Invariants: an entry leaves the stream only once its row is
 committed (never trimmed; Redis must persist it, deploy/redis.conf); duplicates are dropped by
 the unique request_id; an event that cannot be stored is logged as replayable JSON.
@@ -14,18 +14,17 @@ Why each choice: docs/usage-events.md.
 import ipaddress
 import json
 import logging
-import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from infra.breaker import redis_breaker
 from infra.db import releasing_connections
-from infra.redis_clients import apipelined, redis_client
+from infra.redis_clients import REDIS_ERRORS, apipelined, redis_client
 from metering import inflight
 from metering.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
 
@@ -33,10 +32,6 @@ logger = logging.getLogger(__name__)
 
 ENTRY_FIELD = "e"
 UNKNOWN = "unknown"  # the model (key id, endpoint) of an event that has none
-REDIS_RETRY_SECONDS = 5.0
-# Short timeouts: emitting is on the request path, and the fallback is a database write.
-
-REDIS_ERRORS = (redis.RedisError, OSError)
 # (field, column length, value when empty): the strings of an event (metering.UsageEvent).
 _TEXT = (
     ("key_id", 32, UNKNOWN),
@@ -161,32 +156,9 @@ def stream_enabled() -> bool:
     return bool(settings.REDIS_URL and settings.CELERY_BROKER_URL)
 
 
-# --- circuit breaker: after a failure, skip Redis for REDIS_RETRY_SECONDS --------------------
-
-_down_until = 0.0
-
-
-def _redis_usable() -> bool:
-    return time.monotonic() >= _down_until
-
-
 def _redis_failed(error: Exception, event: "UsageEventData") -> None:
-    global _down_until
-    if _redis_usable():
-        logger.error(
-            "usage stream unreachable (%s); writing usage events to the database directly "
-            "for %.0f s",
-            error,
-            REDIS_RETRY_SECONDS,
-        )
-    _down_until = time.monotonic() + REDIS_RETRY_SECONDS
-    logger.warning("usage event %s written synchronously (Redis down)", event.request_id)
-
-
-def reset_breaker() -> None:
-    """Forget a past Redis failure (tests; the breaker also resets itself)."""
-    global _down_until
-    _down_until = 0.0
+    redis_breaker().failed(error)
+    logger.warning("usage event %s written to the database directly (Redis down)", event.request_id)
 
 
 # --- emit --------------------------------------------------------------------------------------
@@ -209,7 +181,7 @@ def _record(event: UsageEventData) -> None:
 
 def usage_emit(event: UsageEventData) -> None:
     """Record one request's usage: to the stream, or the database (see the module docstring)."""
-    if stream_enabled() and _redis_usable():
+    if stream_enabled() and redis_breaker().usable():
         args, kwargs = _xadd_args(event)
         try:
             redis_client().xadd(*args, **kwargs)
@@ -226,7 +198,7 @@ async def ausage_emit(event: UsageEventData) -> None:
     script as the XADD, or once the event is committed to the database."""
     registry = inflight.current()
     marked = registry is not None and registry.ending(event.request_id)
-    if stream_enabled() and _redis_usable():
+    if stream_enabled() and redis_breaker().usable():
         args, kwargs = _xadd_args(event)
         try:
             if marked:

@@ -5,8 +5,9 @@ inference endpoints, whatever keys it uses. A shield against abuse, not a plan l
 Counting: the sliding-window estimate over two fixed windows; every attempt counts, refused
 ones too. On Redis, one EVALSHA of metering/lua/ip_window.lua on `ip:{<address>}:<window>`
 (Cluster safe), pipelined with the key's own limiter call (infra.redis_clients.apipelined);
-without Redis, or while the limiter's breaker is open, the same counting in the process. The
-rate syntax is django-ratelimit's ("6000/m"); why not django-ratelimit itself: docs/limiter.md.
+without Redis, or while its breaker is open (infra/breaker.py), the same counting in the
+process. The rate syntax is django-ratelimit's ("6000/m"); why not django-ratelimit itself:
+docs/limiter.md.
 """
 
 import asyncio
@@ -22,8 +23,8 @@ from pathlib import Path
 import redis
 from django.conf import settings
 
-from infra.redis_clients import apipelined, aredis_client, submit
-from metering import limiter
+from infra.breaker import redis_breaker
+from infra.redis_clients import REDIS_ERRORS, apipelined, aredis_client, submit
 
 SCRIPT = (Path(__file__).parent / "lua" / "ip_window.lua").read_text()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
@@ -173,7 +174,7 @@ def ip_check_start(ip: str | None, *, now_ms: int | None = None) -> IpStarted:
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     window = now_ms // period_ms
     started = IpStarted(ip=ip, limit=limit, period_ms=period_ms, now_ms=now_ms, window=window)
-    if settings.REDIS_URL and limiter.breaker.usable():
+    if settings.REDIS_URL and redis_breaker().usable():
         started.args = (SCRIPT_SHA, 2, _key(ip, window), _key(ip, window - 1), 2 * period_ms)
         started.future = submit("evalsha", *started.args)
     else:
@@ -196,11 +197,11 @@ async def ip_check_finish(started: IpStarted) -> int:
         except redis.exceptions.NoScriptError:
             await aredis_client().script_load(SCRIPT)
             count, previous = await apipelined("evalsha", *started.args)
-    except limiter.REDIS_ERRORS as error:
-        limiter.breaker.failed(error)
+    except REDIS_ERRORS as error:
+        redis_breaker().failed(error)
         started.verdict = _local_verdict(started)
         return started.verdict
-    limiter.breaker.succeeded()
+    redis_breaker().succeeded()
     started.verdict = _verdict(
         int(count), int(previous or 0), started.limit, started.now_ms, started.period_ms
     )

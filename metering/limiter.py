@@ -18,13 +18,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 from django.conf import settings
 
-from infra.redis_clients import apipelined, aredis_client, redis_client, submit
+from infra.breaker import redis_breaker, reset_breakers
+from infra.redis_clients import REDIS_ERRORS, apipelined, aredis_client, redis_client, submit
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ SPAN = BUCKETS + 2  # as in the script: live buckets never reach further past th
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
 LOCAL_MAX_KEYS = 100_000
-REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
 
 SCRIPT = (Path(__file__).parent / "lua" / "sliding_window.lua").read_text()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
@@ -448,61 +447,12 @@ async def aflush_settlements() -> None:
         await _flush_pending(key_id)
 
 
-# --- the breaker: Redis or this process ------------------------------------------------------
-
-
-class _Breaker:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.down_since: datetime | None = None
-        self.retry_at = 0.0
-        self.fallbacks = 0
-
-    def usable(self) -> bool:
-        """Redis, unless it failed lately; after the retry interval one caller probes it."""
-        if self.down_since is None:
-            return True
-        with self.lock:
-            now = time.monotonic()
-            if self.down_since is None or now >= self.retry_at:
-                self.retry_at = now + settings.RATE_LIMIT_REDIS_RETRY_SECONDS
-                return True
-            return False
-
-    def failed(self, error: BaseException) -> None:
-        with self.lock:
-            first = self.down_since is None
-            if first:
-                self.down_since = datetime.now(UTC)
-            self.retry_at = time.monotonic() + settings.RATE_LIMIT_REDIS_RETRY_SECONDS
-        if first:
-            logger.error(
-                "rate limiter: Redis unreachable (%s: %s); limiting per process until it is back",
-                type(error).__name__,
-                error,
-            )
-
-    def succeeded(self) -> None:
-        if self.down_since is None:
-            return
-        with self.lock:
-            since, self.down_since = self.down_since, None
-        if since is not None:
-            logger.warning(
-                "rate limiter: Redis reachable again (down since %s); limits are shared again",
-                since.isoformat(),
-            )
-
-    def count_fallback(self) -> None:
-        with self.lock:
-            self.fallbacks += 1
-
-
-breaker = _Breaker()
+# --- the breaker (infra/breaker.py): Redis or this process -----------------------------------
 
 
 def backend_status() -> dict:
     """Where this process counts rate limits, for /readyz and metrics."""
+    breaker = redis_breaker()
     down = breaker.down_since
     return {
         "backend": "redis" if settings.REDIS_URL and down is None else "local",
@@ -513,8 +463,7 @@ def backend_status() -> dict:
 
 def reset_state() -> None:
     """Forget the breaker's state and the in-process windows (tests)."""
-    with breaker.lock:
-        breaker.down_since, breaker.retry_at, breaker.fallbacks = None, 0.0, 0
+    reset_breakers()
     _local.clear()
     _pending.clear()
 
@@ -560,11 +509,11 @@ def _failed(key_id: str, handed, pending, now: int, error: BaseException) -> Non
         _local.give_back(key_id, handed, now)
     if pending:
         _pending.give_back(key_id, pending)
-    breaker.failed(error)
+    redis_breaker().failed(error)
 
 
 def _run(key_id, mode, requests, tokens, specs, now) -> tuple[str, list[int]]:
-    if settings.REDIS_URL and breaker.usable():
+    if settings.REDIS_URL and redis_breaker().usable():
         handed, pending, merged = _take(key_id, mode, specs)
         keys, args = _redis_call(key_id, mode, requests, tokens, merged, now, handed)
         client = redis_client()
@@ -577,7 +526,7 @@ def _run(key_id, mode, requests, tokens, specs, now) -> tuple[str, list[int]]:
         except REDIS_ERRORS as error:
             _failed(key_id, handed, pending, now, error)
         else:
-            breaker.succeeded()
+            redis_breaker().succeeded()
             return "redis", [int(value) for value in result]
     return "local", _run_local(key_id, mode, requests, tokens, specs, now)
 
@@ -595,7 +544,7 @@ class _Started:
 
 def _astart(key_id, mode, requests, tokens, specs, now) -> "_Started | tuple[str, list[int]]":
     """Send the call now (pipelined) and return it to finish; or its local result."""
-    if settings.REDIS_URL and breaker.usable():
+    if settings.REDIS_URL and redis_breaker().usable():
         handed, pending, merged = _take(key_id, mode, specs)
         keys, args = _redis_call(key_id, mode, requests, tokens, merged, now, handed)
         # Pipelined with the loop's other commands: concurrent requests' calls share round
@@ -623,7 +572,7 @@ async def _afinish(started: "_Started | tuple[str, list[int]]") -> tuple[str, li
         return "local", _run_local(
             started.key_id, started.mode, requests, tokens, specs, started.now
         )
-    breaker.succeeded()
+    redis_breaker().succeeded()
     return "redis", [int(value) for value in result]
 
 
@@ -633,7 +582,7 @@ async def _arun(key_id, mode, requests, tokens, specs, now) -> tuple[str, list[i
 
 def _run_local(key_id, mode, requests, tokens, specs, now) -> list[int]:
     if settings.REDIS_URL:  # Redis is configured but did not answer
-        breaker.count_fallback()
+        redis_breaker().count_fallback()
         with _local.lock:
             _local.handover.add(key_id)
     return _local.run(key_id, mode, requests, tokens, specs, now)
@@ -778,7 +727,7 @@ async def asettle(
     args = _settle_args(key_id, limits, admitted_at_ms, token_delta, request_delta, now_ms)
     if args is None:
         return
-    if settings.REDIS_URL and breaker.down_since is None:
+    if settings.REDIS_URL and redis_breaker().down_since is None:
         if _pending.add(key_id, args[3]):
             _schedule_flush(key_id)
         return
@@ -828,5 +777,5 @@ def reset(*key_ids: str) -> None:
     try:
         pipe.execute()
     except REDIS_ERRORS as error:
-        breaker.failed(error)
+        redis_breaker().failed(error)
         raise

@@ -6,10 +6,9 @@ ordinary JSON error (502/504), and so is a provider stream that ends without a s
 `data: {"error": {...}}` event. The usage event is recorded when the stream ends: its last
 chunk, an upstream error, or the client hanging up (the generator is closed or its task
 cancelled; the event is then written by a task of its own that the cancellation cannot reach,
-referenced in `_background` until done).
+referenced until done by infra/background.py, whose drain the shutdown awaits).
 """
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +21,8 @@ from aibaas.gateway.providers.base import (
     StreamUsage,
     Usage,
 )
+from infra.background import background
+from infra.background import drain as drain_background  # noqa: F401 (the gateway's name)
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ EMPTY_STREAM = "The model server sent an empty stream."
 
 # record(status, usage, upstream_latency_ms) -> awaitable: the request's usage event
 Record = Callable[..., Awaitable[None]]
-
-_background: set[asyncio.Task] = set()
 
 
 def error_event(error: ProviderError) -> bytes:
@@ -122,21 +121,3 @@ async def _close_and_record(
         status = 200  # every chunk was produced; the client left before the last bytes
     reported: Usage = usage.usage
     await record(status, reported, upstream_latency_ms=usage.upstream_latency_ms)
-
-
-def background(work: Awaitable[None]) -> asyncio.Task:
-    """Run `work` in a task of its own that cancelling the caller cannot reach, referenced
-    until done (drain_background waits for these): usage events after a reply is sent."""
-    task = asyncio.ensure_future(work)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return task
-
-
-async def drain_background(timeout: float = 5.0) -> None:
-    """Wait for the usage-recording tasks of sent replies and closed streams of the running
-    event loop (tests, shutdown)."""
-    loop = asyncio.get_running_loop()
-    pending = [task for task in _background if not task.done() and task.get_loop() is loop]
-    if pending:
-        await asyncio.wait(pending, timeout=timeout)

@@ -120,6 +120,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Login and signup are rate limited per client IP (django-ratelimit). "N/m", "N/h", ...
 RATELIMIT_LOGIN = env.str("RATELIMIT_LOGIN", default="10/m")
 RATELIMIT_SIGNUP = env.str("RATELIMIT_SIGNUP", default="5/m")
+# Invitations sent or resent per dashboard user (django-ratelimit rate): each one is an email.
+RATELIMIT_INVITE = env.str("RATELIMIT_INVITE", default="20/h")
+# How long an invitation link works after it was (re)sent.
+INVITATION_TTL_SECONDS = env.int("INVITATION_TTL_SECONDS", default=7 * 24 * 3600)
 RATELIMIT_VIEW = "accounts.views.ratelimited"
 # Where client addresses come from (rate limits, audit log, usage events): the socket peer, or
 # X-Forwarded-For when the peer is one of CLIENT_IP_PROXIES (networks; empty: trust nobody).
@@ -283,8 +287,9 @@ QUOTA_DB_PREPARED = env.bool("QUOTA_DB_PREPARED", default=True)
 QUOTA_LEASE_REQUESTS = env.int("QUOTA_LEASE_REQUESTS", default=64)
 QUOTA_LEASE_IDLE_SECONDS = env.float("QUOTA_LEASE_IDLE_SECONDS", default=1.0)
 QUOTA_LEASE_MAX_AGE_SECONDS = env.float("QUOTA_LEASE_MAX_AGE_SECONDS", default=1.0)
-# After a Redis failure the limiter limits per process and tries Redis again after this long.
-RATE_LIMIT_REDIS_RETRY_SECONDS = env.float("RATE_LIMIT_REDIS_RETRY_SECONDS", default=2.0)
+# After a Redis failure, everything that uses Redis (the cache, the rate limiters, the usage
+# stream) falls back for this long, then one call tries Redis again (infra/breaker.py).
+REDIS_RETRY_SECONDS = env.float("REDIS_RETRY_SECONDS", default=2.0)
 # Connections per event loop of the asyncio Redis pool (usage stream, limiter).
 REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
 

@@ -55,7 +55,6 @@ if CACHE_URL:
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 "SOCKET_CONNECT_TIMEOUT": env.float("REDIS_CONNECT_TIMEOUT", default=0.5),
                 "SOCKET_TIMEOUT": env.float("REDIS_SOCKET_TIMEOUT", default=0.5),
-                "REDIS_RETRY_SECONDS": env.float("REDIS_RETRY_SECONDS", default=5.0),
                 "FALLBACK_MAX_TTL": env.float("CACHE_FALLBACK_MAX_TTL", default=10.0),
             },
         }

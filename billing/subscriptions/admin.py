@@ -3,11 +3,14 @@ webhook (with a resync from Stripe), and every webhook event received."""
 
 from django.contrib import admin, messages
 
+from accounts.actors import Actor
 from billing.models import BillingAccount, MeterReport, StripeEvent
 from billing.subscriptions import stripe_client
+from billing.subscriptions.services import subscription_cancel_now
 from billing.subscriptions.state import billing_account_resync
 from billing.subscriptions.tasks import send_meter_report
 from billing.subscriptions.usage import meter_reports_retry
+from infra.errors import ApplicationError
 
 
 @admin.register(BillingAccount)
@@ -25,7 +28,7 @@ class BillingAccountAdmin(admin.ModelAdmin):
     list_filter = ["subscription_status", "cancel_at_period_end", "subscribed_plan"]
     search_fields = ["organization__slug", "organization__name", "stripe_customer_id"]
     list_select_related = ["organization", "subscribed_plan"]
-    actions = ["resync"]
+    actions = ["resync", "cancel_now"]
 
     def get_readonly_fields(self, request, obj=None):
         # Stripe's state, written by webhooks: an edit here would be overwritten by the next one.
@@ -45,6 +48,17 @@ class BillingAccountAdmin(admin.ModelAdmin):
             except stripe_client.StripeError as error:
                 outcome = f"Stripe refused: {error.user_message or error}"
                 self.message_user(request, f"{account.organization}: {outcome}", messages.ERROR)
+                continue
+            self.message_user(request, f"{account.organization}: {outcome}")
+
+    @admin.action(description="Cancel the subscription now (not at period end)")
+    def cancel_now(self, request, queryset):
+        actor = Actor.for_operator(request)
+        for account in queryset.select_related("organization"):
+            try:
+                outcome = subscription_cancel_now(account=account, actor=actor)
+            except (ApplicationError, stripe_client.StripeError) as error:
+                self.message_user(request, f"{account.organization}: {error}", messages.ERROR)
                 continue
             self.message_user(request, f"{account.organization}: {outcome}")
 

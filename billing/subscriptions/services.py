@@ -106,6 +106,13 @@ def checkout_session_start(
     return session.url
 
 
+def checkout_abandon(*, organization: Organization) -> None:
+    """The customer came back from Checkout without paying: nothing is pending any more."""
+    BillingAccount.objects.filter(organization=organization).update(
+        checkout_plan=None, checkout_started_at=None
+    )
+
+
 def portal_session_start(*, organization: Organization, actor: Actor, return_url: str) -> str:
     """A Stripe Customer Portal session (payment methods, invoices, plan changes, cancelling)."""
     _check(actor)
@@ -138,3 +145,23 @@ def subscription_cancel_at_period_end(
     )
     account.refresh_from_db()
     return account
+
+
+CANCELED_BY_OPERATOR = "billing.canceled_now"
+
+
+def subscription_cancel_now(*, account: BillingAccount, actor: Actor) -> str:
+    """An operator's choice: end the subscription at once instead of at period end; the
+    organization goes to free now. Returns what happened."""
+    if not account.stripe_subscription_id or account.subscription_status not in LIVE:
+        raise ApplicationError(NO_SUBSCRIPTION, NO_SUBSCRIPTION_MESSAGE, status=409)
+    subscription = stripe_client.subscription_cancel(account.stripe_subscription_id)
+    outcome = subscription_apply(account=account, subscription=subscription.to_dict())
+    audit_record(
+        action=CANCELED_BY_OPERATOR,
+        actor=actor,
+        organization=account.organization,
+        target_type="subscription",
+        target_id=account.stripe_subscription_id,
+    )
+    return outcome

@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 PLAN_CHANGED = "plan.changed"
 STRIPE_ACTOR = Actor.for_system("stripe")
 LIVE = ("active", "trialing", "past_due")
-ENDED = ("canceled", "unpaid", "incomplete_expired")
 
 
 def _timestamp(value) -> datetime | None:

@@ -99,7 +99,9 @@ def meter_create(*, display_name: str, event_name: str) -> stripe.billing.Meter:
 # --- Customers, Checkout, Portal, Subscriptions -----------------------------------------------
 
 
-def customer_create(*, name: str, metadata: dict[str, str], idempotency_key: str):
+def customer_create(
+    *, name: str, metadata: dict[str, str], idempotency_key: str
+) -> stripe.Customer:
     return client().v1.customers.create(
         {"name": name, "metadata": metadata}, {"idempotency_key": idempotency_key}
     )
@@ -146,3 +148,17 @@ def meter_event_create(
         },
         {"idempotency_key": identifier},
     )
+
+
+def invoices_recent(*, customer: str, limit: int = 12) -> list[stripe.Invoice]:
+    return list(client().v1.invoices.list({"customer": customer, "limit": limit}).data)
+
+
+def card_on_file(*, customer: str) -> stripe.PaymentMethod | None:
+    cards = client().v1.payment_methods.list({"customer": customer, "type": "card", "limit": 1})
+    return cards.data[0] if cards.data else None
+
+
+def subscription_cancel(subscription_id: str) -> stripe.Subscription:
+    """End the subscription now (not at period end)."""
+    return client().v1.subscriptions.cancel(subscription_id)

@@ -15,6 +15,7 @@ from django.db.models import F, Max, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from accounts.selectors import organization_get
 from billing.models import BillingAccount, MeterReport
 from billing.subscriptions import stripe_client
 from billing.subscriptions.state import LIVE
@@ -151,12 +152,12 @@ def meter_reports_retry(*, report_ids: list[int]) -> int:
     )
 
 
-def usage_differences(*, organization_id: int | None = None) -> list[dict]:
+def usage_differences(*, organization_slug: str | None = None) -> list[dict]:
     """Every window where what was reported (sent or waiting) differs from the billable tokens
     recorded now: late usage events, or a report missing. Empty: Stripe bills what we metered."""
     reports = MeterReport.objects.all()
-    if organization_id is not None:
-        reports = reports.filter(organization_id=organization_id)
+    if organization_slug:
+        reports = reports.filter(organization=organization_get(slug=organization_slug))
     differences = []
     for org_id in reports.values_list("organization_id", flat=True).distinct():
         rows = list(reports.filter(organization_id=org_id).order_by("window_start"))

@@ -14,7 +14,7 @@ from accounts.actors import Actor
 from accounts.tenancy import organization_required
 from billing.selectors import plan_get
 from billing.subscriptions import services
-from billing.subscriptions.selectors import billing_overview
+from billing.subscriptions.selectors import billing_overview, stripe_details
 from billing.subscriptions.webhooks import webhook_receive
 from infra.errors import ApplicationError
 
@@ -54,10 +54,12 @@ def billing_page(request: HttpRequest) -> HttpResponse:
         messages.info(request, CHECKOUT_RETURNED)
         return redirect("dashboard:billing")
     if returned == "cancelled":
+        services.checkout_abandon(organization=request.organization)
         messages.info(request, CHECKOUT_CANCELLED)
         return redirect("dashboard:billing")
     overview = billing_overview(organization=request.organization)
-    return render(request, "billing/billing.html", {"billing": overview})
+    details = stripe_details(account=overview.account)
+    return render(request, "billing/billing.html", {"billing": overview, "stripe": details})
 
 
 def _run(request, action) -> HttpResponse:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.http import HttpResponse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -190,8 +191,8 @@ class UsageCsvApi(APIView):
     @extend_schema(
         parameters=[UsageQuerySerializer],
         responses={
-            200: OpenApiResponse(
-                response={"type": "string"},
+            (200, "text/csv"): OpenApiResponse(
+                response=OpenApiTypes.STR,
                 description="CSV: " + ",".join(CSV_COLUMNS) + " (one row per bucket and group).",
             ),
             **errors(400, 401, 403),

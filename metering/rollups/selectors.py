@@ -184,3 +184,9 @@ def usage_series(
         "totals": figures(totals or empty),
         "data": data,
     }
+
+
+def rollup_models(*, organization: Organization) -> list[str]:
+    """The models the organization's billable usage names, for the filters."""
+    rows = UsageRollup.objects.filter(organization=organization, granularity=DAY)
+    return list(rows.filter(BILLABLE).values_list("model", flat=True).distinct().order_by("model"))

@@ -22,6 +22,11 @@
       event.target.select();
     }
   });
+  // <form data-confirm="question"> asks before it submits (removing a member, leaving...).
+  document.addEventListener("submit", function (event) {
+    var form = event.target.closest("form[data-confirm]");
+    if (form && !window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
+  });
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy-target]");
     if (!button) { return; }

@@ -73,7 +73,7 @@ def test_signup_is_atomic_when_the_organization_fails(monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr("accounts.services.organization_create", broken)
+    monkeypatch.setattr("accounts.services.organizations.organization_create", broken)
     with pytest.raises(RuntimeError):
         user_signup(email="x@example.com", password=PASSWORD, organization_name="X")
     assert not User.objects.filter(email="x@example.com").exists()

@@ -8,6 +8,7 @@ from billing.models import BillingAccount
 from billing.subscriptions.state import PLAN_CHANGED
 from tests.billing.conftest import checkout, deliver, pay
 from tests.factories import UserFactory
+from tests.stripe_fake import event
 
 pytestmark = pytest.mark.django_db
 
@@ -61,3 +62,28 @@ def test_operators_cannot_edit_stripes_state_in_the_admin(synced, owner, operato
     page = operator.get(f"/admin/billing/billingaccount/{account.pk}/change/").content.decode()
 
     assert 'name="subscription_status"' not in page
+
+
+def test_an_operator_can_cancel_a_subscription_now_instead_of_at_period_end(
+    synced, owner, operator
+):
+    completed = pay(synced, checkout(owner, "pro"))
+    deliver(Client(), completed)
+    account = BillingAccount.objects.get(organization=owner.organization)
+
+    response = operator.post(
+        "/admin/billing/billingaccount/",
+        {"action": "cancel_now", "_selected_action": [account.pk]},
+        follow=True,
+    )
+
+    assert "canceled" in response.content.decode()
+    subscription = synced.fake.subscriptions[completed["data"]["object"]["subscription"]]
+    assert subscription["status"] == "canceled"
+    owner.organization.refresh_from_db()
+    assert owner.organization.plan.slug == "free"
+    assert AuditEvent.objects.filter(action="billing.canceled_now").exists()
+    # Stripe's customer.subscription.deleted that follows changes nothing more.
+    deleted = deliver(Client(), event("customer.subscription.deleted", dict(subscription)))
+    assert deleted.status_code == 200
+    assert AuditEvent.objects.filter(action=PLAN_CHANGED).count() == 2  # up, then down once

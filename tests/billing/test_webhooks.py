@@ -174,3 +174,26 @@ def test_the_next_v1_request_after_the_webhook_has_the_new_plans_limits(synced, 
 
     after = Client().get("/v1/key", **auth).json()
     assert (after["plan"], after["limits"]["requests_per_minute"]) == ("pro", 300)
+
+
+def test_customer_updated_is_recorded_on_the_organizations_billing_account(synced, owner):
+    checkout(owner, "pro")
+    account = BillingAccount.objects.get(organization=owner.organization)
+    updated = event("customer.updated", {"id": account.stripe_customer_id, "object": "customer"})
+
+    assert deliver(Client(), updated).status_code == 200
+
+    account.refresh_from_db()
+    assert account.last_event_id == updated["id"]
+    assert StripeEvent.objects.get(stripe_id=updated["id"]).outcome == "customer updated"
+
+
+def test_an_event_about_a_customer_we_do_not_know_is_200_and_changes_nothing(synced, owner):
+    stranger = event("invoice.paid", {"id": "in_x", "object": "invoice", "customer": "cus_nobody"})
+
+    assert deliver(Client(), stranger).status_code == 200
+
+    stored = StripeEvent.objects.get(stripe_id=stranger["id"])
+    assert stored.outcome == "no organization has this Stripe customer"
+    assert stored.organization is None
+    assert _plan(owner) == "free"

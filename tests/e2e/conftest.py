@@ -11,6 +11,7 @@ database; it needs `transactional_db`, and tests/conftest.py re-seeds the plans 
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -50,29 +51,73 @@ def _missing_browser() -> str | None:
     return None
 
 
+class _Chromium:
+    """One headless Chromium with its own profile (its own cookies: a browser context)."""
+
+    def __init__(self) -> None:
+        self.profile = tempfile.mkdtemp(prefix="aibaas-e2e-chromium-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        width, height = DESKTOP
+        args = (
+            *CHROMIUM_ARGS,
+            f"--user-data-dir={self.profile}",
+            f"--window-size={width},{height}",
+        )
+        for arg in args:
+            options.add_argument(arg)
+        # The browser's console log (driver.get_log("browser")): CSP violations are reported there.
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.driver = None
+        try:
+            self.driver = webdriver.Chrome(
+                service=Service(executable_path=CHROMEDRIVER), options=options
+            )
+            self.driver.set_page_load_timeout(30)
+        except Exception:
+            self.quit()
+            raise
+
+    def quit(self) -> None:
+        if self.driver is not None:
+            self.driver.quit()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def browser():
     """A headless Chromium (Selenium WebDriver) for the whole session; quit at the end."""
     reason = _missing_browser()
     if reason:
         pytest.skip(reason)
-    profile = tempfile.mkdtemp(prefix="aibaas-e2e-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    width, height = DESKTOP
-    for arg in (*CHROMIUM_ARGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
-        options.add_argument(arg)
-    # The browser's console log (driver.get_log("browser")): CSP violations are reported there.
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = None
+    chromium = _Chromium()
     try:
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-        driver.set_page_load_timeout(30)
-        yield driver
+        yield chromium.driver
     finally:
-        if driver is not None:
-            driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        chromium.quit()
+
+
+@pytest.fixture
+def second_web(web):
+    """A second, separate browser (other cookies, other session) on the same live server: the
+    other person of a two-person test."""
+    chromium = _Chromium()
+    try:
+        yield Web(chromium.driver, web.base_url)
+    finally:
+        chromium.quit()
+
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "e2e-screenshots"
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    """Where the browser tests leave screenshots for review: $E2E_SCREENSHOT_DIR, else the
+    git-ignored e2e-screenshots/ at the top of the checkout."""
+    path = Path(os.environ.get("E2E_SCREENSHOT_DIR") or SCREENSHOTS)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -110,7 +110,13 @@ def test_dashboard_pages_and_their_scripts_work_under_the_policy(csp_web):
         "return getComputedStyle(document.querySelector('.topbar')).display !== 'inline';"
     )
 
-    for path in ("/dashboard/", "/dashboard/team/", "/dashboard/keys/", "/dashboard/audit/"):
+    for path in (
+        "/dashboard/",
+        "/dashboard/team/",
+        "/dashboard/keys/",
+        "/dashboard/audit/",
+        "/dashboard/usage/",
+    ):
         visit(csp_web, path)
 
     # A key: created, shown once, and the copy button's script runs.

@@ -145,7 +145,7 @@ def test_redis_stopped_mid_run_keeps_limiting_and_recovers(chat_model):
             **SERVER_ENV,
             "REDIS_URL": redis_server.url,
             "CELERY_BROKER_URL": "",
-            "RATE_LIMIT_REDIS_RETRY_SECONDS": "0.5",
+            "REDIS_RETRY_SECONDS": "0.5",
         }
         with server_process(env) as base:
             first = [r[0] for r in _fire([base], key, 8, threads=1)]

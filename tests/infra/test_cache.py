@@ -6,11 +6,21 @@ from datetime import UTC, datetime
 import pytest
 from django.urls import reverse
 
+from infra.breaker import reset_breakers
 from infra.cache import FailoverRedisCache
 from tests.redis_server import redis_process, redis_server_available
 
 
+@pytest.fixture(autouse=True)
+def _fresh_breakers():
+    reset_breakers()
+    yield
+    reset_breakers()
+
+
 def make_cache(url: str, **options) -> FailoverRedisCache:
+    """A cache on `url`. How long it skips Redis after a failure is REDIS_RETRY_SECONDS, the
+    one setting of infra/breaker.py: the tests set it."""
     return FailoverRedisCache(
         url,
         {
@@ -18,7 +28,6 @@ def make_cache(url: str, **options) -> FailoverRedisCache:
             "OPTIONS": {
                 "SOCKET_CONNECT_TIMEOUT": 0.2,
                 "SOCKET_TIMEOUT": 0.2,
-                "REDIS_RETRY_SECONDS": options.get("retry", 0.0),
                 "FALLBACK_MAX_TTL": options.get("max_ttl", 10.0),
             },
         },
@@ -33,9 +42,10 @@ def private_redis():
         yield server
 
 
-def test_unreachable_redis_serves_from_the_fallback_and_says_so(caplog):
-    cache = make_cache("redis://127.0.0.1:1/0", retry=60)
-    with caplog.at_level(logging.ERROR, logger="infra.cache"):
+def test_unreachable_redis_serves_from_the_fallback_and_says_so(caplog, settings):
+    settings.REDIS_RETRY_SECONDS = 60
+    cache = make_cache("redis://127.0.0.1:1/0")
+    with caplog.at_level(logging.ERROR, logger="infra.breaker"):
         assert cache.get("missing") is None
     assert cache.degraded
     assert "unreachable" in caplog.text
@@ -46,8 +56,9 @@ def test_unreachable_redis_serves_from_the_fallback_and_says_so(caplog):
     assert cache.incr("n") == 1
 
 
-def test_outage_then_recovery_replays_deletes_made_during_the_outage(private_redis):
-    cache = make_cache(private_redis.url, retry=0.0)
+def test_outage_then_recovery_replays_deletes_made_during_the_outage(private_redis, settings):
+    settings.REDIS_RETRY_SECONDS = 0.0
+    cache = make_cache(private_redis.url)
     cache.set("context", "stale", 300)
     assert cache.get("context") == "stale"
 
@@ -64,9 +75,10 @@ def test_outage_then_recovery_replays_deletes_made_during_the_outage(private_red
     assert cache.primary.get("context") is None
 
 
-def test_entries_written_during_an_outage_expire_quickly(private_redis, time_machine):
+def test_entries_written_during_an_outage_expire_quickly(private_redis, time_machine, settings):
+    settings.REDIS_RETRY_SECONDS = 60
     time_machine.move_to(datetime.now(UTC))
-    cache = make_cache(private_redis.url, retry=60, max_ttl=5)
+    cache = make_cache(private_redis.url, max_ttl=5)
     private_redis.stop()
     cache.set("context", "from-db", 300)
     assert cache.get("context") == "from-db"
@@ -81,7 +93,11 @@ def test_login_and_signup_work_while_redis_is_down(client, settings, db):
         "default": {
             "BACKEND": "infra.cache.FailoverRedisCache",
             "LOCATION": "redis://127.0.0.1:1/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": 0.2,
+                "SOCKET_TIMEOUT": 0.2,
+                "FALLBACK_MAX_TTL": 10.0,
+            },
         }
     }
     assert isinstance(caches["default"], FailoverRedisCache)  # the override took effect

@@ -16,6 +16,7 @@ import redis
 
 from accounts.actors import Actor
 from accounts.models import Organization
+from infra.breaker import reset_breakers
 from keys import touch, verification
 from keys.services import IssuedKey, api_key_create
 from metering import events as usage_events
@@ -31,12 +32,12 @@ def _fresh_process_state():
     """The key layer's per-process caches and last-used writer, the emit circuit breaker."""
     verification.clear_local()
     touch.reset()
-    usage_events.reset_breaker()
+    reset_breakers()
     yield
     touch.flush()
     verification.clear_local()
     touch.reset()
-    usage_events.reset_breaker()
+    reset_breakers()
 
 
 @pytest.fixture

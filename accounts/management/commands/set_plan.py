@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from accounts.actors import Actor
 from accounts.selectors import organization_get
 from accounts.services import organization_set_plan
 from billing.selectors import plan_get
@@ -18,5 +19,7 @@ class Command(BaseCommand):
             organization = organization_get(slug=opts["org"])
             plan = plan_get(slug=opts["plan"])
         previous = organization.plan.slug
-        organization_set_plan(organization=organization, plan=plan)
+        organization_set_plan(
+            organization=organization, plan=plan, actor=Actor.for_system("manage.py set_plan")
+        )
         self.stdout.write(f"{organization.slug}: plan {previous} -> {plan.slug}")

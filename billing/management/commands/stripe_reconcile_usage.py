@@ -1,6 +1,5 @@
 from django.core.management.base import BaseCommand
 
-from accounts.selectors import organization_get
 from billing.subscriptions.usage import usage_differences
 
 
@@ -14,8 +13,7 @@ class Command(BaseCommand):
         parser.add_argument("--org", help="Only this organization (slug).")
 
     def handle(self, *args, org=None, **options):
-        organization_id = organization_get(slug=org).pk if org else None
-        differences = usage_differences(organization_id=organization_id)
+        differences = usage_differences(organization_slug=org)
         for d in differences:
             self.stdout.write(
                 f"org {d['organization_id']} {d['window_start']:%Y-%m-%d %H:00} UTC: metered "

@@ -5,11 +5,15 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.actors import Actor
 from accounts.audit import audit_record
-from accounts.models import AuditAction, Membership, Organization, Role, User
+from accounts.models import AuditAction, Invitation, Membership, Organization, Role, User
+from accounts.services import rules
+from accounts.services.team import acting_membership
+from accounts.signals import organization_closing
 from billing.defaults import DEFAULT_PLAN_SLUG
 from billing.models import Plan
 from billing.selectors import plan_get
@@ -41,11 +45,21 @@ def _unique_slug(name: str) -> str:
     return f"{base}-{secrets.token_hex(3)}"
 
 
+DELETE_CONFIRMATION_MISMATCH = "Type the organization's name exactly to confirm."
+
+
 @transaction.atomic
 def organization_create(
-    *, name: str, owner: User, plan: Plan | None = None, slug: str | None = None
+    *,
+    name: str,
+    owner: User,
+    plan: Plan | None = None,
+    slug: str | None = None,
+    actor: Actor | None = None,
 ) -> Organization:
-    """Create an organization with `owner` as its owner member. Default plan: free."""
+    """Create an organization with `owner` as its owner member. Default plan: free.
+
+    Audited as done by `actor` (default: the owner, as at signup)."""
     name = name.strip()
     if not name:
         raise ValidationError({"name": "An organization needs a name."})
@@ -70,6 +84,15 @@ def organization_create(
     else:  # pragma: no cover - five collisions in a row
         raise ValidationError({"name": "Could not allocate a unique slug; try another name."})
     Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
+    audit_record(
+        action=AuditAction.ORGANIZATION_CREATED,
+        actor=actor or Actor(user=owner),
+        organization=organization,
+        target_type="organization",
+        target_id=organization.slug,
+        target_label=organization.name,
+        metadata={"plan": plan.slug, "owner": owner.email},
+    )
     return organization
 
 
@@ -110,12 +133,35 @@ def user_tokens_revoke(*, user: User) -> None:
 
 @transaction.atomic
 def user_signup(
-    *, email: str, password: str, organization_name: str, full_name: str = ""
+    *,
+    email: str,
+    password: str,
+    organization_name: str,
+    full_name: str = "",
+    actor: Actor | None = None,
 ) -> Membership:
-    """Sign up: the user, an organization on the free plan and an owner membership, or nothing."""
+    """Sign up: the user, an organization on the free plan and an owner membership, or nothing.
+
+    `actor` carries the request's address for the audit log (the user is filled in here)."""
     user = user_create(email=email, password=password, full_name=full_name)
+    actor = Actor(
+        user=user,
+        role=Role.OWNER,
+        ip=actor.ip if actor else None,
+        user_agent=actor.user_agent if actor else "",
+    )
     organization = organization_create(
-        name=organization_name or f"{user.get_short_name()}'s organization", owner=user
+        name=organization_name or f"{user.get_short_name()}'s organization",
+        owner=user,
+        actor=actor,
+    )
+    audit_record(
+        action=AuditAction.USER_SIGNED_UP,
+        actor=actor,
+        organization=organization,
+        target_type="user",
+        target_id=str(user.pk),
+        target_label=user.email,
     )
     return Membership.objects.select_related("organization", "user").get(
         user=user, organization=organization
@@ -123,11 +169,93 @@ def user_signup(
 
 
 @transaction.atomic
-def organization_set_plan(*, organization: Organization, plan: Plan) -> Organization:
-    # The organization's keys re-read their limits: keys/signals.py (keys sits above accounts).
+def organization_set_plan(
+    *, organization: Organization, plan: Plan, actor: Actor | None = None
+) -> Organization:
+    """Move the organization to `plan`. With an `actor` (operators: admin, set_plan) the change
+    is audited here; billing audits its own transitions with Stripe's reasons. The
+    organization's keys re-read their limits: keys/signals.py (keys sits above accounts)."""
+    before = Organization.objects.filter(pk=organization.pk).values_list("plan__slug", flat=True)
+    before = before.first()
     organization.plan = plan
     organization.save(update_fields=["plan"])
+    if actor is not None and before != plan.slug:
+        audit_record(
+            action=AuditAction.PLAN_CHANGED,
+            actor=actor,
+            organization=organization,
+            target_type="organization",
+            target_id=organization.slug,
+            target_label=organization.name,
+            metadata={"from": before, "to": plan.slug},
+        )
     return organization
+
+
+@transaction.atomic
+def organization_rename(*, organization: Organization, actor: Actor, name: str) -> Organization:
+    """Owners and admins rename; the slug (the stable public id) stays."""
+    rules.require_manager(acting_membership(actor=actor, organization=organization))
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "An organization needs a name."})
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    before = organization.name
+    if before == name:
+        return organization
+    organization.name = name
+    organization.save(update_fields=["name"])
+    audit_record(
+        action=AuditAction.ORGANIZATION_RENAMED,
+        actor=actor,
+        organization=organization,
+        target_type="organization",
+        target_id=organization.slug,
+        target_label=name,
+        metadata={"from": before, "to": name},
+    )
+    return organization
+
+
+@transaction.atomic
+def organization_delete_by_owner(
+    *, organization: Organization, actor: Actor, confirmation: str
+) -> bool:
+    """An owner deletes the organization, typing its name to confirm. Its keys are revoked (by
+    keys, listening to `organization_closing`), its members and invitations go, its audit log
+    stays. The row itself goes when nothing holds it (organization_delete); an organization
+    with usage or keys (billing records) is closed instead: kept, marked deleted, reachable by
+    nobody. Returns True when the row was deleted."""
+    rules.require_owner(acting_membership(actor=actor, organization=organization))
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    if confirmation.strip() != organization.name.strip():
+        raise ValidationError({"confirmation": DELETE_CONFIRMATION_MISMATCH})
+    if organization_delete_refusal(organization=organization) is None:
+        organization_delete(organization=organization, actor=actor)
+        return True
+    organization_closing.send(sender=Organization, organization=organization, actor=actor)
+    members = list(organization.memberships.select_related("user").values_list("user__email"))
+    Invitation.objects.filter(
+        organization=organization, accepted_at__isnull=True, revoked_at__isnull=True
+    ).update(revoked_at=timezone.now())
+    organization.memberships.all().delete()
+    organization.deleted_at = timezone.now()
+    organization.save(update_fields=["deleted_at"])
+    audit_record(
+        action=AuditAction.ORGANIZATION_DELETED,
+        actor=actor,
+        organization=organization,
+        target_type="organization",
+        target_id=organization.slug,
+        target_label=organization.name,
+        metadata={
+            "name": organization.name,
+            "plan": organization.plan.slug,
+            "kept": "usage and keys (billing records); keys revoked",
+            "members": [email for (email,) in members],
+        },
+    )
+    return False
 
 
 def organization_delete_refusal(*, organization: Organization) -> ApplicationError | None:
@@ -160,21 +288,7 @@ def organization_delete(*, organization: Organization, actor: Actor) -> None:
         organization=organization,
         target_type="organization",
         target_id=organization.slug,
+        target_label=organization.name,
         metadata={"name": organization.name, "plan": organization.plan.slug},
     )
     organization.delete()
-
-
-@transaction.atomic
-def membership_add(
-    *, organization: Organization, user: User, role: str = Role.MEMBER
-) -> Membership:
-    if role not in Role.values:
-        raise ValidationError({"role": f"Unknown role {role!r}; one of {', '.join(Role.values)}."})
-    membership, created = Membership.objects.get_or_create(
-        organization=organization, user=user, defaults={"role": role}
-    )
-    if not created and membership.role != role:
-        membership.role = role
-        membership.save(update_fields=["role"])
-    return membership
