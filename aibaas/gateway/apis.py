@@ -13,7 +13,7 @@ from billing.selectors import billing_notice
 from infra.schema import errors
 from keys.authentication import ApiKeyAuthentication
 from keys.permissions import HasApiKey
-from keys.verification import KeyContext
+from keys.context import KeyContext
 from metering.selectors import (
     MONTH_PATTERN,
     key_limit_status,
