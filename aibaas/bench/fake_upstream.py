@@ -29,6 +29,8 @@ import time
 # - "fake-no-done"    streams the answer without usage and closes without `data: [DONE]`;
 # - "fake-error-mid-stream": streams two chunks, then an error event, and closes;
 # - "fake-<kind>-usage" (negative, string, float, huge) reports that nonsense usage, both ways.
+# `GET .../models` lists FAKE_MODELS. Any request with the key REJECTED_KEY gets OpenAI's 401,
+# whose message quotes the key (as OpenAI's does).
 
 FIRST_TOKEN_DELAY = 1.0
 STREAM_SECONDS = 2.0
@@ -37,6 +39,8 @@ STREAM_TOKENS = 20
 _REPLY = "The quick brown fox jumps over the lazy dog."
 _DONE = b"data: [DONE]\n\n"
 UPSTREAM_SECRET = "org-upstreamsecret"
+REJECTED_KEY = "sk-rejected-by-the-fake-upstream"
+FAKE_MODELS = ("fake", "fake-no-usage", "fake-slow")
 
 _BAD_USAGE = {
     "fake-negative-usage": {"prompt_tokens": -500, "completion_tokens": 10, "total_tokens": -490},
@@ -151,8 +155,19 @@ async def app(scope, receive, send):
         return
     if scope["type"] != "http":
         return
+    raw = await _read_body(receive)
+    if dict(scope["headers"]).get(b"authorization") == f"Bearer {REJECTED_KEY}".encode():
+        message = f"Incorrect API key provided: {REJECTED_KEY}."
+        body = {"error": {"message": message, "type": "invalid_request_error", "code": "401"}}
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+        return
+    if scope["method"] == "GET" and scope["path"].endswith("/models"):
+        data = [{"id": m, "object": "model", "owned_by": "fake"} for m in FAKE_MODELS]
+        await _send(send, 200, json.dumps({"object": "list", "data": data}).encode())
+        return
     try:
-        request = json.loads(await _read_body(receive) or b"{}")
+        request = json.loads(raw or b"{}")
     except ValueError:
         request = {}
     model = request.get("model", "fake")

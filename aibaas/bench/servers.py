@@ -57,7 +57,7 @@ def wait_for_usage_drain(redis_url: str, timeout: float = 60.0) -> int:
     """Wait until the usage stream is empty (the Celery worker drained it); what is left."""
     import redis
 
-    from metering.events import stream_key
+    from metering.usage.events import stream_key
 
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + timeout

@@ -13,10 +13,17 @@ from aibaas.gateway.providers.base import UPSTREAM_ERROR, UPSTREAM_TIMEOUT, Usag
 from billing.pricing import ZERO_COST, acost_for
 from infra.errors import INTERNAL_ERROR
 from infra.http import canonical_ip
-from metering import inflight
-from metering.admission import Admission, IpGate, aadmit
-from metering.events import UsageEventData, ausage_emit
-from metering.reaper import INTERRUPTED, INTERRUPTED_STATUS, marker
+from metering.admission import (
+    INTERRUPTED,
+    INTERRUPTED_STATUS,
+    Admission,
+    IpGate,
+    UsageEventData,
+    aadmit,
+    ausage_emit,
+    inflight,
+    marker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +165,8 @@ class Call:
         await self._emit(event)
 
     def streaming(self, usage) -> None:
-        """The stream's StreamUsage: its output tokens are checkpointed (metering/inflight.py)."""
+        """The stream's StreamUsage: its output tokens are checkpointed (the in-flight registry,
+        metering/usage/inflight.py)."""
         registry = inflight.current()
         if registry is not None:
             registry.streaming(self.request_id, usage)

@@ -26,12 +26,12 @@ async def lifespan(receive, send) -> None:
 
 
 async def startup() -> None:
-    """Start the in-flight registry (metering/inflight.py): from now on, if this process dies,
-    a survivor records its admitted requests as interrupted; and the key change poller
+    """Start the in-flight registry (metering/usage/inflight.py): from now on, if this process
+    dies, a survivor records its admitted requests as interrupted; and the key change poller
     (keys/changes.py)."""
-    from metering import inflight
+    from metering import usage
 
-    await inflight.start()
+    await usage.start()
     changes.start_polling()  # key revocations made by any process reach this one
 
 
@@ -41,9 +41,9 @@ async def shutdown() -> None:
     registry, then close the upstream pools and the quota's database connections."""
     await streaming.drain_background()
     from aibaas.gateway.providers.openai_compatible import close_sessions
-    from metering import inflight, limiter, quota
+    from metering import limiter, quota, usage
 
-    await inflight.stop()
+    await usage.stop()
     await limiter.aflush_settlements()
     await quota.aclose()
     await close_sessions()

@@ -31,8 +31,7 @@ from keys.authentication import CHALLENGE
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, aauthenticate_key
-from metering import limiter
-from metering.admission import IpGate, rate_limit_headers
+from metering.admission import IpGate, limiter, rate_limit_headers
 
 logger = logging.getLogger(__name__)
 

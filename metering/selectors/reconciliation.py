@@ -24,16 +24,10 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import AuditAction, AuditEvent, Organization
-from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT
-from metering.events import (
-    ENTRY_FIELD,
-    REDIS_ERRORS,
-    dead_letter_key,
-    redis_client,
-    stream_key,
-)
+from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT, REDIS_ERRORS, redis_client
 from metering.models import QuotaCounter, UsageEvent
 from metering.selectors.usage import month_period
+from metering.usage.events import ENTRY_FIELD, dead_letter_key, stream_key
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from django.db.models import F
 
 from accounts.actors import Actor
 from billing.models import Plan
-from metering.events import ENTRY_FIELD, dead_letter_key
 from metering.models import QuotaCounter, UsageEvent
 from metering.quota import quota_reset
 from metering.services import usage_record
+from metering.usage.events import ENTRY_FIELD, dead_letter_key
 from tests.metering.conftest import make_event
 from tests.metering.test_settlement import admitted
 

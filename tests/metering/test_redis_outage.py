@@ -17,8 +17,8 @@ from infra.background import background
 from infra.breaker import redis_breaker, reset_breakers
 from keys import verification
 from metering import admission, ip_limit, limiter
-from metering.events import ausage_emit
 from metering.models import UsageEvent
+from metering.usage import ausage_emit
 from tests.metering.conftest import make_event
 from tests.redis_server import redis_process, redis_server_available
 
