@@ -57,7 +57,7 @@ def _sum(field: str, condition: Q = _BILLABLE):
     return Coalesce(Sum(field, filter=condition), 0)
 
 
-_COST_UNITS = ExpressionWrapper(
+COST_UNITS = ExpressionWrapper(
     Cast(Round(F("cost") * Value(100_000_000)), BigIntegerField()), output_field=BigIntegerField()
 )
 _AGGREGATES = {
@@ -67,7 +67,7 @@ _AGGREGATES = {
     "output_tokens": _sum("output_tokens"),
     "cached_requests": Count("id", filter=_BILLABLE & Q(cached=True)),
     "cached_tokens": _sum("input_tokens", _BILLABLE & Q(cached=True)),
-    "cost_units": Coalesce(Sum(_COST_UNITS, filter=_BILLABLE), 0),
+    "cost_units": Coalesce(Sum(COST_UNITS, filter=_BILLABLE), 0),
     "errors_4xx": Count("id", filter=_BILLABLE & Q(status_code__gte=400, status_code__lt=500)),
     "errors_5xx": Count("id", filter=_BILLABLE & Q(status_code__gte=500)),
     "latency_ms_sum": _sum("latency_ms"),
