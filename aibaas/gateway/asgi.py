@@ -35,7 +35,7 @@ from typing import Any
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from aibaas.gateway import pipeline, streaming, validation
+from aibaas.gateway import pipeline, request_log, streaming, validation
 from aibaas.gateway.middleware import request_ids
 from aibaas.gateway.security import Security, SecurityRequest
 from infra.errors import ApplicationError, internal_error
@@ -127,7 +127,11 @@ class GatewayApplication:
         if kind == "http":
             route = _route(scope["path"])
             if route is not None:
-                await self.handle(scope, receive, send, *route)
+                await request_log.logged(
+                    scope,
+                    send,
+                    partial(self.handle, scope, receive, method=route[0], handler=route[1]),
+                )
                 return
         elif kind == "lifespan":
             await self.lifespan(receive, send)

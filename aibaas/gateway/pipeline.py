@@ -24,7 +24,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from aibaas.gateway import response_cache, streaming, validation
+from aibaas.gateway import request_log, response_cache, streaming, validation
 from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.base import ModelSpec, Usage
 from aibaas.gateway.registry import amodel_spec, amodels_for_key, key_may_use
@@ -102,6 +102,7 @@ async def authenticate(inbound: Inbound):
         raise ApplicationError(INVALID_API_KEY, MISSING_KEY_MESSAGE, status=401)
     context = await aauthenticate_key(inbound.raw_key)  # or KeyRejected, an ApplicationError
     note_key_use(context.pk, context.key_id, inbound.client_ip)
+    request_log.note_key(context)
     return context
 
 
@@ -289,6 +290,7 @@ def _call_model(body: dict[str, Any]) -> str:
 
 
 async def _model(call: Call, name: str, kind: str) -> ModelSpec:
+    request_log.note_model(name)
     spec = await amodel_spec(name)
     if spec is None:
         raise _model_not_found(name)
