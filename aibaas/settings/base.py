@@ -301,9 +301,9 @@ REDIS_RETRY_SECONDS = env.float("REDIS_RETRY_SECONDS", default=2.0)
 # Connections per event loop of the asyncio Redis pool (usage stream, limiter).
 REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
 
-# --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py),
+# --- Usage events: the Redis stream (used when a Celery broker drains it; metering/usage/emit.py),
 # never trimmed: an entry leaves it once stored in the database.
 USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")
 # A serving process that has not said it is alive for this long is dead: a survivor records its
-# in-flight requests as interrupted (metering/inflight.py, metering/reaper.py).
+# in-flight requests as interrupted (metering/usage/inflight.py, metering/usage/reaper.py).
 USAGE_INFLIGHT_TTL_SECONDS = env.float("USAGE_INFLIGHT_TTL_SECONDS", default=10.0)

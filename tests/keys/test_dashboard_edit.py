@@ -10,8 +10,8 @@ from django.utils import timezone
 from accounts.models import AuditAction, AuditEvent, Role
 from keys.models import ApiKey
 from keys.services import api_key_rotate
-from metering.events import UsageEventData
 from metering.services import usage_record
+from metering.usage import UsageEventData
 from tests.factories import AIModelFactory, ModelPriceFactory
 from tests.keys.conftest import actor_for
 
