@@ -143,3 +143,20 @@ def test_an_unknown_log_format_refuses_to_start():
     assert "LOG_FORMAT must be 'json' or 'plain', not 'xml'." in result.stderr
     with pytest.raises(ValueError):
         log_format("text", debug=False)
+
+
+def test_celery_workers_write_json_lines_too():
+    """What `celery -A aibaas worker` does to logging (app.log.setup), then two lines logged."""
+    code = (
+        "import django; django.setup(); import logging; from aibaas.celery import app; "
+        "app.log.setup(loglevel='INFO'); "
+        "logging.getLogger('metering').warning('key %s', 'sk_live_abcdefghijkl_0123456789'); "
+        "app.log.get_default_logger().warning('drained')"
+    )
+    result = run_python(["-c", code], production_env(LOG_FORMAT=None))
+    assert result.returncode == 0, result.stderr
+    lines = json_lines(result.stdout + result.stderr)
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("WARNING", "key [redacted key]"),
+        ("WARNING", "drained"),
+    ]
