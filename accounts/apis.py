@@ -18,7 +18,7 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts.services import user_tokens_revoke
 from accounts.tokens import TokenObtainSerializer, TokenRefreshSerializer
-from infra.http import ratelimit_retry_after
+from infra.http import TOO_MANY_ATTEMPTS, ratelimit_retry_after
 from infra.schema import errors
 
 TOKEN_RATELIMIT_GROUP = "api-token"
@@ -53,7 +53,7 @@ class TokenObtainApi(TokenObtainPairView):
             wait = ratelimit_retry_after(
                 self.request, group=TOKEN_RATELIMIT_GROUP, rate=_login_rate
             )
-            exc = Throttled(wait=wait, detail="Too many attempts from your address.")
+            exc = Throttled(wait=wait, detail=TOO_MANY_ATTEMPTS)
         return super().handle_exception(exc)
 
 

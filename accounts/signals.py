@@ -1,6 +1,8 @@
 """Django's auth signals feed the audit log; the recording itself is the audit service."""
 
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.db.models.signals import post_save
 from django.dispatch import Signal, receiver
 
 from accounts.actors import Actor
@@ -50,3 +52,36 @@ def audit_login_failed(sender, credentials, request=None, **kwargs):
             target_id=str(user.pk) if user else "",
             metadata={"email": attempted},
         )
+
+
+# What operators edit in the admin that changes every customer's money or access: plans, models
+# and their upstreams, prices. Django's admin logs each edit (LogEntry) with the operator; the
+# audit log copies it, as the one place that answers "who changed the price".
+CATALOGUE_MODELS = {
+    ("billing", "plan"),
+    ("billing", "modelprice"),
+    ("gateway", "aimodel"),
+    ("gateway", "upstream"),
+}
+_FLAGS = {ADDITION: "added", CHANGE: "changed", DELETION: "deleted"}
+
+
+@receiver(post_save, sender=LogEntry, dispatch_uid="audit-catalogue-edits")
+def audit_catalogue_edit(sender, instance: LogEntry, created=False, **kwargs):
+    content_type = instance.content_type
+    if not created or content_type is None:
+        return
+    if (content_type.app_label, content_type.model) not in CATALOGUE_MODELS:
+        return
+    audit_record(
+        action=AuditAction.CATALOGUE_CHANGED,
+        actor=Actor(user=instance.user, system="admin"),
+        target_type=content_type.model,
+        target_id=instance.object_id or "",
+        target_label=instance.object_repr,
+        metadata={
+            "what": str(content_type.name),
+            "change": _FLAGS.get(instance.action_flag, str(instance.action_flag)),
+            "fields": instance.get_change_message(),
+        },
+    )

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from infra.errors import INVALID_REQUEST, ApplicationError, method_not_allowed
+from infra.http import TOO_MANY_ATTEMPTS
 from keys.authentication import KeyAuthenticationFailed
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE
 
@@ -59,7 +60,7 @@ def exception_handler(exc, context):
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
     if isinstance(exc, Ratelimited):
-        exc = exceptions.Throttled(wait=60, detail="Too many attempts from your address.")
+        exc = exceptions.Throttled(wait=60, detail=TOO_MANY_ATTEMPTS)
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

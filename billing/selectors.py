@@ -3,7 +3,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import QuerySet
 
-from billing.models import BillingAccount, Plan
+from billing.models import BillingAccount, ModelPrice, Plan
 from infra.errors import ApplicationError
 
 PLAN_NOT_FOUND = "plan_not_found"
@@ -53,3 +53,9 @@ def billing_notice(*, organization_id: int) -> dict | None:
         "message": f"A payment failed. The {plan} plan applies until {until:%Y-%m-%d %H:%M} UTC, "
         "then the free plan, unless the payment succeeds.",
     }
+
+
+def model_catalogue() -> list[str]:
+    """The names of the enabled, priced models: what a key's model allow-list is chosen from."""
+    prices = ModelPrice.objects.filter(model__enabled=True).order_by("model__name")
+    return list(prices.values_list("model__name", flat=True))

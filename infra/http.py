@@ -91,6 +91,9 @@ def ratelimit_ip(request) -> str:
     return client_ip(request) or "0.0.0.0"  # noqa: S104 (no address: one shared bucket)
 
 
+TOO_MANY_ATTEMPTS = "Too many attempts from your address."  # the detail of a per-IP 429
+
+
 def ratelimit_retry_after(request, *, group: str, rate, key: str = "ip", method="POST") -> int:
     """Retry-After of a django-ratelimit refusal: whole seconds until the client's current
     window of that limit ends (its next request then counts afresh), at most the rate's period.

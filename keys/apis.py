@@ -84,30 +84,52 @@ class _LimitsMixin(serializers.Serializer):
     tokens_per_day = _limit_field("tokens per day")
 
 
+class _KeyFields(_LimitsMixin):
+    """What a key's creation and update both take (beside its name)."""
+
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=Scope.values),
+        required=False,
+        min_length=1,  # a key needs a scope (the service says so too; the schema shows it)
+        max_length=10,
+    )
+    models = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        allow_null=True,
+        max_length=100,
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+def _key_write(operation_id: str, request, output=KeyOutputSerializer, ok: int = 200):
+    """The schema of a write on one key: its input, its output, the errors it may answer."""
+    return extend_schema(
+        request=request,
+        responses={ok: output, **errors(400, 401, 403, 404)},
+        operation_id=operation_id,
+    )
+
+
 class _OrgApi(APIView):
     permission_classes = [OrganizationAccess]
     key_scopes = KEY_SCOPES
+
+    def _key_and_input(self, request, ident: str) -> tuple:
+        """(the caller's access, the organization's key `ident`, the view's valid input)."""
+        access = resolve_access(request)
+        key = api_key_get(organization=access.organization, ident=ident)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return access, key, serializer.validated_data
 
 
 class KeyListCreateApi(_OrgApi):
     pagination_class = Pagination  # the schema documents the paginated envelope
 
     @extend_schema_serializer(component_name="KeyCreateInput")
-    class InputSerializer(_LimitsMixin):
+    class InputSerializer(_KeyFields):
         name = serializers.CharField(max_length=100)
-        scopes = serializers.ListField(
-            child=serializers.ChoiceField(choices=Scope.values),
-            required=False,
-            min_length=1,  # a key needs a scope (the service says so too; the schema shows it)
-            max_length=10,
-        )
-        models = serializers.ListField(
-            child=serializers.CharField(max_length=200),
-            required=False,
-            allow_null=True,
-            max_length=100,
-        )
-        expires_at = serializers.DateTimeField(required=False, allow_null=True)
         test_mode = serializers.BooleanField(required=False, default=False)
 
     @extend_schema(
@@ -145,21 +167,8 @@ class KeyListCreateApi(_OrgApi):
 
 class KeyDetailApi(_OrgApi):
     @extend_schema_serializer(component_name="KeyUpdateInput")
-    class InputSerializer(_LimitsMixin):
+    class InputSerializer(_KeyFields):
         name = serializers.CharField(max_length=100, required=False)
-        scopes = serializers.ListField(
-            child=serializers.ChoiceField(choices=Scope.values),
-            required=False,
-            min_length=1,  # a key needs a scope (the service says so too; the schema shows it)
-            max_length=10,
-        )
-        models = serializers.ListField(
-            child=serializers.CharField(max_length=200),
-            required=False,
-            allow_null=True,
-            max_length=100,
-        )
-        expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     @extend_schema(
         responses={200: KeyOutputSerializer, **errors(401, 403, 404)}, operation_id="keys_read"
@@ -169,17 +178,10 @@ class KeyDetailApi(_OrgApi):
         key = api_key_get(organization=access.organization, ident=ident)
         return Response(KeyOutputSerializer(key).data)
 
-    @extend_schema(
-        request=InputSerializer,
-        responses={200: KeyOutputSerializer, **errors(400, 401, 403, 404)},
-        operation_id="keys_update",
-    )
+    @_key_write("keys_update", InputSerializer)
     def patch(self, request, ident: str):
-        access = resolve_access(request)
-        key = api_key_get(organization=access.organization, ident=ident)
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        key = api_key_update(api_key=key, actor=access.actor, **serializer.validated_data)
+        access, key, data = self._key_and_input(request, ident)
+        key = api_key_update(api_key=key, actor=access.actor, **data)
         return Response(KeyOutputSerializer(key).data)
 
 
@@ -188,17 +190,10 @@ class KeyRevokeApi(_OrgApi):
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
-    @extend_schema(
-        request=InputSerializer,
-        responses={200: KeyOutputSerializer, **errors(400, 401, 403, 404)},
-        operation_id="keys_revoke",
-    )
+    @_key_write("keys_revoke", InputSerializer)
     def post(self, request, ident: str):
-        access = resolve_access(request)
-        key = api_key_get(organization=access.organization, ident=ident)
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        key = api_key_revoke(api_key=key, actor=access.actor, **serializer.validated_data)
+        access, key, data = self._key_and_input(request, ident)
+        key = api_key_revoke(api_key=key, actor=access.actor, **data)
         return Response(KeyOutputSerializer(key).data)
 
 
@@ -212,17 +207,10 @@ class KeyRotateApi(_OrgApi):
             help_text="How long the old key keeps working (default 86400; 0 ends it now).",
         )
 
-    @extend_schema(
-        request=InputSerializer,
-        responses={201: IssuedKeyOutputSerializer, **errors(400, 401, 403, 404)},
-        operation_id="keys_rotate",
-    )
+    @_key_write("keys_rotate", InputSerializer, IssuedKeyOutputSerializer, 201)
     def post(self, request, ident: str):
-        access = resolve_access(request)
-        key = api_key_get(organization=access.organization, ident=ident)
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        grace = serializer.validated_data.get("grace_seconds")
+        access, key, data = self._key_and_input(request, ident)
+        grace = data.get("grace_seconds")
         issued = api_key_rotate(
             api_key=key,
             actor=access.actor,

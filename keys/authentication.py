@@ -8,8 +8,9 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
 from infra.http import client_ip
+from keys.context import KeyContext
 from keys.touch import note_key_use
-from keys.verification import KeyContext, KeyRejected, authenticate_key
+from keys.verification import KeyRejected, authenticate_key
 
 MAX_HEADER = 1024
 CHALLENGE = 'Bearer realm="aibaas"'  # WWW-Authenticate of every 401 about the API key

@@ -66,3 +66,42 @@ class KeyRotateForm(forms.Form):
     grace = forms.ChoiceField(
         choices=GRACE_CHOICES, initial="24h", label="The old key stops working"
     )
+
+
+KEEP = "keep"
+EDIT_EXPIRY_CHOICES = [(KEEP, "Unchanged"), *EXPIRY_CHOICES]
+
+
+class KeyEditForm(forms.Form):
+    """Edit a key: the choices say what the editor may pick; keys.services.api_key_update
+    decides (the scopes the editor holds, the plan's limits), as for PATCH /api/keys/{id}."""
+
+    name = forms.CharField(max_length=100)
+    scopes = forms.MultipleChoiceField(
+        choices=Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Only scopes you hold yourself can be given.",
+    )
+    models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Models",
+        help_text="None ticked: every model.",
+    )
+    expires = forms.ChoiceField(choices=EDIT_EXPIRY_CHOICES, required=False, initial=KEEP)
+    requests_per_minute = forms.IntegerField(
+        required=False, min_value=1, label="Requests / minute", help_text=LIMIT_HELP
+    )
+    requests_per_day = forms.IntegerField(
+        required=False, min_value=1, label="Requests / day", help_text=LIMIT_HELP
+    )
+    tokens_per_minute = forms.IntegerField(
+        required=False, min_value=1, label="Tokens / minute", help_text=LIMIT_HELP
+    )
+    tokens_per_day = forms.IntegerField(
+        required=False, min_value=1, label="Tokens / day", help_text=LIMIT_HELP
+    )
+
+    def __init__(self, *args, models: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["models"].choices = [(name, name) for name in models]

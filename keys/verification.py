@@ -13,8 +13,6 @@ context here at once and in every other process within API_KEY_CHANGE_POLL_SECON
 import asyncio
 import threading
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -23,6 +21,7 @@ from django.db import connections
 
 from infra.errors import ApplicationError
 from keys import format as key_format
+from keys.context import KeyContext, context_from, context_row
 from keys.hashing import (
     VerificationBusy,
     argon2_slot,
@@ -65,35 +64,6 @@ class KeyRejected(ApplicationError):
         super().__init__(code, message, status=status)
 
 
-@dataclass(frozen=True, slots=True)
-class KeyContext:
-    """What authorization needs about a key, without touching the database."""
-
-    pk: int
-    key_id: str
-    name: str
-    organization_id: int
-    organization_slug: str
-    plan_slug: str
-    scopes: frozenset[str]  # effective: the key's scopes ∩ its creator's current role
-    models: tuple[str, ...] | None
-    test_mode: bool
-    limits: dict
-    expires_at: float | None
-    revoked_at: float | None
-    created_by_id: int | None
-
-    def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes or "admin" in self.scopes
-
-    def allows_model(self, model: str) -> bool:
-        return self.models is None or model in self.models
-
-    @property
-    def expires_at_datetime(self) -> datetime | None:
-        return None if self.expires_at is None else datetime.fromtimestamp(self.expires_at, UTC)
-
-
 def context_cache_key(key_id: str) -> str:
     return f"ak:{{{key_id}}}:c"
 
@@ -129,79 +99,6 @@ def _lock_for(key_id: str) -> threading.Lock:
         return lock
 
 
-def _timestamp(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
-def _context_row(key_id: str) -> tuple[dict, str | None]:
-    """(cacheable context dict, argon2 hash) from one SQL query; {"missing": True} if none."""
-    from keys.models import ApiKey
-    from keys.selectors import api_key_effective_scopes, with_creator_role
-
-    key = (
-        with_creator_role(ApiKey.objects.select_related("organization__plan"))
-        .filter(key_id=key_id)
-        .only(
-            "id",
-            "key_id",
-            "name",
-            "key_hash",
-            "scopes",
-            "allowed_models",
-            "test_mode",
-            "expires_at",
-            "revoked_at",
-            "created_by_id",
-            "operator_issued",
-            *ApiKey.LIMIT_FIELDS,
-            "organization__id",
-            "organization__slug",
-            "organization__plan",
-        )
-        .first()
-    )
-    if key is None:
-        return {"missing": True}, None
-    plan = key.organization.plan
-    limits = key.effective_limits(plan)
-    data = {
-        "pk": key.pk,
-        "key_id": key.key_id,
-        "name": key.name,
-        "organization_id": key.organization_id,
-        "organization_slug": key.organization.slug,
-        "plan_slug": plan.slug,
-        # What the key may do now: its scopes ∩ its creator's current role (keys/scopes.py),
-        # computed here once per load so that the hot path only reads it.
-        "scopes": sorted(api_key_effective_scopes(key)),
-        "models": list(key.allowed_models) if key.allowed_models else None,
-        "test_mode": key.test_mode,
-        "limits": limits,
-        "expires_at": _timestamp(key.expires_at),
-        "revoked_at": _timestamp(key.revoked_at),
-        "created_by_id": key.created_by_id,
-    }
-    return data, key.key_hash
-
-
-def _to_context(data: dict) -> KeyContext:
-    return KeyContext(
-        pk=data["pk"],
-        key_id=data["key_id"],
-        name=data["name"],
-        organization_id=data["organization_id"],
-        organization_slug=data["organization_slug"],
-        plan_slug=data["plan_slug"],
-        scopes=frozenset(data["scopes"]),
-        models=tuple(data["models"]) if data["models"] else None,
-        test_mode=data["test_mode"],
-        limits=data["limits"],
-        expires_at=data["expires_at"],
-        revoked_at=data["revoked_at"],
-        created_by_id=data["created_by_id"],
-    )
-
-
 def _invalid() -> KeyRejected:
     return KeyRejected(INVALID_API_KEY, INVALID_KEY_MESSAGE)
 
@@ -220,7 +117,7 @@ def _verify_cold(parsed: key_format.ParsedKey, key_hash: str | None) -> bytes:
         try:
             with argon2_slot():
                 if key_hash is None:
-                    _, key_hash = _context_row(key_id)
+                    _, key_hash = context_row(key_id)
                 ok = key_hash is not None and check_key_hash(parsed.raw, key_hash)
         except VerificationBusy:
             raise KeyRejected(VERIFICATION_BUSY, BUSY_MESSAGE, status=503) from None
@@ -250,7 +147,7 @@ def _load(parsed: key_format.ParsedKey) -> tuple[KeyContext, bytes]:
     if data is None or _changed_since(key_id, started):
         for _ in range(3):
             started = _generation
-            data, key_hash = _context_row(key_id)
+            data, key_hash = context_row(key_id)
             if not _changed_since(key_id, started):
                 ttl = MISSING_TTL if data.get("missing") else settings.API_KEY_CONTEXT_TTL
                 cache.set(ckey, data, ttl)
@@ -259,7 +156,7 @@ def _load(parsed: key_format.ParsedKey) -> tuple[KeyContext, bytes]:
         raise _invalid()
     if digest is None:
         digest = _verify_cold(parsed, key_hash)
-    context = _to_context(data)
+    context = context_from(data)
     if not _changed_since(key_id, started):
         if len(_local) > _LOCAL_MAX:
             _local.clear()
@@ -319,10 +216,8 @@ async def aauthenticate_key(raw: str) -> KeyContext:
 
     One load per key at a time on a loop: the requests of a key that arrive while its entry
     is being loaded wait for that load and check their own secret against what it brought
-    (measured: a burst of 500 requests of one key, its local entry just expired, made 500
-    thread hops and cache round trips instead of one). If the load brought nothing for them
-    (its own secret was wrong before the verifier was cached, or it failed), each tries on its
-    own."""
+    (docs/key-verification.md). If the load brought nothing for them (its own secret was wrong
+    before the verifier was cached, or it failed), each tries on its own."""
     parsed = key_format.parse(raw)
     if parsed is None:
         raise _invalid()

@@ -6,7 +6,7 @@ while this process last saw the organization far from it, after them near it); t
 refusal wins over every other answer. Invariant: a request refused by one check counts nowhere
 (what another check counted is given back). `Admission.asettle` moves the token windows to the
 tokens used; the quota's tokens are settled where the usage event is stored
-(metering.services.usage_record), exactly once. Refusals: 429 with Retry-After,
+(metering.usage.usage_record), exactly once. Refusals: 429 with Retry-After,
 `rate_limit_exceeded` (windows, per-IP) or `insufficient_quota`; at most one audit event per key
 and minute. Precedence and reasoning: docs/limiter.md.
 """
@@ -29,6 +29,29 @@ from infra.db import when_unlocked
 from infra.errors import ApplicationError
 from metering import limiter, quota
 from metering.ip_limit import current_rate, ip_check_finish, ip_check_start
+from metering.usage import (
+    INTERRUPTED,
+    INTERRUPTED_STATUS,
+    UsageEventData,
+    ausage_emit,
+    inflight,
+    marker,
+)
+
+# The gateway's hot path imports metering through this module alone.
+__all__ = [
+    "INTERRUPTED",
+    "INTERRUPTED_STATUS",
+    "Admission",
+    "IpGate",
+    "UsageEventData",
+    "aadmit",
+    "ausage_emit",
+    "inflight",
+    "limiter",
+    "marker",
+    "rate_limit_headers",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from django.utils import timezone
 
 class UsageEvent(models.Model):
     """One authenticated /v1 request: what it used and what it cost. Written in batches off the
-    request path (metering/events.py); `request_id` is unique, so a replayed batch is harmless."""
+    request path (metering/usage/); `request_id` is unique, so a replayed batch is harmless."""
 
     request_id = models.CharField(
         max_length=100, unique=True, help_text="The request's X-Request-ID; the idempotency key."

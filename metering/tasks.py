@@ -4,8 +4,7 @@ import logging
 
 from celery import shared_task
 
-from metering.reaper import usage_reap
-from metering.services import usage_drain
+from metering.usage import usage_drain, usage_reap
 
 logger = logging.getLogger(__name__)
 

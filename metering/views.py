@@ -7,18 +7,21 @@ from datetime import datetime
 from decimal import Decimal
 from urllib.parse import urlencode
 
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 
 from accounts.selectors import organization_members
 from accounts.tenancy import organization_required
-from keys.selectors import api_key_list
+from infra.errors import ApplicationError
+from keys.selectors import api_key_effective_scopes, api_key_get, api_key_list
 from metering.models import UsageRollup
 from metering.rollups import ranges
 from metering.rollups.selectors import rollup_models, usage_series
-from metering.selectors import organization_limit_overview
+from metering.selectors import organization_limit_overview, usage_totals
 
 GROUPS = {"model": "model", "key": "key"}
 # (series field, chart title, unit)
@@ -68,26 +71,17 @@ def _summary(title: str, unit: str, rows: list[dict], names: list[str], label) -
     )
 
 
-@organization_required
-def usage_page(request: HttpRequest) -> HttpResponse:
-    organization = request.organization
-    chosen = ranges.resolve(
-        request.GET.get("range"), request.GET.get("start"), request.GET.get("end"), timezone.now()
-    )
-    group_by = GROUPS.get(request.GET.get("group", ""), "model")
-    keys = list(api_key_list(organization=organization).order_by("name", "key_id"))
-    models = rollup_models(organization=organization)
-    key_id = request.GET.get("key", "")
-    key_id = key_id if any(key.key_id == key_id for key in keys) else ""
-    model = request.GET.get("model", "")
-    model = model if model in models else ""
+def _usage_context(
+    organization, chosen: ranges.Range, group_by: str, key_ids=None, models=None
+) -> dict:
+    """The charts, their tables and summaries, and the data the charts draw (usage.js)."""
     query = {
         "organization": organization,
         "start": chosen.start,
         "end": chosen.end,
         "granularity": chosen.granularity,
-        "key_ids": [key_id] if key_id else None,
-        "models": [model] if model else None,
+        "key_ids": key_ids,
+        "models": models,
     }
     grouped = usage_series(group_by=group_by, **query)
     overall = usage_series(**query)
@@ -144,10 +138,10 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         "granularity": chosen.granularity,
         "group_by": group_by,
     }
-    if key_id:
-        api_query["key"] = key_id
-    if model:
-        api_query["model"] = model
+    if key_ids:
+        api_query["key"] = key_ids[0]
+    if models:
+        api_query["model"] = models[0]
     chart_data = {
         "buckets": [
             int(datetime.fromisoformat(b.replace("Z", "+00:00")).timestamp())
@@ -168,32 +162,104 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "error_rate": [row["error_rate"] * 100 for row in latency_rows],
         },
     }
+    return {
+        "range": chosen,
+        "group_by": group_by,
+        "names": names,
+        "charts": charts,
+        "latency_rows": latency_rows,
+        "latency_summary": latency_summary,
+        "totals": totals,
+        "csv_url": f"{reverse('api-usage-csv')}?{urlencode(api_query)}",
+        "api_url": f"{reverse('api-usage')}?{urlencode(api_query)}",
+        "chart_data": chart_data,
+    }
+
+
+@organization_required
+def usage_page(request: HttpRequest) -> HttpResponse:
+    organization = request.organization
+    chosen = ranges.resolve(
+        request.GET.get("range"), request.GET.get("start"), request.GET.get("end"), timezone.now()
+    )
+    group_by = GROUPS.get(request.GET.get("group", ""), "model")
+    keys = list(api_key_list(organization=organization).order_by("name", "key_id"))
+    models = rollup_models(organization=organization)
+    key_id = request.GET.get("key", "")
+    key_id = key_id if any(key.key_id == key_id for key in keys) else ""
+    model = request.GET.get("model", "")
+    model = model if model in models else ""
+    context = _usage_context(
+        organization,
+        chosen,
+        group_by,
+        key_ids=[key_id] if key_id else None,
+        models=[model] if model else None,
+    )
     return render(
         request,
         "dashboard/usage.html",
         {
-            "range": chosen,
+            **context,
             "presets": ranges.PRESETS,
-            "group_by": group_by,
             "keys": keys,
             "models": models,
             "key_id": key_id,
             "model": model,
-            "names": names,
-            "charts": charts,
-            "latency_rows": latency_rows,
-            "latency_summary": latency_summary,
-            "totals": totals,
-            "csv_url": f"{reverse('api-usage-csv')}?{urlencode(api_query)}",
-            "api_url": f"{reverse('api-usage')}?{urlencode(api_query)}",
-            "chart_data": chart_data,
         },
+    )
+
+
+@never_cache
+@organization_required
+def key_detail(request: HttpRequest, ident: str) -> HttpResponse:
+    """A key: its settings, limits, rotation lineage, and its usage over the last 30 days."""
+    organization = request.organization
+    try:
+        key = api_key_get(organization=organization, ident=ident)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return redirect("dashboard:keys")
+    chosen = ranges.resolve("30d", None, None, timezone.now())
+    context = _usage_context(organization, chosen, "model", key_ids=[key.key_id])
+    rotated_to = getattr(key, "rotated_to", None)  # None when it was never rotated
+    return render(
+        request,
+        "keys/detail.html",
+        {
+            **context,
+            "key": key,
+            "effective_scopes": sorted(api_key_effective_scopes(key)),
+            "inactive_scopes": sorted(set(key.scopes) - api_key_effective_scopes(key)),
+            "limits": key.effective_limits(organization.plan),
+            "overrides": {field: getattr(key, field) for field in key.LIMIT_FIELDS},
+            "rotated_to": rotated_to,
+            "now": timezone.now(),
+        },
+    )
+
+
+def _sparkline(values: list, width: int = 300, height: int = 48) -> str:
+    """SVG polyline points of `values` scaled into width x height (2 px margin)."""
+    top = max(values) or 1
+    step = width / max(len(values) - 1, 1)
+    return " ".join(
+        f"{index * step:.1f},{height - 2 - (value / top) * (height - 4):.1f}"
+        for index, value in enumerate(values)
     )
 
 
 @organization_required
 def overview(request: HttpRequest) -> HttpResponse:
     organization = request.organization
+    last_30 = ranges.resolve("30d", None, None, timezone.now())
+    daily = usage_series(
+        organization=organization, start=last_30.start, end=last_30.end, granularity=UsageRollup.DAY
+    )
+    per_day = {point["bucket"]: point["requests"] for point in daily["data"]}
+    requests = [per_day.get(bucket, 0) for bucket in daily["buckets"]]
+    busiest = max(range(len(requests)), key=requests.__getitem__) if any(requests) else None
+    used = UsageRollup.objects.filter(organization=organization).exists()
     return render(
         request,
         "dashboard/overview.html",
@@ -201,5 +267,16 @@ def overview(request: HttpRequest) -> HttpResponse:
             "plan": organization.plan,
             "members": organization_members(organization=organization),
             "limits": organization_limit_overview(organization),
+            "spend": usage_totals(organization=organization),
+            "sparkline": {
+                "points": _sparkline(requests),
+                "total": sum(requests),
+                "cost": daily["totals"]["cost"],
+                "busiest": daily["buckets"][busiest][:10] if busiest is not None else None,
+                "busiest_requests": requests[busiest] if busiest is not None else 0,
+                "first": daily["buckets"][0][:10],
+            },
+            "onboarding": not used,
+            "has_key": api_key_list(organization=organization).exists(),
         },
     )

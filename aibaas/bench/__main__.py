@@ -11,7 +11,7 @@ import secrets
 import sys
 import tempfile
 
-BENCHES = ["keys", "limiter", "gateway"]
+BENCHES = ["keys", "limiter", "gateway", "usage"]
 
 
 def _setup_django() -> None:

@@ -1,29 +1,36 @@
 """A fast fake OpenAI-compatible upstream (raw ASGI), for `make bench` and the gateway tests.
 
-Behaviour per request, chosen by the upstream model name the gateway sends:
-- "fake"            answers at once (chat and embeddings), with usage;
-- "fake-no-usage"   answers without a usage object (the gateway must estimate);
-- "fake-500"        answers 500 (the gateway retries / falls back);
-- "fake-400"        answers 400 with an OpenAI-shaped error (passed on to the client);
-- "fake-echo-auth"  answers with the Authorization header it received as the content;
-- "fake-hang"       never answers (the gateway's read timeout must fire);
-- "fake-slow"       streams: first token after FIRST_TOKEN_DELAY s, then tokens over STREAM_SECONDS;
-- "fake-<status>"   (any other 4xx/5xx, e.g. "fake-401", "fake-429") answers that status with an
-                    OpenAI-shaped error whose message holds what must never reach a customer
-                    (UPSTREAM_SECRET and the key it received) and `param: "messages"`; each such
-                    answer is counted in `errors_served`;
-- "fake-json-stream", "fake-html-stream"  answer a stream request with a 200 JSON body / HTML page;
-- "fake-no-done"    streams the answer without usage and closes without `data: [DONE]`;
-- "fake-error-mid-stream"  streams two chunks, then an error event, and closes;
-- "fake-<kind>-usage" (negative, string, float, huge) reports that nonsense usage, both ways.
-Streaming honours `stream_options.include_usage`. Run it: `python -m aibaas.bench.fake_upstream
---port 9100` (uvicorn), or in-process with `serve_in_thread()`.
+What it answers is chosen by the upstream model name the gateway sends (the table below):
+answers at once, slow streams, errors, broken streams, nonsense usage. Streaming honours
+`stream_options.include_usage`. Run it: `python -m aibaas.bench.fake_upstream --port 9100`
+(uvicorn), or in-process with `serve_in_thread()`.
 """
 
 import asyncio
 import json
 import threading
 import time
+
+# Behaviour per upstream model name:
+# - "fake"            answers at once (chat and embeddings), with usage;
+# - "fake-no-usage"   answers without a usage object (the gateway must estimate);
+# - "fake-500"        answers 500 (the gateway retries / falls back);
+# - "fake-400"        answers 400 with an OpenAI-shaped error (passed on to the client);
+# - "fake-echo-auth"  answers with the Authorization header it received as the content;
+# - "fake-hang"       never answers (the gateway's read timeout must fire);
+# - "fake-slow"       streams: first token after FIRST_TOKEN_DELAY s, then tokens over
+#                     STREAM_SECONDS;
+# - "fake-<status>"   (any other 4xx/5xx, e.g. "fake-401", "fake-429") answers that status with
+#                     an OpenAI-shaped error whose message holds what must never reach a
+#                     customer (UPSTREAM_SECRET and the key it received) and
+#                     `param: "messages"`; each such answer is counted in `errors_served`;
+# - "fake-json-stream", "fake-html-stream": answer a stream request with a 200 JSON body / an
+#                     HTML page;
+# - "fake-no-done"    streams the answer without usage and closes without `data: [DONE]`;
+# - "fake-error-mid-stream": streams two chunks, then an error event, and closes;
+# - "fake-<kind>-usage" (negative, string, float, huge) reports that nonsense usage, both ways.
+# `GET .../models` lists FAKE_MODELS. Any request with the key REJECTED_KEY gets OpenAI's 401,
+# whose message quotes the key (as OpenAI's does).
 
 FIRST_TOKEN_DELAY = 1.0
 STREAM_SECONDS = 2.0
@@ -32,6 +39,8 @@ STREAM_TOKENS = 20
 _REPLY = "The quick brown fox jumps over the lazy dog."
 _DONE = b"data: [DONE]\n\n"
 UPSTREAM_SECRET = "org-upstreamsecret"
+REJECTED_KEY = "sk-rejected-by-the-fake-upstream"
+FAKE_MODELS = ("fake", "fake-no-usage", "fake-slow")
 
 _BAD_USAGE = {
     "fake-negative-usage": {"prompt_tokens": -500, "completion_tokens": 10, "total_tokens": -490},
@@ -98,15 +107,20 @@ async def _error(scope, send, model: str, status: int) -> None:
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
-def _chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
+def _chunk(model: str, choices: list, **extra) -> bytes:
     payload = {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "choices": choices,
+        **extra,
     }
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _delta(model: str, delta: dict, finish: str | None = None) -> bytes:
+    return _chunk(model, [{"index": 0, "delta": delta, "finish_reason": finish}])
 
 
 async def _read_body(receive) -> bytes:
@@ -118,74 +132,85 @@ async def _read_body(receive) -> bytes:
             return b"".join(chunks)
 
 
+async def _lifespan(receive, send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _send(send, status: int, body: bytes, kind: bytes = b"application/json") -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await _lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     raw = await _read_body(receive)
+    if dict(scope["headers"]).get(b"authorization") == f"Bearer {REJECTED_KEY}".encode():
+        message = f"Incorrect API key provided: {REJECTED_KEY}."
+        body = {"error": {"message": message, "type": "invalid_request_error", "code": "401"}}
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+        return
+    if scope["method"] == "GET" and scope["path"].endswith("/models"):
+        data = [{"id": m, "object": "model", "owned_by": "fake"} for m in FAKE_MODELS]
+        await _send(send, 200, json.dumps({"object": "list", "data": data}).encode())
+        return
     try:
         request = json.loads(raw or b"{}")
     except ValueError:
         request = {}
     model = request.get("model", "fake")
-    headers = [(b"content-type", b"application/json")]
-
-    if model == "fake-hang":
-        await asyncio.sleep(3600)
-        return
-    if model == "fake-400":
-        await send({"type": "http.response.start", "status": 400, "headers": headers})
-        body = b'{"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}'
-        await send({"type": "http.response.body", "body": body})
-        return
-    if model == "fake-echo-auth":
-        auth = dict(scope["headers"]).get(b"authorization", b"").decode()
-        reply = json.loads(_chat_body(model, True))
-        reply["choices"][0]["message"]["content"] = auth
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": json.dumps(reply).encode()})
-        return
-    if model == "fake-500":
-        await send({"type": "http.response.start", "status": 500, "headers": headers})
-        await send({"type": "http.response.body", "body": b'{"error": {"message": "boom"}}'})
-        return
-    if (status := _error_status(model)) is not None:
-        await _error(scope, send, model, status)
-        return
-    if request.get("stream") and model in ("fake-json-stream", "fake-html-stream"):
-        html = model == "fake-html-stream"
-        kind = b"text/html" if html else b"application/json"
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]}
-        )
-        await send(
-            {"type": "http.response.body", "body": _HTML if html else _chat_body(model, True)}
-        )
+    if await _special(scope, send, model, request):
         return
     if scope["path"].endswith("/embeddings"):
         inputs = request.get("input", "")
         inputs = inputs if isinstance(inputs, list) else [inputs]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": _embedding_body(model, inputs)})
-        return
-    if not request.get("stream"):
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": _chat_body(model, model != "fake-no-usage")}
-        )
-        return
-
-    include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-    if model == "fake-error-mid-stream":
+        await _send(send, 200, _embedding_body(model, inputs))
+    elif not request.get("stream"):
+        await _send(send, 200, _chat_body(model, model != "fake-no-usage"))
+    elif model == "fake-error-mid-stream":
         await _error_mid_stream(send, model)
-        return
+    else:
+        await _stream(send, model, request)
+
+
+async def _special(scope, send, model: str, request: dict) -> bool:
+    """The models that answer something else than a completion; True when one did."""
+    if model == "fake-hang":
+        await asyncio.sleep(3600)
+    elif model == "fake-400":
+        body = b'{"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}'
+        await _send(send, 400, body)
+    elif model == "fake-echo-auth":
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+        reply = json.loads(_chat_body(model, True))
+        reply["choices"][0]["message"]["content"] = auth
+        await _send(send, 200, json.dumps(reply).encode())
+    elif model == "fake-500":
+        await _send(send, 500, b'{"error": {"message": "boom"}}')
+    elif (status := _error_status(model)) is not None:
+        await _error(scope, send, model, status)
+    elif request.get("stream") and model == "fake-html-stream":
+        await _send(send, 200, _HTML, b"text/html")
+    elif request.get("stream") and model == "fake-json-stream":
+        await _send(send, 200, _chat_body(model, True))
+    else:
+        return False
+    return True
+
+
+async def _stream(send, model: str, request: dict) -> None:
     slow = model == "fake-slow"
     tokens = _REPLY.split(" ") if not slow else [f"tok{i} " for i in range(STREAM_TOKENS)]
     await send(
@@ -195,61 +220,33 @@ async def app(scope, receive, send):
             "headers": [(b"content-type", b"text/event-stream")],
         }
     )
+
+    async def event(body: bytes) -> None:
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+
     if slow:
         await asyncio.sleep(FIRST_TOKEN_DELAY)
-    await send(
-        {
-            "type": "http.response.body",
-            "body": _chunk(model, {"role": "assistant", "content": ""}),
-            "more_body": True,
-        }
-    )
+    await event(_delta(model, {"role": "assistant", "content": ""}))
     for i, token in enumerate(tokens):
-        text = token if slow else (token if i == len(tokens) - 1 else token + " ")
-        await send(
-            {
-                "type": "http.response.body",
-                "body": _chunk(model, {"content": text}),
-                "more_body": True,
-            }
+        await event(
+            _delta(model, {"content": token if slow or i == len(tokens) - 1 else token + " "})
         )
         if slow:
             await asyncio.sleep(STREAM_SECONDS / STREAM_TOKENS)
-    await send({"type": "http.response.body", "body": _chunk(model, {}, "stop"), "more_body": True})
+    await event(_delta(model, {}, "stop"))
+    include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
     if include_usage and model not in ("fake-no-usage", "fake-no-done"):
-        usage = _BAD_USAGE.get(
-            model,
-            {
-                "prompt_tokens": 12,
-                "completion_tokens": len(tokens),
-                "total_tokens": 12 + len(tokens),
-            },
-        )
-        payload = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [],
-            "usage": usage,
-        }
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b"data: " + json.dumps(payload).encode() + b"\n\n",
-                "more_body": True,
-            }
-        )
+        usage = {"prompt_tokens": 12, "completion_tokens": len(tokens)}
+        usage["total_tokens"] = 12 + len(tokens)
+        await event(_chunk(model, [], usage=_BAD_USAGE.get(model, usage)))
     await send({"type": "http.response.body", "body": b"" if model == "fake-no-done" else _DONE})
 
 
 async def _error_mid_stream(send, model: str) -> None:
-    events = [_chunk(model, {"role": "assistant", "content": ""}), _chunk(model, {"content": "Hi"})]
+    events = [_delta(model, {"role": "assistant", "content": ""}), _delta(model, {"content": "Hi"})]
     error = {"error": {"message": f"CUDA out of memory on {UPSTREAM_SECRET}", "type": "server"}}
     events.append(b"data: " + json.dumps(error).encode() + b"\n\n")
-    headers = [(b"content-type", b"text/event-stream")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": b"".join(events)})
+    await _send(send, 200, b"".join(events), b"text/event-stream")
 
 
 class ThreadedServer:

@@ -43,76 +43,66 @@ def _us(ns: float) -> str:
     return f"{ns / 1000:.1f}"
 
 
-def run() -> None:
-    from accounts.actors import Actor
-    from accounts.models import Organization
-    from billing.models import Plan
-    from billing.services import plan_seed_defaults
+_WRONG_HEADER = [
+    "argon2 params",
+    "max concurrent",
+    "wall time",
+    "peak RSS growth",
+    "unbounded would be",
+    "outcomes",
+]
+
+
+def _timed(times: int, check, before=None, refused: bool = False) -> list[int]:
+    """Nanoseconds of `times` calls of `check`, each after `before` when given (untimed). A
+    refusal is an answer when `refused`, else an error."""
+    from keys.verification import KeyRejected
+
+    elapsed = []
+    for _ in range(times):
+        if before is not None:
+            before()
+        start = time.perf_counter_ns()
+        with contextlib.suppress(KeyRejected) if refused else contextlib.nullcontext():
+            check()
+        elapsed.append(time.perf_counter_ns() - start)
+    return elapsed
+
+
+def _per_check(raw: str) -> None:
+    """Each verification path's time per check, and the SQL queries of the warm path."""
     from keys import format as key_format
     from keys import verification
-    from keys.services import api_key_create
-    from keys.verification import KeyRejected, authenticate_key
+    from keys.verification import authenticate_key
 
-    plan_seed_defaults()
-    org, _ = Organization.objects.get_or_create(
-        slug="bench-keys",
-        defaults={"name": "Bench keys", "plan": Plan.objects.get(slug="enterprise")},
-    )
-    actor = Actor.for_system("bench")
-    raw = api_key_create(organization=org, name="bench", actor=actor).raw_key
     parsed = key_format.parse(raw)
-
     # Cold: nothing cached anywhere: one SQL query + one argon2id run.
-    cold = []
-    for _ in range(COLD_CHECKS):
-        verification.forget(parsed.key_id)
-        start = time.perf_counter_ns()
-        authenticate_key(raw)
-        cold.append(time.perf_counter_ns() - start)
-
+    cold = _timed(
+        COLD_CHECKS, lambda: authenticate_key(raw), lambda: verification.forget(parsed.key_id)
+    )
     # Warm: the normal case. Per-process layer, refreshed from the cache every API_KEY_LOCAL_TTL.
     authenticate_key(raw)
-    warm = []
     with CaptureQueriesContext(connection) as queries:
-        for _ in range(WARM_CHECKS):
-            start = time.perf_counter_ns()
-            authenticate_key(raw)
-            warm.append(time.perf_counter_ns() - start)
-    warm_sql = len(queries)
-
+        warm = _timed(WARM_CHECKS, lambda: authenticate_key(raw))
     # Shared-cache layer only (what a check costs right after the local entry expired).
-    shared = []
-    for _ in range(2_000):
-        verification.clear_local()
-        start = time.perf_counter_ns()
-        authenticate_key(raw)
-        shared.append(time.perf_counter_ns() - start)
-
+    shared = _timed(2_000, lambda: authenticate_key(raw), verification.clear_local)
     # Wrong secret for a key whose verifier is cached: one HMAC, no argon2.
     wrong = key_format.generate(key_id=parsed.key_id).raw
-    wrong_times = []
-    for _ in range(5_000):
-        start = time.perf_counter_ns()
-        with contextlib.suppress(KeyRejected):
-            authenticate_key(wrong)
-        wrong_times.append(time.perf_counter_ns() - start)
-
     # Malformed key: refused by the checksum before any I/O.
     malformed = raw[:-1] + ("A" if raw[-1] != "A" else "B")
-    bad_times = []
-    for _ in range(20_000):
-        start = time.perf_counter_ns()
-        with contextlib.suppress(KeyRejected):
-            authenticate_key(malformed)
-        bad_times.append(time.perf_counter_ns() - start)
-
     rows = []
     for name, values in [
         ("cold (SQL + argon2id)", cold),
         ("warm (per-process layer)", warm),
         ("warm (shared cache layer)", shared),
-        ("wrong secret, verifier cached", wrong_times),
-        ("malformed key (checksum)", bad_times),
+        (
+            "wrong secret, verifier cached",
+            _timed(5_000, lambda: authenticate_key(wrong), refused=True),
+        ),
+        (
+            "malformed key (checksum)",
+            _timed(20_000, lambda: authenticate_key(malformed), refused=True),
+        ),
     ]:
         s = summary(values)
         rows.append([name, s["n"], _us(s["p50"]), _us(s["p95"]), _us(s["p99"]), _us(s["mean"])])
@@ -121,12 +111,46 @@ def run() -> None:
         ["path", "n", "p50", "p95", "p99", "mean"],
         rows,
     )
-    print(f"SQL queries during {WARM_CHECKS} warm checks: {warm_sql}")
+    print(f"SQL queries during {WARM_CHECKS} warm checks: {len(queries)}")
     warm_s = summary(warm)
-    verdict = warm_s["p50"] <= 50_000 and warm_s["p99"] <= 200_000 and warm_sql == 0
+    verdict = warm_s["p50"] <= 50_000 and warm_s["p99"] <= 200_000 and len(queries) == 0
     print(f"budget warm p50 <= 50 us, p99 <= 200 us, 0 SQL: {'PASS' if verdict else 'FAIL'}")
 
-    # 100 concurrent wrong secrets for 100 different cold keys (verifiers not cached).
+
+def _attack(candidates: list[str]) -> tuple[list[str], float]:
+    """Every candidate checked at once, one thread each: (their outcomes, the wall time)."""
+    from keys.verification import KeyRejected, authenticate_key
+
+    barrier = threading.Barrier(len(candidates))
+    outcomes: list[str] = []
+
+    def attack(candidate: str) -> None:
+        barrier.wait()
+        try:
+            authenticate_key(candidate)
+            outcomes.append("accepted")
+        except KeyRejected as rejected:
+            outcomes.append(rejected.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attack, args=(c,)) for c in candidates]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes, time.perf_counter() - start
+
+
+def _concurrent_wrong(org, actor) -> None:
+    """CONCURRENT_WRONG wrong secrets at once for as many cold keys (verifiers not cached): the
+    time, the peak memory growth and the outcomes."""
+    from keys import format as key_format
+    from keys import verification
+    from keys.services import api_key_create
+    from keys.verification import authenticate_key
+
     keys = [
         api_key_create(organization=org, name=f"cold-{i}", actor=actor, check_quota=False)
         for i in range(CONCURRENT_WRONG)
@@ -140,38 +164,12 @@ def run() -> None:
     rss_before = _proc_status_kib("VmRSS")
     exact = _reset_hwm()
     hwm_before = _proc_status_kib("VmHWM")
-    barrier = threading.Barrier(CONCURRENT_WRONG)
-    outcomes: list[str] = []
-
-    def attack(candidate: str) -> None:
-        barrier.wait()
-        try:
-            authenticate_key(candidate)
-            outcomes.append("accepted")
-        except KeyRejected as rejected:
-            outcomes.append(rejected.code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=attack, args=(c,)) for c in wrong_cold]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    outcomes, elapsed = _attack(wrong_cold)
     peak = _proc_status_kib("VmHWM") - (hwm_before if exact else rss_before)
     unbounded = CONCURRENT_WRONG * params["memory_cost"]
     table(
         f"{CONCURRENT_WRONG} concurrent wrong secrets for cold keys",
-        [
-            "argon2 params",
-            "max concurrent",
-            "wall time",
-            "peak RSS growth",
-            "unbounded would be",
-            "outcomes",
-        ],
+        _WRONG_HEADER,
         [
             [
                 f"t={params['time_cost']} m={params['memory_cost'] // 1024} MiB "
@@ -186,3 +184,20 @@ def run() -> None:
     )
     for k in keys:
         verification.forget(k.api_key.key_id)
+
+
+def run() -> None:
+    from accounts.actors import Actor
+    from accounts.models import Organization
+    from billing.models import Plan
+    from billing.services import plan_seed_defaults
+    from keys.services import api_key_create
+
+    plan_seed_defaults()
+    org, _ = Organization.objects.get_or_create(
+        slug="bench-keys",
+        defaults={"name": "Bench keys", "plan": Plan.objects.get(slug="enterprise")},
+    )
+    actor = Actor.for_system("bench")
+    _per_check(api_key_create(organization=org, name="bench", actor=actor).raw_key)
+    _concurrent_wrong(org, actor)

@@ -1,17 +1,11 @@
-"""The limiter's cost per request: the whole admission of one /v1 request as the gateway makes
-it (metering.admission.aadmit: the per-IP layer, the key's four windows — requests/min,
-requests/day, tokens/min, tokens/day — and the organization's monthly quota, then the
-settlement with the tokens used), on the asyncio path the gateway uses, one request at a time.
+"""The limiter's cost per request: the whole admission of one /v1 request as the gateway makes it
+(metering.admission.aadmit: the per-IP layer, the key's four windows and the organization's
+monthly quota, then the settlement), on the gateway's asyncio path, one request at a time.
 
-Counted, not estimated:
-- Redis round trips: the client's writes to its Redis connections (each pipeline is one write
-  and one wait), wrapped around redis.asyncio's Connection.send_packed_command for the run;
-- Redis commands: what Redis itself reports (INFO commandstats: EVALSHA calls, which cover
-  the per-IP script and the windows' script), before and after;
-- PostgreSQL statements: the quota's statements (metering/quota/batched.py), per request.
-
+Counted, not estimated: Redis round trips (writes to its connections: each pipeline is one),
+Redis commands (INFO commandstats, before and after) and the quota's PostgreSQL statements.
 Budget (issue 5): 1 Redis round trip per request. Without REDIS_URL the in-process limiter is
-measured alone (no Redis, no round trip).
+measured alone.
 """
 
 import asyncio
@@ -56,7 +50,7 @@ class _Counter:
 
 
 def _context(organization_id: int, limits: dict):
-    from keys.verification import KeyContext
+    from keys.context import KeyContext
 
     return KeyContext(
         pk=0,
@@ -121,11 +115,39 @@ def _row(label: str, times: list[int], round_trips, commands, statements) -> lis
     ]
 
 
-def run() -> None:
+def _shared(organization_id: int) -> tuple[list, bool]:
+    """The row of the shared limiter (Redis and PostgreSQL) and whether it keeps to one Redis
+    round trip per request."""
     import redis.asyncio.connection as redis_connection
 
-    from metering import ip_limit, limiter
+    from infra.redis_clients import redis_client
+    from metering import limiter
     from metering.quota import batched
+
+    context = _context(organization_id, LIMITS)
+    asyncio.run(_admissions(context, 200))  # scripts loaded, pools warm, a quota lease
+    client = redis_client()
+    before = _commands(client)
+    with (
+        _Counter(redis_connection.Connection, "send_packed_command") as sent,
+        _Counter(batched._Connections, "fetchone") as statements,
+    ):
+        times = asyncio.run(_admissions(context, REQUESTS))
+    commands = (_commands(client) - before) / REQUESTS
+    round_trips = sent.calls / REQUESTS
+    row = _row(
+        "Redis + PostgreSQL (all limits, settled)",
+        times,
+        f"{round_trips:.2f}",
+        f"{commands:.2f}",
+        f"{statements.calls / REQUESTS:.3f}",
+    )
+    limiter.reset(context.key_id)
+    return row, round(round_trips, 2) <= 1.0
+
+
+def run() -> None:
+    from metering import ip_limit
 
     settings.GATEWAY_IP_RATE = "1000000000/m"  # counted, never reached
     ip_limit.reset_state()
@@ -133,30 +155,8 @@ def run() -> None:
     rows = []
     verdict = None
     if settings.REDIS_URL:
-        from infra.redis_clients import redis_client
-
-        context = _context(organization_id, LIMITS)
-        asyncio.run(_admissions(context, 200))  # scripts loaded, pools warm, a quota lease
-        client = redis_client()
-        before = _commands(client)
-        with (
-            _Counter(redis_connection.Connection, "send_packed_command") as sent,
-            _Counter(batched._Connections, "fetchone") as statements,
-        ):
-            times = asyncio.run(_admissions(context, REQUESTS))
-        commands = (_commands(client) - before) / REQUESTS
-        round_trips = sent.calls / REQUESTS
-        rows.append(
-            _row(
-                "Redis + PostgreSQL (all limits, settled)",
-                times,
-                f"{round_trips:.2f}",
-                f"{commands:.2f}",
-                f"{statements.calls / REQUESTS:.3f}",
-            )
-        )
-        limiter.reset(context.key_id)
-        verdict = round(round_trips, 2) <= 1.0
+        row, verdict = _shared(organization_id)
+        rows.append(row)
     # The embedded default: the same limiter in the process (the quota is measured with the
     # database the bench runs on, in a worker thread unless it is PostgreSQL).
     saved = settings.REDIS_URL

@@ -1,12 +1,12 @@
 import os
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
 from django.forms.models import BaseInlineFormSet
 
 from aibaas.gateway.models import AIModel, Upstream, check_upstream_set
-from aibaas.gateway.services import model_registry_invalidate
+from aibaas.gateway.services import model_connection_test, model_registry_invalidate
 from billing.models import ModelPrice
 
 
@@ -80,6 +80,7 @@ class AIModelAdmin(admin.ModelAdmin):
     search_fields = ["name", "description", "upstreams__upstream_model", "upstreams__base_url"]
     readonly_fields = ["created_at", "updated_at"]
     inlines = [UpstreamInline, ModelPriceInline]
+    actions = ["test_connection"]
     fieldsets = (
         (None, {"fields": ("name", "kind", "provider", "enabled", "description")}),
         (
@@ -128,6 +129,24 @@ class AIModelAdmin(admin.ModelAdmin):
     def output_price(self, obj: AIModel):
         price = self._price(obj)
         return "-" if price is None else price.output_per_million.normalize()
+
+    @admin.action(description="Test connection to the selected models' upstreams")
+    def test_connection(self, request, queryset):
+        """Each upstream's /models and one token of work, reported as one message each."""
+        for model in queryset.order_by("name"):
+            results = model_connection_test(model=model)
+            if not results:
+                self.message_user(
+                    request, f"{model.name}: no upstream to test (built in).", messages.INFO
+                )
+            for upstream, steps in results:
+                ok = all(step.ok for step in steps)
+                lines = "; ".join(str(step) for step in steps)
+                self.message_user(
+                    request,
+                    f"{model.name} → {upstream}: {'OK' if ok else 'FAILED'}: {lines}",
+                    messages.SUCCESS if ok else messages.ERROR,
+                )
 
     # Every write path of the admin forgets the per-process registry and price snapshots.
     def save_related(self, request, form, formsets, change):

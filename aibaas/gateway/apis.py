@@ -12,8 +12,8 @@ from accounts.selectors import organization_get
 from billing.selectors import billing_notice
 from infra.schema import errors
 from keys.authentication import ApiKeyAuthentication
+from keys.context import KeyContext
 from keys.permissions import HasApiKey
-from keys.verification import KeyContext
 from metering.selectors import (
     MONTH_PATTERN,
     key_limit_status,

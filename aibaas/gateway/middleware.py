@@ -3,13 +3,9 @@ handler (aibaas/gateway/asgi.py) and by this middleware for what Django serves u
 
 The id is the client's X-Request-ID when it is 1-100 characters of [A-Za-z0-9._-], else a new
 one: 32 hex characters, a random prefix per process and a counter (unique like a uuid4, without
-uuid4's read of the kernel's randomness per request: ~20 µs each on this VM, which adds up in a
-burst of 500 requests). The usage event of the request needs an id unique per request (it is
-the event's idempotency key): a client-chosen id could repeat and would then hide later
-requests from billing, so the event's id is the client's id (up to 67 characters) plus ":" and
-a new id when the client chose one. Django's requests under /v1 get `request.request_id`.
-
-Sync and async capable: under ASGI it adds no thread hop.
+its read of the kernel's randomness: docs/gateway-performance.md). The usage event's id must be
+unique per request (its idempotency key): when the client chose the id, it is the client's id
+(up to 67 characters), ":" and a new id. Sync and async capable: no thread hop under ASGI.
 """
 
 import itertools

@@ -1,49 +1,37 @@
 """One /v1 inference request, framework-light: the ASGI handler (aibaas/gateway/asgi.py) hands
 over an `Inbound` and sends the `Reply`.
 
-per-IP limit → auth (keys.verification, async) → scope → body (size, JSON, validation) → model
-(registry: exists, allow-list, test mode, kind) → admission (metering/admission.py: the key's
-sliding windows in one Redis round trip, the organization's monthly quota; 429 otherwise) →
-response cache → provider → one usage event, which also settles the token windows and quota
-with the tokens really used. Every reply after admission carries the rate-limit headers.
-
-Every request that got past authentication leaves exactly one usage event, failed ones too
-(their status, 0 tokens). A stream records its event when it ends, however it ends: the last
-chunk, an upstream error, or the client hanging up (the generator is closed or cancelled; the
-event is then written by a task of its own that the cancellation cannot reach).
+per-IP limit → auth (keys.verification) → scope → body → model (registry: exists, allow-list,
+test mode, kind) → admission (metering/admission.py: the key's windows, the organization's
+quota; 429 otherwise) → response cache → provider → one usage event (aibaas/gateway/call.py).
+Invariants: every request past authentication leaves exactly one usage event, failed ones and
+streams cut short too (aibaas/gateway/streaming.py); every reply after admission carries the
+rate-limit headers; a per-IP refusal wins over any other answer.
 """
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from django.utils import timezone
-
-from aibaas.gateway import response_cache, streaming, validation
+from aibaas.gateway import request_log, response_cache, streaming, validation
+from aibaas.gateway.call import UNKNOWN_MODEL, Call
 from aibaas.gateway.providers import provider_for
-from aibaas.gateway.providers.base import ModelSpec, Usage
+from aibaas.gateway.providers.base import ModelSpec, ProviderResult
 from aibaas.gateway.registry import amodel_spec, amodels_for_key, key_may_use
 from aibaas.gateway.tokenizer import (
     count_chat_tokens,
     estimate_chat_tokens,
     estimate_embedding_tokens,
 )
-from billing.pricing import ZERO_COST, acost_for
-from infra.errors import INTERNAL_ERROR, INVALID_REQUEST, ApplicationError
-from infra.http import canonical_ip
+from infra.errors import INVALID_REQUEST, ApplicationError
 from keys.authentication import CHALLENGE
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
 from keys.touch import note_key_use
 from keys.verification import INVALID_API_KEY, MISSING_KEY_MESSAGE, aauthenticate_key
-from metering import inflight, limiter
-from metering.admission import Admission, IpGate, aadmit, rate_limit_headers
-from metering.events import UsageEventData, ausage_emit
-from metering.reaper import INTERRUPTED, INTERRUPTED_STATUS, marker
+from metering.admission import IpGate, limiter, rate_limit_headers
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +39,6 @@ MODEL_NOT_FOUND = "model_not_found"
 INFERENCE_SCOPE = "inference"
 CHAT = "chat.completions"
 EMBEDDINGS = "embeddings"
-UNKNOWN_MODEL = "unknown"
-CLIENT_CLOSED = streaming.CLIENT_CLOSED
-# The error code of an event whose answer had none of its own (a stream's end, a crash).
-CLIENT_CLOSED_CODE = "client_closed_request"
-_STATUS_CODES = {
-    CLIENT_CLOSED: CLIENT_CLOSED_CODE,
-    500: INTERNAL_ERROR,
-    502: "upstream_error",
-    504: "upstream_timeout",
-    INTERRUPTED_STATUS: INTERRUPTED,
-}
 
 
 @dataclass(slots=True)
@@ -102,164 +79,8 @@ async def authenticate(inbound: Inbound):
         raise ApplicationError(INVALID_API_KEY, MISSING_KEY_MESSAGE, status=401)
     context = await aauthenticate_key(inbound.raw_key)  # or KeyRejected, an ApplicationError
     note_key_use(context.pk, context.key_id, inbound.client_ip)
+    request_log.note_key(context)
     return context
-
-
-class Call:
-    """One authenticated inference request and its (single) usage event."""
-
-    def __init__(self, inbound: Inbound, key, endpoint: str, gate: IpGate) -> None:
-        self.inbound = inbound
-        self.gate = gate
-        self.key = key
-        self.endpoint = endpoint
-        self.model = UNKNOWN_MODEL
-        self.started = time.perf_counter()
-        self.recorded = False
-        self.admission: Admission | None = None
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The rate-limit headers of this request (none before admission)."""
-        return dict(self.admission.headers) if self.admission is not None else {}
-
-    async def admit(self, tokens: int, input_tokens: int) -> None:
-        """Admission (429 otherwise); then the request's marker in the in-flight registry: if
-        this process dies, a survivor records it as interrupted with `input_tokens`."""
-        self.admission = await aadmit(
-            self.key, tokens=tokens, client_ip=self.inbound.client_ip, gate=self.gate
-        )
-        registry = inflight.current()
-        if registry is not None:
-            registry.admitted(self.inbound.request_id, self._marker(input_tokens))
-
-    def _marker(self, input_tokens: int) -> str:
-        """This request's event if its process died now, in UsageEventData.to_json's fields,
-        without building one (~3 times cheaper: this is the request path)."""
-        fields = {
-            "request_id": self.inbound.request_id,
-            "organization_id": self.key.organization_id,
-            "api_key_id": self.key.pk,
-            "key_id": self.key.key_id,
-            "model": self.model,
-            "endpoint": self.endpoint,
-            "status_code": INTERRUPTED_STATUS,
-            "error_code": INTERRUPTED,
-            "input_tokens": input_tokens,
-            "estimated": True,
-            "cost": "0",
-            "client_ip": canonical_ip(self.inbound.client_ip),
-            "created_at": timezone.now().isoformat(),
-            **self._admitted(),
-        }
-        if "quota_period" in fields:
-            fields["quota_period"] = fields["quota_period"].isoformat()
-        return marker(fields, test_mode=self.key.test_mode)
-
-    def _event(
-        self,
-        status: int,
-        usage: Usage,
-        *,
-        cost: Decimal = ZERO_COST,
-        cached: bool = False,
-        upstream_latency_ms: float | None = None,
-        error_code: str | None = None,
-    ) -> UsageEventData:
-        return UsageEventData(
-            request_id=self.inbound.request_id,
-            organization_id=self.key.organization_id,
-            api_key_id=self.key.pk,
-            key_id=self.key.key_id,
-            model=self.model,
-            endpoint=self.endpoint,
-            status_code=status,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            estimated=usage.estimated,
-            cached=cached,
-            cost=cost,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
-            upstream_latency_ms=None if upstream_latency_ms is None else int(upstream_latency_ms),
-            client_ip=canonical_ip(self.inbound.client_ip),
-            error_code=_error_code(status, error_code),
-            **self._admitted(),
-        )
-
-    async def record(
-        self,
-        status: int,
-        usage: Usage | None = None,
-        *,
-        cached: bool = False,
-        upstream_latency_ms: float | None = None,
-        error_code: str | None = None,
-    ) -> None:
-        if self.recorded:
-            return
-        self.recorded = True
-        usage = usage or Usage()
-        if usage.input_tokens < 0 or usage.output_tokens < 0:
-            # Never a reason to lose the event (usage is money): providers validate what an
-            # upstream reports; this is the last guard.
-            logger.warning("negative usage %s for %s counted as 0", usage, self.inbound.request_id)
-            usage = Usage(max(usage.input_tokens, 0), max(usage.output_tokens, 0), estimated=True)
-        cost = ZERO_COST
-        if not self.key.test_mode and (usage.input_tokens or usage.output_tokens):
-            cost = await acost_for(
-                model=self.model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached=cached,
-            )
-        event = self._event(
-            status,
-            usage,
-            cost=cost,
-            cached=cached,
-            upstream_latency_ms=upstream_latency_ms,
-            error_code=error_code,
-        )
-        if self.admission is not None:
-            # No wait of its own on Redis: the settlement rides with the key's next check. The
-            # quota's is usage_record's, when the event is stored (exactly once).
-            await self.admission.asettle(usage.input_tokens + usage.output_tokens)
-        await self._emit(event)
-
-    def streaming(self, usage) -> None:
-        """The stream's StreamUsage: its output tokens are checkpointed (metering/inflight.py)."""
-        registry = inflight.current()
-        if registry is not None:
-            registry.streaming(self.inbound.request_id, usage)
-
-    def _admitted(self) -> dict[str, Any]:
-        """The event's fields of the admission: billable or not, the quota's estimate."""
-        admission = self.admission
-        if admission is None:
-            return {"billable": False}
-        if admission.quota_period is None:
-            return {"billable": True}
-        return {
-            "billable": True,
-            "quota_period": admission.quota_period,
-            "quota_generation": admission.quota_generation,
-            "quota_tokens": admission.estimate,
-        }
-
-    @staticmethod
-    async def _emit(event: UsageEventData) -> None:
-        try:
-            await ausage_emit(event)
-        except Exception:
-            # ausage_emit logged the event's JSON (a replayable record); the client's answer
-            # is not withheld for a bookkeeping failure.
-            logger.exception("usage event %s not recorded", event.request_id)
-
-
-def _error_code(status: int, code: str | None) -> str:
-    if code is not None or status < 400:
-        return code or ""
-    return _STATUS_CODES.get(status, f"http_{status}")
 
 
 def _body(inbound: Inbound) -> dict[str, Any]:
@@ -289,6 +110,7 @@ def _call_model(body: dict[str, Any]) -> str:
 
 
 async def _model(call: Call, name: str, kind: str) -> ModelSpec:
+    request_log.note_model(name)
     spec = await amodel_spec(name)
     if spec is None:
         raise _model_not_found(name)
@@ -320,7 +142,7 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
         key = await authenticate(inbound)
     except ApplicationError as error:
         return error_reply(await gate.refusal() or error)
-    call = Call(inbound, key, endpoint, gate)
+    call = Call(inbound.request_id, inbound.client_ip, key, endpoint, gate)
     try:
         require_scope(key, INFERENCE_SCOPE)
         reply = await work(call)
@@ -340,7 +162,7 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
         return reply
     except BaseException as error:
         # A bug (500) or the client hanging up (cancelled): still one event for the request.
-        status = CLIENT_CLOSED if isinstance(error, asyncio.CancelledError) else 500
+        status = streaming.CLIENT_CLOSED if isinstance(error, asyncio.CancelledError) else 500
         await asyncio.shield(call.record(status))
         raise
 
@@ -413,14 +235,25 @@ async def models_retrieve(inbound: Inbound, name: str) -> Reply:
     return await _informational(inbound, answer)
 
 
+async def _checked(call: Call, inbound: Inbound, validate, kind: str):
+    """The request's body, model name and model, checked: 400, 403 or 404 otherwise."""
+    body = _body(inbound)
+    call.model = _call_model(body)
+    name = validate(body)
+    return body, name, await _model(call, name, kind)
+
+
+def _answer(call: Call, result: ProviderResult, headers: dict[str, str] | None = None) -> Reply:
+    """A provider's answer, its usage event recorded once it is sent."""
+    after = partial(call.record, 200, result.usage, upstream_latency_ms=result.upstream_latency_ms)
+    return Reply(body=result.body, headers=headers or {}, after=after)
+
+
 async def chat(inbound: Inbound) -> Reply:
     """POST /v1/chat/completions."""
 
     async def work(call: Call) -> Reply:
-        body = _body(inbound)
-        call.model = _call_model(body)
-        name = validation.validate_chat(body)
-        spec = await _model(call, name, "chat")
+        body, name, spec = await _checked(call, inbound, validation.validate_chat, "chat")
         prompt = count_chat_tokens(body.get("messages") or [])
         await call.admit(estimate_chat_tokens(body, spec.context_window, prompt=prompt), prompt)
         provider = provider_for(spec)
@@ -439,17 +272,10 @@ async def chat(inbound: Inbound) -> Reply:
                     after=partial(call.record, 200, hit[1], cached=True),
                 )
         result = await provider.chat(spec, body)
-        headers = {}
-        if key is not None:
-            headers["X-Cache"] = "MISS"
-            await response_cache.aset(key, result, spec.response_cache_ttl)
-        return Reply(
-            body=result.body,
-            headers=headers,
-            after=partial(
-                call.record, 200, result.usage, upstream_latency_ms=result.upstream_latency_ms
-            ),
-        )
+        if key is None:
+            return _answer(call, result)
+        await response_cache.aset(key, result, spec.response_cache_ttl)
+        return _answer(call, result, {"X-Cache": "MISS"})
 
     return await _run(inbound, CHAT, work)
 
@@ -458,18 +284,9 @@ async def embeddings(inbound: Inbound) -> Reply:
     """POST /v1/embeddings."""
 
     async def work(call: Call) -> Reply:
-        body = _body(inbound)
-        call.model = _call_model(body)
-        name = validation.validate_embeddings(body)
-        spec = await _model(call, name, "embeddings")
+        body, _, spec = await _checked(call, inbound, validation.validate_embeddings, "embeddings")
         tokens = estimate_embedding_tokens(body)
         await call.admit(tokens, tokens)
-        result = await provider_for(spec).embeddings(spec, body)
-        return Reply(
-            body=result.body,
-            after=partial(
-                call.record, 200, result.usage, upstream_latency_ms=result.upstream_latency_ms
-            ),
-        )
+        return _answer(call, await provider_for(spec).embeddings(spec, body))
 
     return await _run(inbound, EMBEDDINGS, work)

@@ -46,7 +46,7 @@ async def amodel_specs() -> list[ModelSpec]:
 
 
 def key_may_use(context, spec: ModelSpec) -> bool:
-    """May the key (a keys.verification.KeyContext) call this model?
+    """May the key (a keys.context.KeyContext) call this model?
 
     Its model allow-list must name it (no list: every model), and a test-mode key reaches only
     test-mode-allowed demo models (test keys are never billed).

@@ -4,12 +4,17 @@ SECURE_PROXY_SSL_HEADER), the redirect and the response headers (SecurityMiddlew
 redirect, host and exemptions, HSTS, nosniff, Referrer-Policy, Cross-Origin-Opener-Policy).
 
 No setting is read here: a `SecurityRequest` is the sliver of HttpRequest those methods read,
-built from the ASGI scope without parsing a body, cookies or a query string.
+built from the ASGI scope without parsing a body, cookies or a query string. The settings are
+fixed while a `Security` lives (the handler makes a new one when a test overrides them).
 """
 
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
 from django.middleware.security import SecurityMiddleware
+
+# Distinct accepted Host values remembered per process (a wildcard in ALLOWED_HOSTS accepts
+# any number: past this many, the check runs every time).
+MAX_HOSTS = 256
 
 
 class SecurityRequest(HttpRequest):
@@ -20,21 +25,16 @@ class SecurityRequest(HttpRequest):
         self.path = scope["path"]
         self.method = scope["method"]
         self._scheme = scope.get("scheme") or "http"
-        self.META = {"QUERY_STRING": query}
-        for name, value in headers.items():
-            self.META["HTTP_" + name.upper().replace("-", "_")] = value
         server = scope.get("server") or ("127.0.0.1", 80)
-        self.META["SERVER_NAME"], self.META["SERVER_PORT"] = server[0], str(server[1] or 80)
+        self.META = {
+            "QUERY_STRING": query,
+            **{"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()},
+            "SERVER_NAME": server[0],
+            "SERVER_PORT": str(server[1] or 80),
+        }
 
     def _get_scheme(self) -> str:
         return self._scheme
-
-    def allowed_host(self) -> bool:
-        try:
-            self.get_host()
-        except DisallowedHost:
-            return False
-        return True
 
 
 def _ignored(request):
@@ -49,6 +49,23 @@ class Security:
     def __init__(self) -> None:
         self.middleware = SecurityMiddleware(_ignored)
         self._headers: dict[bool, list[tuple[bytes, bytes]]] = {}
+        self._allowed: set[str] = set()  # raw hosts get_host accepted
+
+    def allowed_host(self, request: SecurityRequest) -> bool:
+        """Django's Host check (get_host: ALLOWED_HOSTS, USE_X_FORWARDED_HOST). Its verdict
+        depends on nothing but the raw host (`_get_raw_host`) and the settings, which do not
+        change while this object lives: an accepted host is remembered (up to MAX_HOSTS of
+        them), a refused one is asked again every time."""
+        raw = request._get_raw_host()
+        if raw in self._allowed:
+            return True
+        try:
+            request.get_host()
+        except DisallowedHost:
+            return False
+        if len(self._allowed) < MAX_HOSTS:
+            self._allowed.add(raw)
+        return True
 
     def redirect(self, request: SecurityRequest) -> str | None:
         """The Location of the HTTPS redirect Django would answer with, or None."""

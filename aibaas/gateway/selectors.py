@@ -22,16 +22,20 @@ def ai_model_usable_list() -> QuerySet[AIModel]:
     )
 
 
+def upstream_spec_from(upstream: Upstream) -> UpstreamSpec:
+    return UpstreamSpec(
+        base_url=upstream.base_url,
+        upstream_model=upstream.upstream_model,
+        api_key_env=upstream.api_key_env,
+        weight=upstream.weight,
+        timeout_seconds=upstream.timeout_seconds,
+        connect_timeout_seconds=upstream.connect_timeout_seconds,
+    )
+
+
 def model_spec_from(model: AIModel) -> ModelSpec:
     upstreams = tuple(
-        UpstreamSpec(
-            base_url=upstream.base_url,
-            upstream_model=upstream.upstream_model,
-            api_key_env=upstream.api_key_env,
-            weight=upstream.weight,
-            timeout_seconds=upstream.timeout_seconds,
-            connect_timeout_seconds=upstream.connect_timeout_seconds,
-        )
+        upstream_spec_from(upstream)
         for upstream in getattr(model, "enabled_upstreams", ())
         if model.provider != ProviderKind.DEMO
     )

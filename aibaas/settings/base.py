@@ -4,6 +4,7 @@ import ipaddress
 
 from django.core.exceptions import ImproperlyConfigured
 
+from infra.logs import PLAIN_FORMAT, log_format
 from infra.proxies import proxies_from_env
 
 from .env import BASE_DIR, ENV_FILE, env  # noqa: F401 (ENV_FILE: the dotenv file read, if any)
@@ -157,14 +158,21 @@ if not 1 <= RATELIMIT_IPV6_MASK <= 128:
     raise ImproperlyConfigured("RATELIMIT_IPV6_MASK must be from 1 to 128.")
 
 # Every handler, Django's own included, redacts key-shaped text (infra/logs.py).
+# LOG_FORMAT: one JSON object per line (production: the default when DEBUG is off) or plain
+# readable lines (the default under DEBUG, `make run`).
+try:
+    LOG_FORMAT = log_format(env.str("LOG_FORMAT", default=""), debug=DEBUG)
+except ValueError as _error:
+    raise ImproperlyConfigured(str(_error)) from None
 LOGGING_CONFIG = "infra.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {"format": PLAIN_FORMAT},
+        "json": {"()": "infra.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO").upper()},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
@@ -293,9 +301,9 @@ REDIS_RETRY_SECONDS = env.float("REDIS_RETRY_SECONDS", default=2.0)
 # Connections per event loop of the asyncio Redis pool (usage stream, limiter).
 REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=64)
 
-# --- Usage events: the Redis stream (used when a Celery broker drains it; metering/events.py),
+# --- Usage events: the Redis stream (used when a Celery broker drains it; metering/usage/emit.py),
 # never trimmed: an entry leaves it once stored in the database.
 USAGE_STREAM_KEY = env.str("USAGE_STREAM_KEY", default="aibaas:{usage}:events")
 # A serving process that has not said it is alive for this long is dead: a survivor records its
-# in-flight requests as interrupted (metering/inflight.py, metering/reaper.py).
+# in-flight requests as interrupted (metering/usage/inflight.py, metering/usage/reaper.py).
 USAGE_INFLIGHT_TTL_SECONDS = env.float("USAGE_INFLIGHT_TTL_SECONDS", default=10.0)

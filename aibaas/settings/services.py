@@ -86,7 +86,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Periodic tasks (one `celery -A aibaas beat` per deployment), only when there is a broker.
-# The usage drain moves /v1 usage events from the Redis stream into PostgreSQL (metering/events.py);
+# The usage drain moves /v1 usage events from the Redis stream into PostgreSQL
+# (metering/usage/drain.py);
 # an entry expires unrun after 10 s so a stopped worker does not come back to a pile of drains.
 CELERY_BEAT_SCHEDULE = (
     {

@@ -1,11 +1,10 @@
-"""Writes on API keys: create, update, revoke, rotate, mark used. Each is audited."""
+"""Writes on API keys: create, update, revoke, mark used. Each is audited (rotation:
+rotation.py)."""
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -33,8 +32,6 @@ from keys.services.validation import (
 logger = logging.getLogger(__name__)
 
 KEY_LIMIT_REACHED = "key_limit_reached"
-KEY_NOT_ACTIVE = "key_not_active"
-KEY_ALREADY_ROTATED = "key_already_rotated"
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ def _live_keys(organization: Organization):
     )
 
 
-def _audit_key(action: str, actor: Actor, api_key: ApiKey, metadata: dict) -> None:
+def audit_key(action: str, actor: Actor, api_key: ApiKey, metadata: dict) -> None:
     audit_record(
         action=action,
         actor=actor,
@@ -116,14 +113,42 @@ def api_key_create(
         "tokens_per_day": tokens_per_day,
     }
     fields |= limits if rotated_from is not None else clean_limits(organization.plan, **limits)
+    if check_quota:
+        _require_free_slot(organization)
+    api_key, raw = _insert(organization, fields, grantor, rotated_from)
+    audit_key(AuditAction.KEY_CREATED, actor, api_key, _created(api_key))
+    transaction.on_commit(lambda: verification.prime(raw))
+    return IssuedKey(api_key=api_key, raw_key=raw)
+
+
+def _created(api_key: ApiKey) -> dict:
+    """The audit record's metadata of a key issued."""
+    return {
+        "name": api_key.name,
+        "scopes": api_key.scopes,
+        "models": api_key.allowed_models,
+        "test_mode": api_key.test_mode,
+        "expires_at": api_key.expires_at.isoformat() if api_key.expires_at else None,
+        "rotated_from": api_key.rotated_from.key_id if api_key.rotated_from else None,
+    }
+
+
+def _require_free_slot(organization: Organization) -> None:
+    """The plan's cap on live keys (the organization row is locked by the caller)."""
     cap = organization.plan.max_keys
-    if check_quota and cap is not None and _live_keys(organization).count() >= cap:
+    if cap is not None and _live_keys(organization).count() >= cap:
         raise ApplicationError(
             KEY_LIMIT_REACHED,
             f"The {organization.plan.name} plan allows {cap} live API keys. "
             "Revoke a key or upgrade the plan.",
             status=403,
         )
+
+
+def _insert(
+    organization: Organization, fields: dict, grantor: Grantor, rotated_from: ApiKey | None
+) -> tuple[ApiKey, str]:
+    """The new row and its raw key (a key id that collides is drawn again)."""
     for _ in range(3):
         parsed = key_format.generate(test_mode=fields["test_mode"])
         api_key = ApiKey(
@@ -139,27 +164,12 @@ def api_key_create(
         try:
             with transaction.atomic():
                 api_key.save()
-            break
+            return api_key, parsed.raw
         except IntegrityError:  # a 71-bit key id collided: draw again
             continue
-    else:  # pragma: no cover
-        raise ApplicationError("key_id_exhausted", "Could not allocate a key id.", status=500)
-    _audit_key(
-        AuditAction.KEY_CREATED,
-        actor,
-        api_key,
-        {
-            "name": api_key.name,
-            "scopes": api_key.scopes,
-            "models": api_key.allowed_models,
-            "test_mode": api_key.test_mode,
-            "expires_at": api_key.expires_at.isoformat() if api_key.expires_at else None,
-            "rotated_from": rotated_from.key_id if rotated_from else None,
-        },
+    raise ApplicationError(  # pragma: no cover
+        "key_id_exhausted", "Could not allocate a key id.", status=500
     )
-    raw = parsed.raw
-    transaction.on_commit(lambda: verification.prime(raw))
-    return IssuedKey(api_key=api_key, raw_key=raw)
 
 
 @transaction.atomic
@@ -186,7 +196,7 @@ def api_key_update(*, api_key: ApiKey, actor: Actor, **changes) -> ApiKey:
     if not diff:
         return api_key
     api_key.save()
-    _audit_key(
+    audit_key(
         AuditAction.KEY_UPDATED,
         actor,
         api_key,
@@ -209,7 +219,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor, reason: str = "") -> ApiKey
     api_key.revoked_at = timezone.now()
     api_key.revoked_reason = redact_stored((reason or "").strip())[:500]
     api_key.save(update_fields=["revoked_at", "revoked_reason"])
-    _audit_key(
+    audit_key(
         AuditAction.KEY_REVOKED,
         actor,
         api_key,
@@ -217,70 +227,6 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor, reason: str = "") -> ApiKey
     )
     keys_changed(api_key.key_id)
     return api_key
-
-
-@transaction.atomic
-def api_key_rotate(*, api_key: ApiKey, actor: Actor, grace: timedelta | None = None) -> IssuedKey:
-    """A new key with the same settings; the old one keeps working for `grace`, then expires.
-
-    `grace=timedelta(0)` ends the old key at once. The actor must hold every scope of the key.
-    The successor is bound to whoever rotates it (a person, or a key's person: an admin takes
-    over a departed member's key by rotating it); an operator's rotation keeps the binding.
-    """
-    require_manage(actor, api_key)
-    grace = timedelta(seconds=settings.API_KEY_DEFAULT_ROTATION_GRACE) if grace is None else grace
-    if grace < timedelta(0):
-        raise ValidationError({"grace": "The grace period cannot be negative."})
-    old = ApiKey.objects.select_for_update().select_related("organization").get(pk=api_key.pk)
-    now = timezone.now()
-    if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
-        raise ApplicationError(
-            KEY_NOT_ACTIVE, "Only an active key can be rotated; create a new key.", status=409
-        )
-    if ApiKey.objects.filter(rotated_from=old).exists():
-        raise ApplicationError(
-            KEY_ALREADY_ROTATED, "This key was already rotated; rotate its successor.", status=409
-        )
-    grantor = grantor_of(actor, old.organization)
-    grantor.require(old.scopes)
-    if actor.system:
-        grantor = Grantor(
-            held=grantor.held,
-            created_by_id=old.created_by_id,
-            operator_issued=old.operator_issued,
-        )
-    issued = api_key_create(
-        organization=old.organization,
-        name=old.name,
-        actor=actor,
-        scopes=old.scopes,
-        models=old.allowed_models,
-        requests_per_minute=old.requests_per_minute,
-        requests_per_day=old.requests_per_day,
-        tokens_per_minute=old.tokens_per_minute,
-        tokens_per_day=old.tokens_per_day,
-        expires_at=old.expires_at,
-        test_mode=old.test_mode,
-        rotated_from=old,
-        check_quota=False,  # the old key expires: rotation never needs a free slot
-        grantor=grantor,
-    )
-    ends = now + grace
-    if old.expires_at is None or old.expires_at > ends:
-        old.expires_at = ends
-        old.save(update_fields=["expires_at"])
-    _audit_key(
-        AuditAction.KEY_ROTATED,
-        actor,
-        old,
-        {
-            "new_key_id": issued.api_key.key_id,
-            "grace_seconds": int(grace.total_seconds()),
-            "old_key_expires_at": old.expires_at.isoformat(),
-        },
-    )
-    keys_changed(old.key_id)
-    return IssuedKey(api_key=issued.api_key, raw_key=issued.raw_key, replaced=old)
 
 
 def api_key_mark_used(*, pk: int, at: datetime, ip: str | None) -> None:

@@ -5,7 +5,7 @@ days x keys x models daily rows, whatever the number of requests."""
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from django.db.models import Max, Q, QuerySet, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import Organization
@@ -190,3 +190,38 @@ def rollup_models(*, organization: Organization) -> list[str]:
     """The models the organization's billable usage names, for the filters."""
     rows = UsageRollup.objects.filter(organization=organization, granularity=DAY)
     return list(rows.filter(BILLABLE).values_list("model", flat=True).distinct().order_by("model"))
+
+
+def rollup_differences(
+    *, organization_id: int, start: datetime, end: datetime
+) -> list[tuple[str, int, int]]:
+    """Where the hourly or the daily rollups of [start, end) (whole days) disagree with the
+    usage events: [(figure, rollup value, events value)], e.g. ("rollup_day_requests", 4, 5).
+    Empty when they agree (reconcile_usage)."""
+    from metering.models import UsageEvent
+    from metering.rollups.maintenance import COST_UNITS
+
+    billable = Q(billable=True)
+    events = UsageEvent.objects.filter(
+        organization_id=organization_id, created_at__gte=start, created_at__lt=end
+    ).aggregate(
+        requests=Count("id", filter=billable),
+        refused=Count("id", filter=~billable),
+        input_tokens=Coalesce(Sum("input_tokens", filter=billable), 0),
+        output_tokens=Coalesce(Sum("output_tokens", filter=billable), 0),
+        cost_units=Coalesce(Sum(COST_UNITS, filter=billable), 0),
+    )
+    out = []
+    for granularity in (HOUR, DAY):
+        rows = UsageRollup.objects.filter(
+            organization_id=organization_id,
+            granularity=granularity,
+            bucket__gte=start,
+            bucket__lt=end,
+        ).aggregate(**{name: Coalesce(Sum(name), 0) for name in events})
+        out += [
+            (f"rollup_{granularity}_{name}", rows[name], events[name])
+            for name in events
+            if rows[name] != events[name]
+        ]
+    return out

@@ -1,5 +1,6 @@
-"""`usage_reconcile`: do the monthly quota counters agree with the usage events? (manage.py
-reconcile_usage). Reads only.
+"""`usage_reconcile`: do the monthly quota counters and the usage rollups agree with the usage
+events? (manage.py reconcile_usage). Reads only. The rollups must equal the month's events
+exactly, hourly and daily (requests, refused, tokens, cost): `rollup_<granularity>_<figure>`.
 
 Per organization and month: the counter's requests and tokens against the month's billable
 usage events in the database (since the counter's last reset, when it was reset). They agree
@@ -24,16 +25,11 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import AuditAction, AuditEvent, Organization
-from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT
-from metering.events import (
-    ENTRY_FIELD,
-    REDIS_ERRORS,
-    dead_letter_key,
-    redis_client,
-    stream_key,
-)
+from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT, REDIS_ERRORS, redis_client
 from metering.models import QuotaCounter, UsageEvent
+from metering.rollups.selectors import rollup_differences
 from metering.selectors.usage import month_period
+from metering.usage.events import ENTRY_FIELD, dead_letter_key, stream_key
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +38,7 @@ DEAD_LETTERS_LISTED = 1_000
 
 @dataclass
 class Difference:
-    field: str  # "requests" | "tokens"
+    field: str  # "requests" | "tokens" | "rollup_<hour|day>_<figure>"
     counter: int
     events: int
 
@@ -197,6 +193,13 @@ def usage_reconcile(
                 "since": (since or start).isoformat(),
             },
         )
+        # The rollups that every usage figure reads hold exactly the month's events.
+        month_result.differences += [
+            Difference(name, rollup, events_figure)
+            for name, rollup, events_figure in rollup_differences(
+                organization_id=org.pk, start=start, end=end
+            )
+        ]
         if counter is None:
             if has_quota and requests:
                 month_result.differences.append(Difference("requests", 0, requests))

@@ -1,7 +1,7 @@
-"""Writes of metering (DESIGN.md: services). usage.py: usage events into the table, with their
-quota settlement; drain.py: the Redis stream of usage events into the table."""
+"""Writes of metering (DESIGN.md: services): usage events into the table (metering/usage/), the
+monthly quota's operator reset (metering/quota/)."""
 
-from metering.services.drain import GROUP, usage_drain
-from metering.services.usage import usage_record
+from metering.quota import quota_reset
+from metering.usage import GROUP, usage_drain, usage_record
 
-__all__ = ["GROUP", "usage_drain", "usage_record"]
+__all__ = ["GROUP", "quota_reset", "usage_drain", "usage_record"]

@@ -198,3 +198,48 @@ def test_csv_export_is_streamed_named_and_formula_safe(owner, client):
 
 def test_csv_lines_are_one_per_event():
     assert next(iter(audit_csv_lines([]))).startswith("time_utc,action")
+
+
+def _form_data(response) -> dict:
+    """The admin change form's current values, as the browser would post them."""
+    form = response.context["adminform"].form
+    data = {}
+    for name, field in form.fields.items():
+        value = form[name].value()
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            data[name] = [str(v) for v in value]
+        elif isinstance(value, bool):
+            if value:
+                data[name] = "on"
+        else:
+            data[name] = field.prepare_value(value) if hasattr(field, "prepare_value") else value
+    for formset in response.context.get("inline_admin_formsets", []):
+        management = formset.formset.management_form
+        for name in management.fields:
+            data[f"{management.prefix}-{name}"] = management[name].value()
+    return data
+
+
+def test_an_operators_price_edit_in_the_admin_is_audited(client):
+    from tests.factories import ModelPriceFactory, UserFactory
+
+    price = ModelPriceFactory(model__name="llama-3-8b")
+    operator = UserFactory(email="root@ops.example", is_staff=True, is_superuser=True)
+    client.force_login(operator)
+    url = reverse("admin:billing_modelprice_change", args=[price.pk])
+    data = _form_data(client.get(url))
+    data["input_per_million"] = "3.50"
+    response = client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    event = AuditEvent.objects.get(action=AuditAction.CATALOGUE_CHANGED)
+    assert event.actor_label == "root@ops.example"
+    assert event.target_type == "modelprice" and event.target_id == str(price.pk)
+    assert "llama-3-8b" in event.target_label
+    assert event.metadata == {
+        "what": "model price",
+        "change": "changed",
+        "fields": "Changed Input per million.",
+    }
+    assert action_label(event.action) == "Model or price changed by an operator"

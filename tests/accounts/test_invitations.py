@@ -275,3 +275,33 @@ def test_the_link_page_for_a_bad_link_says_why(client):
     response = client.get(reverse("accounts:invitation", args=["nope"]))
     assert response.status_code == 404
     assert b"not valid" in response.content
+
+
+def test_with_email_url_set_the_invitation_goes_out_by_smtp(owner, settings):
+    """EMAIL_URL=smtp://… (as a deployment sets it) sends through a real SMTP conversation."""
+    import environ
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    from tests.servers import free_port
+
+    received = []
+
+    class Inbox(Message):
+        def handle_message(self, message):
+            received.append(message)
+
+    port = free_port()
+    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        config = environ.Env().email_url_config(f"smtp://127.0.0.1:{port}")
+        for name, value in config.items():
+            setattr(settings, name, value)
+        invite(owner, email="smtp@example.com")
+    finally:
+        controller.stop()
+    [message] = received
+    assert message["To"] == "smtp@example.com"
+    assert message["Subject"] == "Olga Owner invited you to join Acme on aibaas"
+    assert LINK_RE.search(message.get_payload())

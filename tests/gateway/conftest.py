@@ -4,7 +4,7 @@ are in tests/factories.py; tests/conftest.py drops the per-process snapshots aro
 import pytest
 from django.test import Client
 
-from keys.verification import KeyContext
+from keys.context import KeyContext
 from tests.factories import AIModelFactory, ModelPriceFactory, UpstreamFactory, UserFactory  # noqa: F401
 
 

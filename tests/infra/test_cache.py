@@ -113,3 +113,14 @@ def test_login_and_signup_work_while_redis_is_down(client, settings, db):
     )
     assert response.status_code == 302
     assert caches["default"].degraded
+
+
+def test_closing_the_cache_is_not_taken_for_redis_answering(settings):
+    """Django closes the caches after every request; that asks nothing of Redis, so it must not
+    end an outage that the next real call would find still there."""
+    settings.REDIS_RETRY_SECONDS = 0.0  # every call may probe
+    cache = make_cache("redis://127.0.0.1:1/0")
+    cache.get("k")
+    assert cache.degraded
+    cache.close()
+    assert cache.degraded

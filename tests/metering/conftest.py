@@ -13,15 +13,17 @@ from decimal import Decimal
 
 import pytest
 import redis
+from asgiref.sync import async_to_sync
 
 from accounts.actors import Actor
 from accounts.models import Organization
 from infra.breaker import reset_breakers
 from keys import touch, verification
 from keys.services import IssuedKey, api_key_create
-from metering import events as usage_events
-from metering.events import UsageEventData
 from metering.services import usage_record
+from metering.usage import ausage_emit
+from metering.usage import events as usage_events
+from metering.usage.events import UsageEventData
 from tests.factories import MembershipFactory
 
 _request_numbers = itertools.count(1)
@@ -62,6 +64,11 @@ def make_key(db, django_capture_on_commit_callbacks):
             )
 
     return make
+
+
+def emit(event: UsageEventData) -> None:
+    """The production emit (ausage_emit, as the gateway calls it), from sync test code."""
+    async_to_sync(ausage_emit)(event)
 
 
 def make_event(issued: IssuedKey, **fields) -> UsageEventData:

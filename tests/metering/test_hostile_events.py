@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from metering import limiter
-from metering.events import dead_letter_key
 from metering.models import UsageEvent
 from metering.services import usage_drain
+from metering.usage.events import dead_letter_key
 from tests.factories import AIModelFactory
 from tests.gateway.asgi_client import AsgiTestClient
 from tests.servers import production_server

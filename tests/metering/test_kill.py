@@ -26,10 +26,9 @@ import redis
 from django.db import connection
 from django.db.models import Count, Sum
 
-from metering.events import usage_emit
 from metering.models import UsageEvent
 from metering.services import GROUP
-from tests.metering.conftest import make_event
+from tests.metering.conftest import emit, make_event
 from tests.redis_server import redis_process, redis_server_available
 from tests.servers import ROOT
 from tests.servers import test_database_url as database_url
@@ -111,7 +110,7 @@ def test_drainer_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
     issued = make_key(org, name="kill-test")
     emitted = [make_event(issued, input_tokens=i, output_tokens=2 * i) for i in range(EVENTS)]
     for event in emitted:
-        usage_emit(event)
+        emit(event)
     control = redis.Redis.from_url(private_redis.url)
     assert control.xlen(settings.USAGE_STREAM_KEY) == EVENTS
 

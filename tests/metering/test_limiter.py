@@ -725,7 +725,7 @@ def test_a_redis_outage_falls_back_to_limiting_per_process_and_recovers(settings
 
 @pytest.mark.redis
 def test_the_servers_shutdown_sends_the_settlements_still_pending(key_id):
-    from aibaas.gateway.asgi import shutdown
+    from aibaas.gateway.lifespan import shutdown
 
     limits = [tpm(10_000)]
 

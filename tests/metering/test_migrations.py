@@ -1,14 +1,14 @@
 """Migration 0004's backfill: events stored before `billable` and `error_code` existed are
-classified by their status (metering.events.legacy_billable is the same rule)."""
+classified by their status (metering.usage.events.legacy_billable is the same rule)."""
 
 import importlib
 
 import pytest
 from django.apps import apps
 
-from metering.events import legacy_billable
 from metering.models import UsageEvent
 from metering.services import usage_record
+from metering.usage.events import legacy_billable
 from tests.metering.conftest import make_event
 
 pytestmark = pytest.mark.django_db

@@ -1,5 +1,5 @@
-"""usage_reap (metering/reaper.py) on registries laid out as serving processes leave them
-(metering/inflight.py's keys), on a private Redis: who is dead, exactly-once claims, what an
+"""usage_reap (metering/usage/reaper.py) on registries laid out as serving processes leave them
+(metering/usage/inflight.py's keys), on a private Redis: who is dead, exactly-once claims, what an
 interrupted event holds."""
 
 import json
@@ -11,9 +11,9 @@ from decimal import Decimal
 import pytest
 import redis
 
-from metering.inflight import PREFIX, PROCESSES_KEY, keys_of
 from metering.models import QuotaCounter, UsageEvent
-from metering.reaper import CLAIM, INTERRUPTED_STATUS, marker, usage_reap
+from metering.usage.inflight import PREFIX, PROCESSES_KEY, keys_of
+from metering.usage.reaper import CLAIM, INTERRUPTED_STATUS, marker, usage_reap
 from tests.factories import ModelPriceFactory
 from tests.metering.conftest import make_event
 from tests.redis_server import redis_process, redis_server_available
@@ -138,3 +138,50 @@ def test_a_restarted_redis_is_not_reaped_before_the_ttl(control, settings, issue
     register(control, "host:104:ee", [make_event(issued)])
     assert usage_reap() == 0
     assert control.hlen(keys_of("host:104:ee")[0]) == 1
+
+
+def test_an_event_ends_its_marker_in_one_evalsha_even_after_redis_forgot_the_script(
+    control, issued, settings
+):
+    """ausage_emit with the process's registry started: the event's XADD and the end of its
+    marker are one EVALSHA of a registered script (loaded again when Redis lost it); only a
+    stream's progress checkpoint is touched."""
+    import asyncio
+
+    from metering.usage import emit as usage_events
+    from metering.usage import inflight
+
+    settings.CELERY_BROKER_URL = settings.REDIS_URL
+    settings.USAGE_STREAM_KEY = "aibaas-test:{usage}:events"
+    settings.USAGE_INFLIGHT_TTL_SECONDS = 10
+    control.script_load(inflight.EMIT)
+    first, second = make_event(issued), make_event(issued)
+
+    async def run():
+        await inflight.start()
+        registry = inflight.current()
+        for event in (first, second):
+            registry.admitted(event.request_id, "{}")
+        registry.streaming(second.request_id, object())  # a stream (its checkpoints: none)
+        control.hset(registry.progress, second.request_id, 7)
+        await asyncio.sleep(0.05)  # the markers' HSETs went out
+        before = control.info("commandstats")
+        await usage_events.ausage_emit(first)
+        control.script_flush()
+        await usage_events.ausage_emit(second)
+        after = control.info("commandstats")
+        markers = control.hgetall(registry.inflight)
+        progress = control.hgetall(registry.progress)
+        await inflight.stop()
+        return before, after, markers, progress
+
+    before, after, markers, progress = asyncio.run(run())
+    calls = {
+        name: after.get(f"cmdstat_{name}", {}).get("calls", 0)
+        - before.get(f"cmdstat_{name}", {}).get("calls", 0)
+        for name in ("eval", "evalsha", "script|load")
+    }
+    assert calls == {"eval": 0, "evalsha": 3, "script|load": 1}  # the second: NOSCRIPT, load
+    assert markers == {} and progress == {}
+    assert control.xlen("aibaas-test:{usage}:events") == 2
+    assert UsageEvent.objects.count() == 0  # both went to the stream

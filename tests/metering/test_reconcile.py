@@ -10,10 +10,10 @@ from django.db.models import F
 
 from accounts.actors import Actor
 from billing.models import Plan
-from metering.events import ENTRY_FIELD, dead_letter_key
 from metering.models import QuotaCounter, UsageEvent
 from metering.quota import quota_reset
 from metering.services import usage_record
+from metering.usage.events import ENTRY_FIELD, dead_letter_key
 from tests.metering.conftest import make_event
 from tests.metering.test_settlement import admitted
 
@@ -73,9 +73,14 @@ def test_a_tampered_event_is_reported(recorded, quota_org):
     UsageEvent.objects.filter(request_id=recorded[0].request_id).update(output_tokens=10_000)
     output, error = reconcile("--json", "--org", quota_org.slug)
     assert error is not None
-    [difference] = json.loads(output)["organizations"][0]["differences"]
-    assert difference["field"] == "tokens"
-    assert difference["difference"] == recorded[0].output_tokens - 10_000
+    differences = json.loads(output)["organizations"][0]["differences"]
+    # The quota counter and both rollups counted the event as it was stored.
+    expected = recorded[0].output_tokens - 10_000
+    assert {d["field"]: d["difference"] for d in differences} == {
+        "tokens": expected,
+        "rollup_hour_output_tokens": expected,
+        "rollup_day_output_tokens": expected,
+    }
 
 
 def test_a_lost_event_is_reported(recorded, quota_org):

@@ -17,8 +17,8 @@ from infra.background import background
 from infra.breaker import redis_breaker, reset_breakers
 from keys import verification
 from metering import admission, ip_limit, limiter
-from metering.events import ausage_emit
 from metering.models import UsageEvent
+from metering.usage import ausage_emit
 from tests.metering.conftest import make_event
 from tests.redis_server import redis_process, redis_server_available
 
@@ -122,7 +122,7 @@ def test_cache_limiters_and_usage_events_degrade_and_recover_together(
 
 
 def test_the_servers_shutdown_awaits_the_background_tasks():
-    from aibaas.gateway.asgi import shutdown
+    from aibaas.gateway.lifespan import shutdown
 
     done = []
 
@@ -149,7 +149,7 @@ def test_shutdown_settles_an_admission_whose_client_hung_up(make_key, org, setti
     context = verification.authenticate_key(issued.raw_key)
     limits = limiter.limits_for(context.limits)
     limiter.reset(context.key_id)
-    from aibaas.gateway.asgi import shutdown
+    from aibaas.gateway.lifespan import shutdown
 
     async def run():
         admitting = asyncio.ensure_future(admission.aadmit(context, tokens=500))

@@ -228,3 +228,26 @@ def test_cost_sums_exactly(issued):
         end=datetime(2025, 7, 1, tzinfo=UTC),
     )
     assert summary["totals"]["cost"] == "0.00001000"
+
+
+def test_reconcile_sees_rollups_that_disagree_with_the_events(usage_dataset):
+    from metering.selectors import usage_reconcile
+
+    def rollup_differences():
+        result = usage_reconcile(organization=usage_dataset.org, month="2025-06")
+        [month] = result.organizations
+        return {d.field: (d.counter, d.events) for d in month.differences if "rollup" in d.field}
+
+    assert rollup_differences() == {}
+    row = UsageRollup.objects.filter(
+        organization=usage_dataset.org, granularity="day", refusal_code="", bucket__gte=JUNE
+    ).first()
+    row.requests += 1
+    row.cost_units += 5
+    row.save()
+    assert rollup_differences() == {
+        "rollup_day_requests": (5, 4),
+        "rollup_day_cost_units": (11242 + 5, 11242),
+    }
+    call_command("rebuild_rollups", "--org", usage_dataset.org.slug, "--since", "2025-06-01")
+    assert rollup_differences() == {}

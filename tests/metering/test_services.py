@@ -7,13 +7,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from asgiref.sync import async_to_sync
 
-from metering import events as usage_events
-from metering.events import UsageEventData, ausage_emit, usage_emit
 from metering.models import UsageEvent
 from metering.services import usage_record
-from tests.metering.conftest import make_event
+from metering.usage import emit as usage_emit_module
+from metering.usage.events import UsageEventData
+from tests.metering.conftest import emit, make_event
 from tests.servers import free_port
 
 pytestmark = pytest.mark.django_db
@@ -148,15 +147,9 @@ def test_event_is_immutable(issued):
 
 def test_emit_on_embedded_defaults_writes_synchronously(database_mode, issued):
     event = make_event(issued, created_at=datetime(2025, 3, 1, 12, tzinfo=UTC))
-    usage_emit(event)
+    emit(event)
     row = UsageEvent.objects.get()
     assert (row.request_id, row.created_at) == (event.request_id, event.created_at)
-
-
-def test_async_emit_on_embedded_defaults_writes_synchronously(database_mode, issued):
-    event = make_event(issued)
-    async_to_sync(ausage_emit)(event)
-    assert UsageEvent.objects.get().request_id == event.request_id
 
 
 def test_a_locked_database_is_waited_out_not_a_lost_event(database_mode, issued):
@@ -174,7 +167,7 @@ def test_a_locked_database_is_waited_out_not_a_lost_event(database_mode, issued)
 
     event = make_event(issued)
     with connection.execute_wrapper(locked_twice):
-        usage_emit(event)
+        emit(event)
     assert len(refusals) == 2
     assert list(UsageEvent.objects.values_list("request_id", flat=True)) == [event.request_id]
 
@@ -183,7 +176,7 @@ def test_emit_with_redis_but_no_broker_writes_synchronously(settings, issued):
     # Nothing would drain a stream without a Celery worker: the documented choice.
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # never contacted
     settings.CELERY_BROKER_URL = ""
-    usage_emit(make_event(issued))
+    emit(make_event(issued))
     assert UsageEvent.objects.count() == 1
 
 
@@ -197,26 +190,19 @@ def redis_down(settings):
 
 def test_redis_down_at_emit_falls_back_to_a_synchronous_write(redis_down, issued, caplog):
     event = make_event(issued)
-    with caplog.at_level(logging.WARNING, logger="metering.events"):
-        usage_emit(event)
+    with caplog.at_level(logging.WARNING, logger="metering.usage.emit"):
+        emit(event)
     assert UsageEvent.objects.get().request_id == event.request_id
     assert "Redis unreachable" in caplog.text
     assert f"usage event {event.request_id} written to the database directly" in caplog.text
 
 
-def test_redis_down_at_async_emit_falls_back_to_a_synchronous_write(redis_down, issued, caplog):
-    event = make_event(issued)
-    async_to_sync(ausage_emit)(event)
-    assert UsageEvent.objects.get().request_id == event.request_id
-    assert "Redis unreachable" in caplog.text
-
-
 def test_after_a_failure_redis_is_skipped_for_a_while(redis_down, issued, caplog, monkeypatch):
-    usage_emit(make_event(issued))
+    emit(make_event(issued))
     attempts = []
-    monkeypatch.setattr(usage_events, "redis_client", lambda **_: attempts.append(1))
+    monkeypatch.setattr(usage_emit_module, "apipelined", lambda *a, **k: attempts.append(1))
     for _ in range(5):
-        usage_emit(make_event(issued))
+        emit(make_event(issued))
     assert attempts == []  # straight to the database, no socket timeout per request
     assert UsageEvent.objects.count() == 6
     assert caplog.text.count("Redis unreachable") == 1
@@ -230,8 +216,8 @@ def test_when_the_database_fails_too_the_event_is_logged_for_replay(
     def broken(**kwargs):
         raise RuntimeError("database down")
 
-    monkeypatch.setattr("metering.services.usage_record", broken)
+    monkeypatch.setattr("metering.usage.emit.usage_record", broken)
     with pytest.raises(RuntimeError):
-        usage_emit(event)
+        emit(event)
     assert "usage event NOT RECORDED" in caplog.text
     assert event.to_json() in caplog.text

@@ -4,11 +4,11 @@ that reaches the table has settled (issue 10, item 3)."""
 
 import pytest
 
-from metering.events import ENTRY_FIELD, usage_emit
 from metering.models import QuotaCounter, UsageEvent
 from metering.quota import quota_admit, quota_reset
 from metering.services import GROUP, usage_drain, usage_record
-from tests.metering.conftest import make_event
+from metering.usage.events import ENTRY_FIELD
+from tests.metering.conftest import emit, make_event
 
 pytestmark = pytest.mark.django_db
 
@@ -88,7 +88,7 @@ def test_re_draining_the_same_batch_twice_leaves_the_counters_exact(stream_mode,
     key = stream_mode.USAGE_STREAM_KEY
     events = admitted(issued, 20)
     for event in events:
-        usage_emit(event)
+        emit(event)
     # A drainer reads the batch and dies after its commit, before its ack: the batch is read
     # again (reclaimed) by the next drain; and every XADD was retried (a duplicate entry each).
     entries = stream.xrange(key)
@@ -106,8 +106,9 @@ def test_re_draining_the_same_batch_twice_leaves_the_counters_exact(stream_mode,
 
 
 def test_an_interrupted_event_and_the_requests_own_event_settle_once(issued):
-    """metering/reaper.py may write a request's event (599, interrupted) while its own event is
-    on its way: whichever is stored first settles, the other is dropped with its settlement."""
+    """metering/usage/reaper.py may write a request's event (599, interrupted) while its own
+    event is on its way: whichever is stored first settles, the other is dropped with its
+    settlement."""
     from dataclasses import replace
 
     first, second = admitted(issued, 2)

@@ -6,11 +6,12 @@ import json
 import pytest
 from asgiref.sync import async_to_sync
 
-from metering.events import ENTRY_FIELD, ausage_emit, dead_letter_key, usage_emit
 from metering.models import UsageEvent
 from metering.services import GROUP, usage_drain
 from metering.tasks import drain_usage_events
-from tests.metering.conftest import make_event
+from metering.usage import ausage_emit
+from metering.usage.events import ENTRY_FIELD, dead_letter_key
+from tests.metering.conftest import emit, make_event
 
 pytestmark = [pytest.mark.django_db, pytest.mark.redis]
 
@@ -25,7 +26,7 @@ def pending(stream, key: str) -> int:
 
 def test_emit_adds_to_the_stream_and_the_drain_writes_it(stream_mode, stream, issued):
     event = make_event(issued)
-    usage_emit(event)
+    emit(event)
     key = stream_mode.USAGE_STREAM_KEY
     assert UsageEvent.objects.count() == 0  # off the request path
     [(_, fields)] = stream.xrange(key)
@@ -54,7 +55,7 @@ def test_the_stream_is_never_trimmed_of_undrained_events(stream_mode, stream, is
     # behind: every entry stays until it is stored.
     events = [make_event(issued) for _ in range(300)]
     for event in events[:150]:
-        usage_emit(event)
+        emit(event)
 
     async def emit_rest():
         for event in events[150:]:
@@ -68,7 +69,7 @@ def test_the_stream_is_never_trimmed_of_undrained_events(stream_mode, stream, is
 def test_drain_works_in_batches_until_the_stream_is_empty(stream_mode, stream, issued):
     events = [make_event(issued) for _ in range(1203)]
     for event in events:
-        usage_emit(event)
+        emit(event)
     assert usage_drain(batch_size=500) == 1203
     assert UsageEvent.objects.count() == 1203
     assert stream.xlen(stream_mode.USAGE_STREAM_KEY) == 0
@@ -76,7 +77,7 @@ def test_drain_works_in_batches_until_the_stream_is_empty(stream_mode, stream, i
 
 def test_drain_stops_after_max_batches_and_the_next_run_continues(stream_mode, stream, issued):
     for _ in range(25):
-        usage_emit(make_event(issued))
+        emit(make_event(issued))
     assert usage_drain(batch_size=10, max_batches=2) == 20
     assert usage_drain(batch_size=10, max_batches=2) == 5
     assert UsageEvent.objects.count() == 25
@@ -90,8 +91,8 @@ def test_drain_of_an_empty_or_missing_stream_does_nothing(stream_mode, stream):
 def test_replayed_entries_are_stored_once(stream_mode, stream, issued):
     event = make_event(issued)
     key = stream_mode.USAGE_STREAM_KEY
-    usage_emit(event)
-    usage_emit(event)  # an XADD retried after a lost reply
+    emit(event)
+    emit(event)  # an XADD retried after a lost reply
     usage_drain()
     stream.xadd(key, {ENTRY_FIELD: event.to_json()})  # and once more, after the drain
     usage_drain()
@@ -102,12 +103,12 @@ def test_replayed_entries_are_stored_once(stream_mode, stream, issued):
 def test_entries_left_pending_by_a_crashed_drainer_are_reclaimed(stream_mode, stream, issued):
     events = [make_event(issued) for _ in range(3)]
     for event in events:
-        usage_emit(event)
+        emit(event)
     key = stream_mode.USAGE_STREAM_KEY
     usage_drain()  # creates the group; everything is stored
     late = [make_event(issued) for _ in range(4)]
     for event in late:
-        usage_emit(event)
+        emit(event)
     # A drainer reads a batch and dies before writing or acking it.
     read = stream.xreadgroup(GROUP, "crashed-drainer", {key: ">"}, count=10)
     assert len(read[0][1]) == 4
@@ -129,11 +130,11 @@ def test_batch_written_but_not_acked_is_reclaimed_without_double_counting(
 
     events = [make_event(issued) for _ in range(5)]
     for event in events:
-        usage_emit(event)
+        emit(event)
     key = stream_mode.USAGE_STREAM_KEY
     usage_drain()
     for event in events:
-        usage_emit(event)  # the same events again, read by a drainer that dies after its commit
+        emit(event)  # the same events again, read by a drainer that dies after its commit
     read = stream.xreadgroup(GROUP, "crashed-drainer", {key: ">"}, count=10)
     usage_record(events=[make_event(issued, request_id=e.request_id) for e in events[:2]])
     assert len(read[0][1]) == 5
@@ -144,7 +145,7 @@ def test_batch_written_but_not_acked_is_reclaimed_without_double_counting(
 def test_undecodable_entry_goes_to_the_dead_letter_stream(stream_mode, stream, issued, caplog):
     key = stream_mode.USAGE_STREAM_KEY
     good = make_event(issued)
-    usage_emit(good)
+    emit(good)
     stream.xadd(key, {ENTRY_FIELD: "{not json"})
     stream.xadd(key, {"other": "field"})
     for bad in ({"request_id": ""}, {"cost": "abc"}, {"unknown": 1}):
@@ -167,7 +168,7 @@ def test_event_the_database_refuses_goes_to_the_dead_letter_stream(stream_mode, 
     good = make_event(issued)
     bad = json.loads(make_event(issued).to_json()) | {"api_key_id": "not-an-id"}
     stream.xadd(key, {ENTRY_FIELD: json.dumps(bad)})
-    usage_emit(good)
+    emit(good)
     assert usage_drain() == 1
     assert request_ids() == [good.request_id]
     assert stream.xlen(dead_letter_key(key)) == 1
@@ -178,8 +179,8 @@ def test_event_of_an_organization_deleted_before_the_drain_is_dropped(
     stream_mode, stream, issued, make_key, other_org
 ):
     kept = make_event(make_key(other_org))
-    usage_emit(make_event(issued))
-    usage_emit(kept)
+    emit(make_event(issued))
+    emit(kept)
     issued.api_key.organization.delete()
     usage_drain()
     assert request_ids() == [kept.request_id]
@@ -188,16 +189,16 @@ def test_event_of_an_organization_deleted_before_the_drain_is_dropped(
 
 def test_celery_task_drains_the_stream(stream_mode, stream, issued):
     event = make_event(issued)
-    usage_emit(event)
+    emit(event)
     drain_usage_events.delay()  # eager in tests: runs here
     assert request_ids() == [event.request_id]
 
 
 def test_dead_consumers_are_pruned(stream_mode, stream, issued, monkeypatch):
-    from metering.services import drain as services
+    from metering.usage import drain as services
 
     key = stream_mode.USAGE_STREAM_KEY
-    usage_emit(make_event(issued))
+    emit(make_event(issued))
     usage_drain()
     stream.xgroup_createconsumer(key, GROUP, "dead-drainer")
     monkeypatch.setattr(services, "_last_prune", float("-inf"))  # a young machine's clock

@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from metering.events import usage_emit
 from metering.models import UsageEvent
-from tests.metering.conftest import make_event
+from tests.metering.conftest import emit, make_event
 from tests.redis_server import redis_process, redis_server_available
 from tests.servers import ROOT
 from tests.servers import test_database_url as database_url
@@ -99,7 +98,7 @@ def test_a_celery_worker_with_beat_drains_emitted_events(settings, make_key, org
         try:
             events = [make_event(issued) for _ in range(20)]
             for event in events:
-                usage_emit(event)
+                emit(event)
             assert UsageEvent.objects.count() == 0  # in the stream, not written by the request
             deadline = time.monotonic() + 60
             while UsageEvent.objects.count() < len(events):

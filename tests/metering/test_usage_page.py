@@ -118,3 +118,23 @@ def test_presets(preset, start, end, granularity):
 )
 def test_an_unreadable_custom_range_falls_back_to_7_days(start, end):
     assert ranges.resolve("custom", start, end, NOW).preset == "7d"
+
+
+def test_overview_onboards_an_organization_without_calls(org):
+    html = _client(org).get("/dashboard/").content.decode()
+    assert 'data-testid="onboarding"' in html
+    assert 'base_url="http://testserver/v1"' in html
+    assert 'data-testid="onboarding-create-key"' in html
+
+
+def test_overview_shows_spend_and_the_30_day_sparkline(usage_dataset):
+    html = _client(usage_dataset.org).get("/dashboard/").content.decode()
+    june = expected_june(usage_dataset)
+    assert 'data-testid="onboarding"' not in html
+    spend = html.split('data-testid="spend"')[1].split("</div></div>")[0]
+    assert f"${june['totals']['cost']}" in spend
+    assert f"{june['totals']['requests']} requests at list prices" in spend
+    # 16 May .. 15 June: every June request and none of May's (31 May is in: 1 more).
+    sparkline = html.split('data-testid="sparkline"')[1]
+    assert "5 requests since 2025-05-17; busiest day 2025-06-14 with 2" in sparkline
+    assert sparkline.count(",") >= 30  # 30 points

@@ -67,7 +67,7 @@ class StreamUsage:
     finished: bool = False  # the stream reached its end ([DONE])
     # Content chunks relayed so far (one token each or more): while `usage` is known only at
     # the end (upstreams), the output count of a stream cut short by the death of its process
-    # (metering/inflight.py checkpoints max(usage.output_tokens, produced)).
+    # (metering/usage/inflight.py checkpoints max(usage.output_tokens, produced)).
     produced: int = 0
 
 

@@ -24,9 +24,9 @@ import redis
 from django.conf import settings
 from django.db.models import Count
 
-from metering.inflight import HEARTBEAT_SECONDS, PROCESSES_KEY, keys_of
 from metering.models import UsageEvent
 from metering.services import GROUP, usage_drain
+from metering.usage.inflight import HEARTBEAT_SECONDS, PROCESSES_KEY, keys_of
 from tests.metering.durability.production import Drainer, assert_reconciled
 from tests.servers import production_server
 

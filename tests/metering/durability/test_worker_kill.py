@@ -1,6 +1,6 @@
 """A serving process killed with kill -9 mid-stream: each of its admitted requests still gets
 exactly one usage event, `interrupted` (599), written by a survivor within a bounded time
-(issue 10, item 3; metering/inflight.py and metering/reaper.py).
+(issue 10, item 3; metering/usage/inflight.py and metering/usage/reaper.py).
 
 The production start command with 2 workers, PostgreSQL, a private Redis run with
 deploy/redis.conf. 16 slow streams; once each has delivered tokens (and the registry has
@@ -27,9 +27,9 @@ import pytest
 import redis
 
 from aibaas.gateway.tokenizer import count_chat_tokens
-from metering.inflight import HEARTBEAT_SECONDS, PROCESSES_KEY, keys_of
 from metering.models import UsageEvent
-from metering.reaper import INTERRUPTED, INTERRUPTED_STATUS
+from metering.usage.inflight import HEARTBEAT_SECONDS, PROCESSES_KEY, keys_of
+from metering.usage.reaper import INTERRUPTED, INTERRUPTED_STATUS
 from tests.metering.durability.production import Drainer, assert_reconciled, worker_pids
 from tests.servers import production_server
 

@@ -1,13 +1,8 @@
 """The OpenAI-compatible upstream provider: vLLM, Ollama, llama.cpp's server, OpenAI itself.
 
-- `provider`: `OpenAICompatibleProvider`, chat and embeddings answered in one piece.
-- `stream`: the SSE relay of a streamed chat completion, event by event as it arrives.
-- `upstreams`: weighted choice among a model's healthy upstreams, fallback to the next one,
-  the provider key from the environment; the one place that sends a request upstream.
-- `errors`: upstream failures split by whose fault they are (the customer's request: our 400;
-  the operator's side: a generic 502, the body logged with keys masked), and their messages.
-- `usage`: the upstream's usage when believable, else the gateway tokenizer's estimate.
-- `sessions`: one pooled aiohttp session per event loop; `close_sessions` at shutdown.
+`provider` (chat and embeddings in one piece), `stream` (the SSE relay), `upstreams` (choice,
+fallback, the one place that sends upstream), `errors` (whose fault, redaction, messages),
+`usage` (the upstream's when believable, else estimated), `sessions` (aiohttp pools).
 
 The names below are what the rest of the gateway and the tests use. The constants are here to
 be read: a test that changes one patches the module that uses it (`stream.MAX_EVENT_BYTES`).

@@ -85,49 +85,54 @@ def _renamed(data: bytes, renames: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
-async def relay_chat_stream(
-    model: ModelSpec, body: dict[str, Any], usage: StreamUsage
-) -> AsyncIterator[bytes]:
-    """Stream a chat completion from the model's upstreams to the client as SSE events,
-    filling `usage` as it goes (see the module docstring)."""
-    client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    upstream_body = dict(
-        body,
-        stream=True,
-        stream_options={**(body.get("stream_options") or {}), "include_usage": True},
-    )
-    response, latency = await _open(model, "/chat/completions", upstream_body, stream=True)
-    usage.upstream_latency_ms = latency
-    reported = False  # the upstream sent valid usage (else it is estimated at the end)
-    failed = False  # the upstream sent an error event: the stream ends there
-    completion: list[str] = []
-    unparsed: list[bytes] = []  # fast-path chunks: parsed only if usage must be estimated
-    identity: dict[str, Any] = {}  # id and created of the stream, for our usage chunk
-    renames = _model_renames(model)
+class _Relay:
+    """One stream's state as it is relayed: what the upstream reported, the text produced so far
+    (for an estimate), and whether it failed or finished."""
 
-    def parsed(chunk: dict[str, Any]) -> None:
-        if not identity:
-            identity.update(id=chunk.get("id"), created=chunk.get("created"))
-        completion.extend(_contents(chunk))
+    def __init__(self, model: ModelSpec, body: dict[str, Any], usage: StreamUsage) -> None:
+        self.model, self.body, self.usage = model, body, usage
+        self.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.reported = False  # the upstream sent valid usage (else it is estimated at the end)
+        self.failed = False  # the upstream sent an error event: the stream ends there
+        self.completion: list[str] = []
+        self.unparsed: list[bytes] = []  # fast-path chunks: parsed only if usage is estimated
+        self.identity: dict[str, Any] = {}  # id and created of the stream, for our usage chunk
+        self.renames = _model_renames(model)
 
-    def completion_text() -> str:
-        for data in unparsed:
+    def upstream_body(self) -> dict[str, Any]:
+        """The body sent upstream: always asking for usage (relayed only if the client did)."""
+        options = self.body.get("stream_options") or {}
+        return dict(self.body, stream=True, stream_options={**options, "include_usage": True})
+
+    def _parsed(self, chunk: dict[str, Any]) -> None:
+        if not self.identity:
+            self.identity.update(id=chunk.get("id"), created=chunk.get("created"))
+        self.completion.extend(_contents(chunk))
+
+    def _completion_text(self) -> str:
+        for data in self.unparsed:
             with contextlib.suppress(ValueError):  # forwarded as it came; counts for nothing
                 chunk = json.loads(data)
                 if isinstance(chunk, dict):
-                    parsed(chunk)
-        unparsed.clear()
-        return "".join(completion)
+                    self._parsed(chunk)
+        self.unparsed.clear()
+        return "".join(self.completion)
 
-    def relay(data: bytes) -> bytes | None:
+    def estimate(self) -> None:
+        """Bill what was produced, counted by our tokenizer (no usage from the upstream)."""
+        self.usage.usage = _estimate_chat(self.body, self._completion_text())
+
+    def event(self, data: bytes) -> bytes | None:
         """One event's data, as the client gets it (None: not forwarded)."""
-        nonlocal reported, failed
-        fast = _renamed(data, renames)
-        if fast is not None:
-            unparsed.append(data)
-            if _CONTENT.search(data):
-                usage.produced += 1
-            return b"data: " + fast + b"\n\n"
+        fast = _renamed(data, self.renames)
+        if fast is None:
+            return self._event_parsed(data)
+        self.unparsed.append(data)
+        if _CONTENT.search(data):
+            self.usage.produced += 1
+        return b"data: " + fast + b"\n\n"
+
+    def _event_parsed(self, data: bytes) -> bytes | None:
         try:
             chunk = json.loads(data)
         except ValueError:
@@ -135,47 +140,93 @@ async def relay_chat_stream(
         if not isinstance(chunk, dict):
             return None
         if "error" in chunk or chunk.get("object") == "error":  # vLLM's older shape
-            # Its message is the operator's business (it may name the machine, the
-            # account): logged here, and the client gets our generic error event.
+            # Its message is the operator's business (it may name the machine, the account):
+            # logged here, and the client gets our generic error event.
             logger.warning(
                 "upstream of %s sent an error event: %s",
-                model.name,
+                self.model.name,
                 " ".join(data.decode(errors="replace").split())[:500],
             )
-            failed = True
+            self.failed = True
             return None
         upstream_usage = _usage_from(chunk, min_prompt=CHAT_MIN_PROMPT_TOKENS)
         if upstream_usage is not None:
-            usage.usage = upstream_usage
-            reported = True
-        parsed(chunk)
+            self.usage.usage = upstream_usage
+            self.reported = True
+        self._parsed(chunk)
         if _contents(chunk):
-            usage.produced += 1
-        if chunk.get("usage") is not None and (upstream_usage is None or not client_wants_usage):
-            # Not asked for, or nonsense that is neither recorded nor relayed (our
-            # estimate goes out before [DONE] instead).
+            self.usage.produced += 1
+        if chunk.get("usage") is not None and (
+            upstream_usage is None or not self.client_wants_usage
+        ):
+            # Not asked for, or nonsense that is neither recorded nor relayed (our estimate
+            # goes out before [DONE] instead).
             del chunk["usage"]
             if not chunk.get("choices"):
                 return None
-        elif not client_wants_usage:
+        elif not self.client_wants_usage:
             chunk.pop("usage", None)
-        chunk["model"] = model.name
+        chunk["model"] = self.model.name
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
-    def done() -> bytes:
-        """The end of a complete stream: [DONE], after our usage chunk when the client
-        asked for usage and the upstream gave none that counts."""
-        usage.finished = True
-        if reported:
+    def done(self) -> bytes:
+        """The end of a complete stream: [DONE], after our usage chunk when the client asked
+        for usage and the upstream gave none that counts."""
+        self.usage.finished = True
+        if self.reported:
             return b"data: [DONE]\n\n"
-        usage.usage = _estimate_chat(body, completion_text())
-        if not client_wants_usage:
+        self.estimate()
+        if not self.client_wants_usage:
             return b"data: [DONE]\n\n"
-        chunk = _usage_chunk(model.name, identity.get("id"), identity.get("created"), usage.usage)
+        identity = self.identity
+        chunk = _usage_chunk(
+            self.model.name, identity.get("id"), identity.get("created"), self.usage.usage
+        )
         return (
             b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\ndata: [DONE]\n\n"
         )
 
+    def lines(self, lines: list[bytes]) -> bytes:
+        """The events of complete lines, joined for one write: up to [DONE] or a failure."""
+        out: list[bytes] = []
+        for raw_line in lines:
+            if not raw_line.startswith(b"data:"):
+                continue
+            data = raw_line[5:].strip()
+            if data == b"[DONE]":
+                out.append(self.done())
+                break
+            event = self.event(data)
+            if event is not None:
+                out.append(event)
+            elif self.failed:
+                break
+        return b"".join(out)
+
+    def last(self, pending: bytes) -> bytes:
+        """The events of the upstream's last line when it closed (it may lack the newline)."""
+        data = pending.strip()[5:].strip() if pending.startswith(b"data:") else b""
+        if data == b"[DONE]":
+            return self.done()
+        return (self.event(data) or b"") if data else b""
+
+    def cut_short(self) -> ProviderError:
+        """A stream without [DONE] is cut short, whatever it sent: not relayed as complete (the
+        chunks sent so far are billed, estimated if need be)."""
+        return ProviderError(
+            UPSTREAM_ERROR, STREAM_FAILED if self.failed else STREAM_CUT_SHORT, 502
+        )
+
+
+async def relay_chat_stream(
+    model: ModelSpec, body: dict[str, Any], usage: StreamUsage
+) -> AsyncIterator[bytes]:
+    """Stream a chat completion from the model's upstreams to the client as SSE events,
+    filling `usage` as it goes (see the module docstring)."""
+    relay = _Relay(model, body, usage)
+    response, usage.upstream_latency_ms = await _open(
+        model, "/chat/completions", relay.upstream_body(), stream=True
+    )
     # What the upstream sent in one read goes to the client in one write: the events are
     # split here (bytes.split) instead of one aiohttp readline per line, blank ones
     # included, and one uvicorn send per event.
@@ -184,42 +235,23 @@ async def relay_chat_stream(
         async for received in response.content.iter_any():
             lines = (pending + received).split(b"\n")
             pending = lines.pop()  # an incomplete line waits for the next read
-            out: list[bytes] = []
-            for raw_line in lines:
-                if not raw_line.startswith(b"data:"):
-                    continue
-                data = raw_line[5:].strip()
-                if data == b"[DONE]":
-                    out.append(done())
-                    break
-                event = relay(data)
-                if event is not None:
-                    out.append(event)
-                elif failed:
-                    break
+            out = relay.lines(lines)
             if out:
-                yield b"".join(out)
+                yield out
             if usage.finished:
                 break
-            if failed:
+            if relay.failed:
                 raise ProviderError(UPSTREAM_ERROR, STREAM_FAILED, 502)
             if len(pending) > MAX_EVENT_BYTES:
                 raise ProviderError(
                     UPSTREAM_ERROR, "The model server sent an event too large to relay.", 502
                 )
-        else:
-            # The upstream closed: its last line may lack the newline.
-            data = pending.strip()[5:].strip() if pending.startswith(b"data:") else b""
-            if data == b"[DONE]":
-                yield done()
-            else:
-                if data and (event := relay(data)) is not None:
-                    yield event
-                # A stream without [DONE] is cut short, whatever it sent: not relayed as
-                # complete (the chunks sent so far are billed, estimated if need be).
-                raise ProviderError(
-                    UPSTREAM_ERROR, STREAM_FAILED if failed else STREAM_CUT_SHORT, 502
-                )
+        else:  # the upstream closed
+            out = relay.last(pending)
+            if out:
+                yield out
+            if not usage.finished:
+                raise relay.cut_short()
     except TimeoutError:
         raise ProviderError(UPSTREAM_TIMEOUT, "The model server stopped answering.", 504) from None
     except aiohttp.ClientError:
@@ -229,6 +261,6 @@ async def relay_chat_stream(
             response.release()  # back to the pool for the next request
         else:
             response.close()  # the client left or the stream broke: drop the connection
-        if not usage.finished and not reported:
+        if not usage.finished and not relay.reported:
             # The client hung up or the upstream broke: bill what was produced so far.
-            usage.usage = _estimate_chat(body, completion_text())
+            relay.estimate()

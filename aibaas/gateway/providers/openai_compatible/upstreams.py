@@ -1,16 +1,12 @@
 """Choosing and asking a model's upstreams: the one place that sends a request upstream.
 
-Weighted random choice among the model's healthy upstreams; the others follow as fallbacks.
-An upstream that failed (connection error, an operator-side HTTP error, a stream request
-answered without an event stream) is skipped for UNHEALTHY_SECONDS unless nothing else is left.
-Operator-side HTTP errors (see `errors`), connection errors and a stream request answered with
-something that is not `text/event-stream` are retried on the next upstream before the first
-byte; a single-upstream model is retried once after a connection error or 5xx (asking again
-after a 4xx would only get the same answer). A customer-side refusal is passed on at once. A
-read timeout is final: 504 upstream_timeout (retrying a hung upstream would only double the
-wait).
-
-Provider keys come from the environment variable the upstream names, never the database.
+Weighted random choice among the model's healthy upstreams, the others as fallbacks; one that
+failed (connection error, operator-side HTTP error, a stream request answered without an event
+stream) is skipped for UNHEALTHY_SECONDS unless nothing else is left. Those failures are retried
+on the next upstream before the first byte (a single-upstream model: once, after a connection
+error or 5xx). A customer-side refusal is passed on at once; a read timeout is final (504
+upstream_timeout: retrying a hung upstream would only double the wait). Provider keys come from
+the environment variable the upstream names, never the database.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""`usage_reap`: the survivors' side of the in-flight registry (metering/inflight.py). The
+"""`usage_reap`: the survivors' side of the in-flight registry (metering/usage/inflight.py). The
 admitted requests of a serving process that died each get one usage event, status 599
 (`interrupted`), with their input tokens and the output tokens of their last checkpoint.
 
@@ -18,10 +18,10 @@ from datetime import datetime
 from django.utils import timezone
 
 from billing.pricing import cost_for
-from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT
-from metering.events import UsageEventData, redis_client
-from metering.inflight import PREFIX, PROCESSES_KEY, ttl_seconds
-from metering.services import usage_record
+from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT, redis_client
+from metering.usage.events import UsageEventData
+from metering.usage.inflight import PREFIX, PROCESSES_KEY, ttl_seconds
+from metering.usage.record import usage_record
 
 logger = logging.getLogger(__name__)
 

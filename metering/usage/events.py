@@ -1,14 +1,6 @@
-"""Usage events, emit side: one event per authenticated /v1 request, never lost, never counted
-twice. The gateway builds a `UsageEventData` (cost already computed) and calls `usage_emit`
-(sync code) or `ausage_emit` (async: no blocking call on the event loop).
-
-With REDIS_URL and CELERY_BROKER_URL: one XADD to the stream `aibaas:{usage}:events` (no SQL
-on the request path), moved into PostgreSQL by metering.services.usage_drain. Without a
-broker, or while Redis's breaker is open (infra/breaker.py): written at once
-by metering.services.usage_record. Invariants: an entry leaves the stream only once its row is
-committed (never trimmed; Redis must persist it, deploy/redis.conf); duplicates are dropped by
-the unique request_id; an event that cannot be stored is logged as replayable JSON.
-Why each choice: docs/usage-events.md.
+"""A usage event: what one authenticated /v1 request used and cost (`UsageEventData`), always
+storable whatever the client sent, and the names of the Redis stream events travel through.
+The pipeline, emit to drain: metering/usage/__init__.py; why each choice: docs/usage-events.md.
 """
 
 import ipaddress
@@ -18,15 +10,10 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from infra.breaker import redis_breaker
-from infra.db import releasing_connections
-from infra.redis_clients import REDIS_ERRORS, apipelined, redis_client
-from metering import inflight
-from metering.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
+from metering.usage.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +33,8 @@ _COUNTS = ("input_tokens", "output_tokens", "latency_ms", "quota_tokens")
 class UsageEventData:
     """What one /v1 request used and cost; the fields of metering.UsageEvent, by id.
 
-    Always storable, whatever the client sent (metering/sanitize.py): strings lose NUL and lone
-    surrogates and are cut to their columns (request_id ≤ 100, key_id ≤ 32, model ≤ 200,
+    Always storable, whatever the client sent (metering/usage/sanitize.py): strings lose NUL and
+    lone surrogates and are cut to their columns (request_id ≤ 100, key_id ≤ 32, model ≤ 200,
     endpoint and error_code ≤ 50), counts and cost are clamped to their columns' ranges, an
     unparsable client_ip is dropped, a naive created_at is UTC. Only a missing request_id (the
     idempotency key) is refused.
@@ -154,62 +141,3 @@ def dead_letter_key(key: str) -> str:
 def stream_enabled() -> bool:
     """Events go through the stream only when a Celery worker exists to drain it."""
     return bool(settings.REDIS_URL and settings.CELERY_BROKER_URL)
-
-
-def _redis_failed(error: Exception, event: "UsageEventData") -> None:
-    redis_breaker().failed(error)
-    logger.warning("usage event %s written to the database directly (Redis down)", event.request_id)
-
-
-# --- emit --------------------------------------------------------------------------------------
-
-
-def _xadd_args(event: UsageEventData) -> tuple[tuple, dict]:
-    return (stream_key(), {ENTRY_FIELD: event.to_json()}), {}
-
-
-def _record(event: UsageEventData) -> None:
-    from infra.db import when_unlocked
-    from metering.services import usage_record
-
-    try:
-        when_unlocked(lambda: usage_record(events=[event]))
-    except Exception:
-        logger.exception("usage event NOT RECORDED, replay it: %s", event.to_json())
-        raise
-
-
-def usage_emit(event: UsageEventData) -> None:
-    """Record one request's usage: to the stream, or the database (see the module docstring)."""
-    if stream_enabled() and redis_breaker().usable():
-        args, kwargs = _xadd_args(event)
-        try:
-            redis_client().xadd(*args, **kwargs)
-            return
-        except REDIS_ERRORS as error:
-            _redis_failed(error, event)
-    _record(event)
-
-
-async def ausage_emit(event: UsageEventData) -> None:
-    """usage_emit for async code: redis.asyncio for the stream (pipelined with the loop's other
-    commands: infra.redis_clients.apipelined), a thread for the database. The request's marker
-    in the in-flight registry (metering/inflight.py) goes with the event: in the same Lua
-    script as the XADD, or once the event is committed to the database."""
-    registry = inflight.current()
-    marked = registry is not None and registry.ending(event.request_id)
-    if stream_enabled() and redis_breaker().usable():
-        args, kwargs = _xadd_args(event)
-        try:
-            if marked:
-                key, fields = args
-                [(name, payload)] = fields.items()
-                await apipelined("eval", *registry.emit_args(key, name, payload, event.request_id))
-            else:
-                await apipelined("xadd", *args, **kwargs)
-            return
-        except REDIS_ERRORS as error:
-            _redis_failed(error, event)
-    await sync_to_async(releasing_connections(_record))(event)
-    if marked:
-        registry.forget(event.request_id)

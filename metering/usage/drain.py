@@ -1,5 +1,5 @@
 """Usage events, the stream's side: `usage_drain` moves the Redis stream into the table through
-usage_record. metering/events.py explains the pipeline."""
+usage_record. metering/usage/__init__.py explains the pipeline."""
 
 import logging
 import os
@@ -9,15 +9,9 @@ import time
 import redis
 from django.db import DataError, IntegrityError
 
-from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT
-from metering.events import (
-    ENTRY_FIELD,
-    UsageEventData,
-    dead_letter_key,
-    redis_client,
-    stream_key,
-)
-from metering.services.usage import usage_record
+from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT, redis_client
+from metering.usage.events import ENTRY_FIELD, UsageEventData, dead_letter_key, stream_key
+from metering.usage.record import usage_record
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Usage events, write side: `usage_record`, a batch of events into the table, idempotent, with
-the monthly quota's token settlement of exactly the events it stored. metering/events.py
+the monthly quota's token settlement of exactly the events it stored. metering/usage/__init__.py
 explains the pipeline."""
 
 import logging
@@ -11,10 +11,10 @@ from django.db import connection, transaction
 
 from accounts.models import Organization
 from keys.models import ApiKey
-from metering.events import UsageEventData
 from metering.models import UsageEvent
 from metering.quota.counter import settle_rows
 from metering.rollups.maintenance import rollup_add
+from metering.usage.events import UsageEventData
 
 logger = logging.getLogger(__name__)
 

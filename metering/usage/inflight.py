@@ -1,7 +1,7 @@
 """The in-flight registry: a serving process keeps in Redis a marker per admitted request and
 the output tokens of its streams at the last checkpoint, so that when the process dies (kill
 -9, OOM) a survivor closes each of its requests with one `interrupted` usage event
-(metering/reaper.py). Started by the gateway's lifespan, on servers with REDIS_URL.
+(metering/usage/reaper.py). Started by the gateway's lifespan, on servers with REDIS_URL.
 
 Keys per process P, in the `{usage}` slot: `inflight:P`, `progress:P`, `alive:P` and the set
 `processes`. Invariants: a marker goes with its request's own event, atomically (one Lua
@@ -11,16 +11,19 @@ docs/usage-events.md.
 """
 
 import asyncio
+import hashlib
 import logging
 import os
 import secrets
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 
 from django.conf import settings
 
 from infra.loops import PerLoop
 from infra.redis_clients import submit
+from metering.usage.events import stream_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +33,16 @@ HEARTBEAT_SECONDS = 1.0
 MAX_PENDING = 100_000  # failed writes kept for the heartbeat; past it the oldest go (logged)
 
 # The event and the marker's end, together: a marker exists only while its event does not.
+# KEYS: the stream, then the hashes the request is in (inflight; progress too for a stream).
+# Sent by its SHA (EVALSHA): Redis does not hash the script again for every request.
 EMIT = """
 redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
-redis.call('HDEL', KEYS[2], ARGV[3])
-redis.call('HDEL', KEYS[3], ARGV[3])
+for i = 2, #KEYS do
+  redis.call('HDEL', KEYS[i], ARGV[3])
+end
 return 1
 """
+EMIT_SHA = hashlib.sha1(EMIT.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
 # SADD answers 1 when this process was not registered: first beat, reaped while cut off, or a
 # Redis that lost its data. The heartbeat then writes every marker again.
 BEAT = """
@@ -68,6 +75,7 @@ class Registry:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.reap: Callable[[], object] | None = None  # run after each beat (see _reap)
         self.process = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.inflight, self.progress, self.alive = keys_of(self.process)
         self.active: dict[str, _Entry] = {}
@@ -86,12 +94,18 @@ class Registry:
         if entry is not None:
             entry.usage = usage
 
-    def ending(self, request_id: str) -> bool:
-        """The request's event is being emitted: no more checkpoints. Whether it had a marker."""
-        return self.active.pop(request_id, None) is not None
+    def ending(self, request_id: str) -> tuple[str, ...]:
+        """The request's event is being emitted: no more checkpoints. The hashes its marker is
+        in (none: it had no marker; the progress hash only for a stream)."""
+        entry = self.active.pop(request_id, None)
+        if entry is None:
+            return ()
+        return (self.inflight,) if entry.usage is None else (self.inflight, self.progress)
 
-    def emit_args(self, stream: str, field: str, payload: str, request_id: str) -> tuple:
-        return (EMIT, 3, stream, self.inflight, self.progress, field, payload, request_id)
+    @staticmethod
+    def emit_args(stream: str, hashes: tuple[str, ...], field: str, payload: str, request_id):
+        """EVALSHA's arguments of EMIT for this event and the hashes `ending` named."""
+        return (EMIT_SHA, 1 + len(hashes), stream, *hashes, field, payload, request_id)
 
     def forget(self, request_id: str) -> None:
         """Remove the marker of a request whose event was written to the database directly."""
@@ -182,14 +196,13 @@ class Registry:
         return out
 
     def _reap(self) -> None:
-        """Without a Celery broker nothing else runs the reaper: this process does, after each
-        beat, in a thread, one run at a time."""
-        from metering.events import stream_enabled
-        from metering.reaper import usage_reap
-
-        if stream_enabled() or (self.reaping is not None and not self.reaping.done()):
+        """Without a Celery broker nothing else runs the reaper (`reap`, given to `start`): this
+        process does, after each beat, in a thread, one run at a time."""
+        if self.reap is None or stream_enabled():
             return
-        self.reaping = self.loop.run_in_executor(None, _reap_in_thread, usage_reap)
+        if self.reaping is not None and not self.reaping.done():
+            return
+        self.reaping = self.loop.run_in_executor(None, _reap_in_thread, self.reap)
 
     async def stop(self) -> None:
         """Shutdown: stop beating; with nothing in flight, the registry goes (else the reaper
@@ -220,10 +233,13 @@ def _reap_in_thread(reap) -> None:
 _registries: PerLoop[Registry] = PerLoop(Registry)
 
 
-async def start() -> None:
-    """Start this event loop's registry and heartbeat (the gateway's lifespan)."""
+async def start(*, reap: Callable[[], object] | None = None) -> None:
+    """Start this event loop's registry and heartbeat (the gateway's lifespan). `reap`: the
+    reaper this process runs after each beat when there is no broker (metering.usage.start)."""
     if settings.REDIS_URL:
-        await _registries.get().start()
+        registry = _registries.get()
+        registry.reap = reap
+        await registry.start()
 
 
 def current() -> Registry | None:
