@@ -14,7 +14,7 @@ from gunicorn.glogging import Logger
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
-from infra.logs import AccessLogWithoutQuery, protect_handlers
+from infra.logs import AccessLogWithoutQuery, log_format, protect_handlers, use_format
 from infra.proxies import proxies_from_env
 
 
@@ -55,6 +55,7 @@ class ServerSettings:
     proxies: list[str]
     access_log: str | None
     log_level: str
+    log_format: str  # "json" | "plain": LOG_FORMAT, as the app reads it (infra/logs.py)
 
     @classmethod
     def from_env(cls) -> "ServerSettings":
@@ -73,15 +74,22 @@ class ServerSettings:
             proxies=proxies_from_env(),
             access_log=None if access_log.lower() in ("", "off", "false", "0") else access_log,
             log_level=os.environ.get("LOG_LEVEL", "info").strip().lower() or "info",
+            log_format=log_format(os.environ.get("LOG_FORMAT"), debug=_debug()),
         )
+
+
+def _debug() -> bool:
+    # django-environ's reading of DEBUG (aibaas/settings/base.py), for LOG_FORMAT's default.
+    return os.environ.get("DEBUG", "").strip().lower() in ("true", "on", "ok", "y", "yes", "1")
 
 
 class RedactingLogger(Logger):
     """gunicorn's logger, whose handlers (the workers' uvicorn loggers share them) never write
-    a key and whose access log has no query strings."""
+    a key, whose access log has no query strings, and which writes JSON under LOG_FORMAT=json."""
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
+        use_format(ServerSettings.from_env().log_format, self.error_log, self.access_log)
         for handler in self.access_log.handlers:
             if not any(isinstance(f, AccessLogWithoutQuery) for f in handler.filters):
                 handler.addFilter(AccessLogWithoutQuery())

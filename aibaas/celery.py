@@ -5,7 +5,7 @@ import os
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from infra.logs import protect_handlers
+from infra.logs import protect_handlers, use_format
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aibaas.settings")
 
@@ -17,5 +17,9 @@ app.autodiscover_tasks()
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _redact_keys(logger, **kwargs) -> None:
-    """Celery replaces the logging Django set up: its handlers redact keys too."""
+    """Celery replaces the logging Django set up: its handlers redact keys too, and write the
+    LOG_FORMAT Django's do."""
+    from django.conf import settings
+
+    use_format(settings.LOG_FORMAT, logger)
     protect_handlers(logger)

@@ -1,5 +1,7 @@
 """Logging that never writes an API key: a filter on every handler (Django's, gunicorn's,
-Celery's) redacts key-shaped text, and access logs drop query strings.
+Celery's) redacts key-shaped text, and access logs drop query strings. LOG_FORMAT chooses
+plain lines or one JSON object per line (python-json-logger); the JSON formatter redacts its
+own output too, since it formats tracebacks and extra fields after the filter has run.
 
 A key reaches a log line by accident (a client puts it in a URL, a name, an error message), so
 the filter works on the finished text of each record, traceback included, not on known fields.
@@ -8,6 +10,8 @@ the filter works on the finished text of each record, traceback included, not on
 import logging
 import logging.config
 import re
+
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 # sk_live_/sk_test_ and whatever follows, also percent-encoded ("sk%5Flive%5F..."): a partial
 # key is still a secret's worth of prefix.
@@ -87,3 +91,46 @@ def configure(config: dict) -> None:
     (console, mail_admins) included."""
     logging.config.dictConfig(config)
     protect_handlers()
+
+
+LOG_FORMATS = ("json", "plain")
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def log_format(value: str | None, *, debug: bool) -> str:
+    """LOG_FORMAT's value: "json" or "plain"; unset, plain under DEBUG and JSON otherwise."""
+    chosen = (value or "").strip().lower() or ("plain" if debug else "json")
+    if chosen not in LOG_FORMATS:
+        raise ValueError(f"LOG_FORMAT must be 'json' or 'plain', not {value!r}.")
+    return chosen
+
+
+class JsonFormatter(_JsonFormatter):
+    """One JSON object per line: time, level, logger, message, and the record's extra fields
+    (`logger.info(..., extra={"request_id": ...})`). Key-shaped text is redacted in the whole
+    line: python-json-logger formats the traceback from exc_info itself (not the filter's
+    redacted exc_text) and serializes extra fields the filter never sees."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("fmt", "%(levelname)s %(name)s %(message)s")
+        kwargs.setdefault("timestamp", "time")  # ISO 8601, UTC
+        kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
+        kwargs.setdefault("json_ensure_ascii", False)
+        super().__init__(*args, **kwargs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def formatter(log_format_name: str) -> logging.Formatter:
+    return JsonFormatter() if log_format_name == "json" else logging.Formatter(PLAIN_FORMAT)
+
+
+def use_format(log_format_name: str, *loggers: logging.Logger) -> None:
+    """Give every handler of `loggers` the formatter of `log_format_name` (the app server's and
+    Celery's own handlers, which Django's LOGGING does not configure)."""
+    if log_format_name != "json":
+        return  # their own plain formats stay
+    for logger in loggers:
+        for handler in logger.handlers:
+            handler.setFormatter(JsonFormatter())

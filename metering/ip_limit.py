@@ -163,7 +163,8 @@ class IpStarted:
 
 
 def ip_check_start(ip: str | None, *, now_ms: int | None = None) -> IpStarted:
-    """ip_check in two halves: this one counts the request now (pipelined: it shares the round
+    """Count one request of this address (0 without an address or when the layer is off), in
+    two halves: this one counts the request now (pipelined: it shares the round
     trip of what the caller sends before awaiting), ip_check_finish awaits the answer."""
     rate = current_rate()
     if rate is None or not ip:
@@ -206,12 +207,6 @@ async def ip_check_finish(started: IpStarted) -> int:
         int(count), int(previous or 0), started.limit, started.now_ms, started.period_ms
     )
     return started.verdict
-
-
-async def ip_check(ip: str | None, *, now_ms: int | None = None) -> int:
-    """Count one request of this address; 0 when it may go on, else the seconds until it may
-    (Retry-After). 0 without an address or when the layer is off."""
-    return await ip_check_finish(ip_check_start(ip, now_ms=now_ms))
 
 
 def reset_state() -> None:

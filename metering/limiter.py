@@ -626,35 +626,6 @@ def _no_limits(now_ms: int | None) -> Decision:
 # --- the public calls -------------------------------------------------------------------------
 
 
-def check(
-    key_id: str,
-    limits: list[Limit],
-    *,
-    requests: int = 1,
-    tokens: int = 0,
-    now_ms: int | None = None,
-) -> Decision:
-    """Admit (and count) a request of `requests` and `tokens` (an estimate), or refuse it."""
-    if not limits:
-        return _no_limits(now_ms)
-    mode, requests, tokens, specs, now = _check_args(limits, requests, tokens, now_ms)
-    backend, result = _run(key_id, mode, requests, tokens, specs, now)
-    return _decision(limits, backend, result, now)
-
-
-async def acheck(
-    key_id: str,
-    limits: list[Limit],
-    *,
-    requests: int = 1,
-    tokens: int = 0,
-    now_ms: int | None = None,
-) -> Decision:
-    return await check_finish(
-        check_start(key_id, limits, requests=requests, tokens=tokens, now_ms=now_ms)
-    )
-
-
 class CheckStarted:
     """A check sent, not yet answered (check_start / check_finish)."""
 
@@ -672,8 +643,9 @@ def check_start(
     tokens: int = 0,
     now_ms: int | None = None,
 ) -> CheckStarted:
-    """acheck in two halves: this one sends the call at once (pipelined: what else the caller
-    sends before awaiting goes in the same round trip), `check_finish` awaits the answer."""
+    """Admit (and count) a request of `requests` and `tokens` (an estimate), or refuse it, in
+    two halves: this one sends the call at once (pipelined: what else the caller sends before
+    awaiting goes in the same round trip), `check_finish` awaits the answer."""
     if not limits:
         return CheckStarted(limits, 0, decision=_no_limits(now_ms))
     mode, requests, tokens, specs, now = _check_args(limits, requests, tokens, now_ms)
@@ -696,7 +668,7 @@ def _settle_args(key_id, limits, admitted_at_ms, token_delta, request_delta, now
     return _APPLY, 0, 0, _specs(limits, deltas, admitted_at_ms), _now(now_ms)
 
 
-def settle(
+async def asettle(
     key_id: str,
     limits: list[Limit],
     *,
@@ -707,23 +679,8 @@ def settle(
 ) -> None:
     """Add the deltas (may be negative; a bucket never goes below 0) to the bucket the admission
     at `admitted_at_ms` went into, if it is still live; if it aged out, nothing happens (what it
-    held has already left the window). One round trip."""
-    args = _settle_args(key_id, limits, admitted_at_ms, token_delta, request_delta, now_ms)
-    if args is not None:
-        _run(key_id, *args)
-
-
-async def asettle(
-    key_id: str,
-    limits: list[Limit],
-    *,
-    admitted_at_ms: int,
-    token_delta: int = 0,
-    request_delta: int = 0,
-    now_ms: int | None = None,
-) -> None:
-    """settle for async code. While Redis answers, the settlement is not sent by itself: it
-    goes with the key's next call, or within SETTLE_DELAY_SECONDS (_Pending)."""
+    held has already left the window). While Redis answers, the settlement is not sent by
+    itself: it goes with the key's next call, or within SETTLE_DELAY_SECONDS (_Pending)."""
     args = _settle_args(key_id, limits, admitted_at_ms, token_delta, request_delta, now_ms)
     if args is None:
         return
@@ -742,14 +699,9 @@ def peek(key_id: str, limits: list[Limit], *, now_ms: int | None = None) -> list
     return _states(limits, result)
 
 
-async def apeek(
-    key_id: str, limits: list[Limit], *, now_ms: int | None = None
-) -> list[WindowState]:
-    return await peek_finish(peek_start(key_id, limits, now_ms=now_ms))
-
-
 def peek_start(key_id: str, limits: list[Limit], *, now_ms: int | None = None) -> CheckStarted:
-    """apeek in two halves, as check_start / check_finish."""
+    """The windows now, without counting anything, in two halves as check_start /
+    check_finish (the /v1 headers of a request refused before admission)."""
     if not limits:
         return CheckStarted(limits, 0, decision=_no_limits(now_ms))
     now = _now(now_ms)

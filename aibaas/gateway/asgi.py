@@ -18,7 +18,7 @@ from functools import partial
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from aibaas.gateway import pipeline, streaming, validation, wire
+from aibaas.gateway import pipeline, request_log, streaming, validation, wire
 from aibaas.gateway.lifespan import lifespan
 from aibaas.gateway.middleware import request_ids
 from aibaas.gateway.security import Security, SecurityRequest
@@ -86,7 +86,11 @@ class GatewayApplication:
         if kind == "http":
             route = _route(scope["path"])
             if route is not None:
-                await self.handle(scope, receive, send, *route)
+                await request_log.logged(
+                    scope,
+                    send,
+                    partial(self.handle, scope, receive, method=route[0], handler=route[1]),
+                )
                 return
         elif kind == "lifespan":
             await lifespan(receive, send)

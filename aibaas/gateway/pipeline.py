@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from aibaas.gateway import response_cache, streaming, validation
+from aibaas.gateway import request_log, response_cache, streaming, validation
 from aibaas.gateway.call import UNKNOWN_MODEL, Call
 from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.base import ModelSpec, ProviderResult
@@ -79,6 +79,7 @@ async def authenticate(inbound: Inbound):
         raise ApplicationError(INVALID_API_KEY, MISSING_KEY_MESSAGE, status=401)
     context = await aauthenticate_key(inbound.raw_key)  # or KeyRejected, an ApplicationError
     note_key_use(context.pk, context.key_id, inbound.client_ip)
+    request_log.note_key(context)
     return context
 
 
@@ -109,6 +110,7 @@ def _call_model(body: dict[str, Any]) -> str:
 
 
 async def _model(call: Call, name: str, kind: str) -> ModelSpec:
+    request_log.note_model(name)
     spec = await amodel_spec(name)
     if spec is None:
         raise _model_not_found(name)

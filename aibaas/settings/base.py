@@ -4,6 +4,7 @@ import ipaddress
 
 from django.core.exceptions import ImproperlyConfigured
 
+from infra.logs import PLAIN_FORMAT, log_format
 from infra.proxies import proxies_from_env
 
 from .env import BASE_DIR, ENV_FILE, env  # noqa: F401 (ENV_FILE: the dotenv file read, if any)
@@ -157,14 +158,21 @@ if not 1 <= RATELIMIT_IPV6_MASK <= 128:
     raise ImproperlyConfigured("RATELIMIT_IPV6_MASK must be from 1 to 128.")
 
 # Every handler, Django's own included, redacts key-shaped text (infra/logs.py).
+# LOG_FORMAT: one JSON object per line (production: the default when DEBUG is off) or plain
+# readable lines (the default under DEBUG, `make run`).
+try:
+    LOG_FORMAT = log_format(env.str("LOG_FORMAT", default=""), debug=DEBUG)
+except ValueError as _error:
+    raise ImproperlyConfigured(str(_error)) from None
 LOGGING_CONFIG = "infra.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {"format": PLAIN_FORMAT},
+        "json": {"()": "infra.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO").upper()},
     "loggers": {
         "django.db.backends": {"level": "INFO"},

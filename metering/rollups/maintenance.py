@@ -168,33 +168,36 @@ def rollup_add(*, request_ids: Collection[str]) -> int:
     return sums.upsert()
 
 
-@transaction.atomic
 def rollup_rebuild(
     *, organization: Organization | None = None, since: datetime | None = None
 ) -> int:
     """Recompute the rollups from the usage events: of one organization or all, from the UTC day
-    that holds `since` or from the start. Safe beside a running drain: on PostgreSQL the table
-    is locked (EXCLUSIVE: reads go on) before the events are read, so a drain's events are
-    either read here or added after; SQLite has one writer. Returns the rollup rows written."""
+    that holds `since` or from the start; one transaction per organization. Safe beside a
+    running drain: on PostgreSQL the table is locked (EXCLUSIVE: reads go on, writers wait for
+    that organization's rebuild) before its events are read, so a drain's events are either
+    read here or added after; SQLite has one writer. Returns the rollup rows written."""
+    day = floor(since, UsageRollup.DAY) if since is not None else None
+    scopes = [organization.pk] if organization is not None else None
+    if scopes is None:
+        with_events = UsageEvent.objects.order_by().values_list("organization_id", flat=True)
+        with_rollups = UsageRollup.objects.order_by().values_list("organization_id", flat=True)
+        scopes = sorted(set(with_events.distinct()) | set(with_rollups.distinct()))
+    return sum(_rebuild_one(organization_id, day) for organization_id in scopes)
+
+
+@transaction.atomic
+def _rebuild_one(organization_id: int, day: datetime | None) -> int:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             table = connection.ops.quote_name(UsageRollup._meta.db_table)
             cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
-    rollups = UsageRollup.objects.all()
-    events = UsageEvent.objects.all()
-    if organization is not None:
-        rollups = rollups.filter(organization=organization)
-        events = events.filter(organization=organization)
-    if since is not None:
-        day = floor(since, UsageRollup.DAY)
+    rollups = UsageRollup.objects.filter(organization_id=organization_id)
+    events = UsageEvent.objects.filter(organization_id=organization_id)
+    if day is not None:
         rollups = rollups.filter(bucket__gte=day)
         events = events.filter(created_at__gte=day)
     rollups.delete()
-    written = 0
-    organization_ids = events.order_by().values_list("organization_id", flat=True).distinct()
-    for organization_id in sorted(set(organization_ids)):
-        sums = _Sums()
-        for row in _hourly(events.filter(organization_id=organization_id)):
-            sums.add(row)
-        written += sums.upsert()
-    return written
+    sums = _Sums()
+    for row in _hourly(events):
+        sums.add(row)
+    return sums.upsert()

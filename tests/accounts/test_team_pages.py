@@ -261,3 +261,16 @@ def test_the_new_organization_page_keeps_the_navigation(owner):
     page = logged_in(owner).get(reverse("dashboard:organization_create")).content.decode()
     assert 'aria-label="Dashboard"' in page
     assert reverse("dashboard:keys") in page and reverse("dashboard:team") in page
+
+
+def test_a_closed_organization_is_out_of_reach_of_the_operators_commands(org, owner):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    _key(owner, ["inference"])
+    logged_in(owner).post(reverse("dashboard:organization_delete"), {"confirmation": "Acme"})
+    assert Organization.objects.get(pk=org.pk).deleted_at is not None
+    for command, options in (("create_key", {"name": "x"}), ("set_plan", {"plan": "pro"})):
+        with pytest.raises(CommandError, match="No organization with slug 'acme'"):
+            call_command(command, org="acme", **options)
+    assert ApiKey.objects.filter(organization=org).count() == 1

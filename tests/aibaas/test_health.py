@@ -3,6 +3,8 @@ import os
 import pytest
 from django.db import OperationalError, connection
 
+from tests.metering import limiter_calls as calls
+
 CLOSED_PORT_REDIS = "redis://127.0.0.1:1/0"
 METRICS_TOKEN = "operator-token-4f1c9a"
 
@@ -114,7 +116,7 @@ def test_a_redis_outage_shows_in_readyz_and_metrics_as_local_limiting(
 ):
     settings.REDIS_URL = CLOSED_PORT_REDIS
     limits = fresh_limiter.limits_for({"requests_per_minute": 5})
-    decisions = [fresh_limiter.check("health", limits) for _ in range(6)]
+    decisions = [calls.check("health", limits) for _ in range(6)]
     assert [d.allowed for d in decisions] == [True] * 5 + [False]  # still limiting
     assert {d.backend for d in decisions} == {"local"}
 

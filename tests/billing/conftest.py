@@ -10,6 +10,20 @@ from tests.conftest import WEBHOOK_SECRET
 from tests.stripe_fake import event, sign
 
 
+@pytest.fixture(autouse=True)
+def _key_touches_stay_in_their_test(django_db_blocker):
+    """Requests with a key (GET /v1/key) queue a last-used write on a background thread: wait
+    for it here, so it never runs during a later test without database access (as
+    tests/keys/conftest.py does)."""
+    from keys import touch
+
+    touch.reset()
+    yield
+    with django_db_blocker.unblock():
+        touch.flush()
+    touch.reset()
+
+
 @pytest.fixture
 def synced(stripe_online, db):
     """Billing online, the plans synced to the fake Stripe."""

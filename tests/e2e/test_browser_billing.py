@@ -10,6 +10,7 @@ import pytest
 
 from accounts.actors import Actor
 from billing.subscriptions.sync import plans_sync_to_stripe
+from keys import touch
 from keys.services import api_key_create
 from tests.billing.conftest import pay
 from tests.conftest import WEBHOOK_SECRET
@@ -66,3 +67,4 @@ def test_upgrade_from_free_to_pro_with_stripe_checkout(web, stripe_online, setti
     assert "Active" in web.find('[data-testid="billing-status"]').text
     key = v1_key()
     assert (key["plan"], key["limits"]["requests_per_minute"]) == ("pro", 300)
+    touch.flush()  # the key's last-used write must not land in a later test

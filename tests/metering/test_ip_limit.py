@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from metering import ip_limit, limiter
+from tests.metering import limiter_calls as calls
 from tests.servers import free_port
 
 MINUTE = 60_000
@@ -38,7 +39,7 @@ def ip() -> str:
 
 def checks(ip: str, times: list[int]) -> list[int]:
     async def run():
-        return [await ip_limit.ip_check(ip, now_ms=t) for t in times]
+        return [await calls.ip_check(ip, now_ms=t) for t in times]
 
     return asyncio.run(run())
 
@@ -95,7 +96,7 @@ def test_no_address_or_no_rate_is_never_limited(settings, ip):
     settings.GATEWAY_IP_RATE = ""
     assert checks(ip, [T0 + i for i in range(100)]) == [0] * 100
     settings.GATEWAY_IP_RATE = "1/m"
-    assert asyncio.run(ip_limit.ip_check(None)) == 0
+    assert asyncio.run(calls.ip_check(None)) == 0
 
 
 @pytest.mark.redis

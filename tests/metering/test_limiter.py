@@ -19,6 +19,7 @@ from billing.models import Plan
 from keys import verification
 from metering import limiter
 from metering.limiter import Limit, limits_for
+from tests.metering import limiter_calls as calls
 from tests.redis_server import redis_process, redis_server_available
 from tests.servers import free_port
 
@@ -62,7 +63,7 @@ def key_id(settings):
 
 
 def allowed(key_id, limits, times, **kwargs) -> list[bool]:
-    return [limiter.check(key_id, limits, now_ms=t, **kwargs).allowed for t in times]
+    return [calls.check(key_id, limits, now_ms=t, **kwargs).allowed for t in times]
 
 
 def reference_allows(admitted: list[tuple[int, int]], now: int, limits, amounts) -> bool:
@@ -85,7 +86,7 @@ def reference_allows(admitted: list[tuple[int, int]], now: int, limits, amounts)
 
 
 def test_50_per_minute_admits_exactly_50_of_200_calls(backend, key_id):
-    decisions = [limiter.check(key_id, [rpm(50)], now_ms=T0 + i * 10) for i in range(200)]
+    decisions = [calls.check(key_id, [rpm(50)], now_ms=T0 + i * 10) for i in range(200)]
     assert [d.allowed for d in decisions] == [True] * 50 + [False] * 150
     assert [d.windows[0].used for d in decisions[:50]] == list(range(1, 51))
     assert [d.windows[0].remaining for d in decisions[:50]] == list(range(49, -1, -1))
@@ -99,7 +100,7 @@ def test_refused_calls_count_nowhere(backend, key_id):
     limits = [rpm(5), rpd(100), tpm(1_000)]
     assert allowed(key_id, limits, [T0] * 25, tokens=10) == [True] * 5 + [False] * 20
     # refused by the token window: the request windows do not count it either
-    assert not limiter.check(key_id, limits, now_ms=T0 + 61_000, tokens=1_001).allowed
+    assert not calls.check(key_id, limits, now_ms=T0 + 61_000, tokens=1_001).allowed
     assert [w.used for w in limiter.peek(key_id, limits, now_ms=T0 + 61_000)] == [0, 5, 0]
     assert allowed(key_id, limits, [T0 + 61_000] * 6) == [True] * 5 + [False]
     assert [w.used for w in limiter.peek(key_id, limits, now_ms=T0 + 61_000)] == [5, 10, 0]
@@ -115,7 +116,7 @@ def test_no_60_second_span_ever_holds_more_than_the_limit(backend, key_id):
     amounts = [{"requests": 1}]
     for now in times:
         expected = reference_allows(admitted, now, limits, amounts)
-        assert limiter.check(key_id, limits, now_ms=now).allowed is expected, now - T0
+        assert calls.check(key_id, limits, now_ms=now).allowed is expected, now - T0
         if expected:
             admitted.append((now, 0))
     stamps = [at for at, _ in admitted]
@@ -130,32 +131,32 @@ def test_capacity_frees_a_window_after_the_buckets_latest_admission(backend, key
     first = T0 + offset // 2
     at = T0 + offset
     assert allowed(key_id, [rpm(3)], [first, at, at, at]) == [True, True, True, False]
-    refused = limiter.check(key_id, [rpm(3)], now_ms=at)
+    refused = calls.check(key_id, [rpm(3)], now_ms=at)
     assert refused.retry_after_ms == MINUTE  # never more than the window
-    assert not limiter.check(key_id, [rpm(3)], now_ms=at + MINUTE - 1).allowed
-    assert limiter.check(key_id, [rpm(3)], now_ms=at + MINUTE).allowed
+    assert not calls.check(key_id, [rpm(3)], now_ms=at + MINUTE - 1).allowed
+    assert calls.check(key_id, [rpm(3)], now_ms=at + MINUTE).allowed
 
 
 def test_a_day_window_frees_a_day_after_the_buckets_latest_admission(backend, key_id):
     at = T0 + 5_000
     assert allowed(key_id, [rpd(2)], [T0, at, at]) == [True, True, False]
-    free = limiter.check(key_id, [rpd(2)], now_ms=at + 1)
+    free = calls.check(key_id, [rpd(2)], now_ms=at + 1)
     assert free.retry_after_ms == DAY - 1
-    assert not limiter.check(key_id, [rpd(2)], now_ms=at + DAY - 1).allowed
-    assert limiter.check(key_id, [rpd(2)], now_ms=at + DAY).allowed
+    assert not calls.check(key_id, [rpd(2)], now_ms=at + DAY - 1).allowed
+    assert calls.check(key_id, [rpd(2)], now_ms=at + DAY).allowed
 
 
 def test_retry_after_is_when_enough_old_buckets_age_out(backend, key_id):
     limits = [rpm(5)]
     assert allowed(key_id, limits, [T0 + s * 10_000 for s in range(5)]) == [True] * 5
     now = T0 + 45_000
-    refused = limiter.check(key_id, limits, now_ms=now)
+    refused = calls.check(key_id, limits, now_ms=now)
     assert not refused.allowed
     assert refused.retry_after_ms == 15_000  # the T0 admission leaves at T0 + 60 s
     assert refused.windows[0].reset_ms == 15_000
     assert refused.at_ms == now
-    assert not limiter.check(key_id, limits, now_ms=now + refused.retry_after_ms - 1).allowed
-    assert limiter.check(key_id, limits, now_ms=now + refused.retry_after_ms).allowed
+    assert not calls.check(key_id, limits, now_ms=now + refused.retry_after_ms - 1).allowed
+    assert calls.check(key_id, limits, now_ms=now + refused.retry_after_ms).allowed
 
 
 @pytest.mark.parametrize(
@@ -166,27 +167,27 @@ def test_retry_after_for_tokens_walks_the_oldest_buckets(backend, key_id, tokens
     limits = [tpm(100)]
     assert allowed(key_id, limits, [T0, T0 + 10_000], tokens=40) == [True, True]
     now = T0 + 20_000
-    refused = limiter.check(key_id, limits, now_ms=now, tokens=tokens)
+    refused = calls.check(key_id, limits, now_ms=now, tokens=tokens)
     assert (refused.allowed, refused.retry_after_ms) == (False, retry_ms)
-    assert not limiter.check(key_id, limits, now_ms=now + retry_ms - 1, tokens=tokens).allowed
-    assert limiter.check(key_id, limits, now_ms=now + retry_ms, tokens=tokens).allowed
+    assert not calls.check(key_id, limits, now_ms=now + retry_ms - 1, tokens=tokens).allowed
+    assert calls.check(key_id, limits, now_ms=now + retry_ms, tokens=tokens).allowed
 
 
 def test_the_refusing_window_that_frees_last_names_the_refusal(backend, key_id):
     limits = [rpm(2), rpd(4)]
     assert allowed(key_id, limits, [T0, T0, T0 + 70_000, T0 + 70_000]) == [True] * 4
-    refused = limiter.check(key_id, limits, now_ms=T0 + 70_001)  # both refuse
+    refused = calls.check(key_id, limits, now_ms=T0 + 70_001)  # both refuse
     assert refused.refused_by == rpd(4)
     assert refused.retry_after_ms == DAY - 1  # the day bucket's latest admission: T0 + 70 s
 
 
 def test_a_request_larger_than_a_token_limit_never_fits(backend, key_id):
-    decision = limiter.check(key_id, [rpm(10), tpm(100)], now_ms=T0, tokens=101)
+    decision = calls.check(key_id, [rpm(10), tpm(100)], now_ms=T0, tokens=101)
     assert not decision.allowed
     assert decision.refused_by == tpm(100)
     assert decision.retry_after_ms >= 1
     assert [w.used for w in decision.windows] == [0, 0]
-    assert limiter.check(key_id, [rpm(10), tpm(100)], now_ms=T0, tokens=100).allowed
+    assert calls.check(key_id, [rpm(10), tpm(100)], now_ms=T0, tokens=100).allowed
 
 
 # --- settlement -----------------------------------------------------------------------------
@@ -196,9 +197,9 @@ def test_an_estimate_settled_with_the_actual_tokens_leaves_the_actual_count(back
     limits = [rpm(100), tpm(10_000)]
     actual = [120, 300, 0, 450, 299]
     for i, tokens in enumerate(actual):
-        decision = limiter.check(key_id, limits, now_ms=T0 + i * 7_000, tokens=300)
+        decision = calls.check(key_id, limits, now_ms=T0 + i * 7_000, tokens=300)
         assert decision.allowed
-        limiter.settle(
+        calls.settle(
             key_id,
             limits,
             admitted_at_ms=decision.at_ms,
@@ -214,27 +215,27 @@ def test_settling_after_the_bucket_aged_out_does_nothing(backend, key_id):
     limits = [tpm(1_000)]
     assert allowed(key_id, limits, [T0, T0 + 30_000], tokens=300) == [True, True]
     # until T0 + 60 s the admission's bucket is live: the settlement applies
-    limiter.settle(key_id, limits, admitted_at_ms=T0, token_delta=-100, now_ms=T0 + 59_999)
+    calls.settle(key_id, limits, admitted_at_ms=T0, token_delta=-100, now_ms=T0 + 59_999)
     assert limiter.peek(key_id, limits, now_ms=T0 + 59_999)[0].used == 500
     for delta in (-200, 500):
-        limiter.settle(key_id, limits, admitted_at_ms=T0, token_delta=delta, now_ms=T0 + 60_000)
+        calls.settle(key_id, limits, admitted_at_ms=T0, token_delta=delta, now_ms=T0 + 60_000)
     assert limiter.peek(key_id, limits, now_ms=T0 + 60_000)[0].used == 300
 
 
 def test_settling_never_takes_a_bucket_below_zero(backend, key_id):
     limits = [tpm(1_000)]
     assert allowed(key_id, limits, [T0, T0 + 5_000], tokens=300) == [True, True]
-    limiter.settle(key_id, limits, admitted_at_ms=T0, token_delta=-10_000, now_ms=T0 + 6_000)
+    calls.settle(key_id, limits, admitted_at_ms=T0, token_delta=-10_000, now_ms=T0 + 6_000)
     window = limiter.peek(key_id, limits, now_ms=T0 + 6_000)[0]
     assert (window.used, window.reset_ms) == (300, MINUTE - 1_000)  # the T0 bucket is gone
 
 
 def test_releasing_a_request_restores_its_windows(backend, key_id):
     limits = [rpm(1), tpm(500)]
-    first = limiter.check(key_id, limits, now_ms=T0, tokens=200)
+    first = calls.check(key_id, limits, now_ms=T0, tokens=200)
     assert first.allowed
-    assert not limiter.check(key_id, limits, now_ms=T0 + 1, tokens=200).allowed
-    limiter.settle(
+    assert not calls.check(key_id, limits, now_ms=T0 + 1, tokens=200).allowed
+    calls.settle(
         key_id,
         limits,
         admitted_at_ms=first.at_ms,
@@ -246,19 +247,19 @@ def test_releasing_a_request_restores_its_windows(backend, key_id):
         (0, 0),
         (0, 0),
     ]
-    assert limiter.check(key_id, limits, now_ms=T0 + 3, tokens=200).allowed
+    assert calls.check(key_id, limits, now_ms=T0 + 3, tokens=200).allowed
 
 
 def test_async_calls_share_the_sync_windows(backend, key_id):
     limits = [rpm(3), tpm(100)]
 
     async def run():
-        first = await limiter.acheck(key_id, limits, now_ms=T0, tokens=50)
+        first = await calls.acheck(key_id, limits, now_ms=T0, tokens=50)
         await limiter.asettle(
             key_id, limits, admitted_at_ms=first.at_ms, token_delta=-20, now_ms=T0 + 1
         )
-        results = [await limiter.acheck(key_id, limits, now_ms=T0 + 1) for _ in range(3)]
-        return first, results, await limiter.apeek(key_id, limits, now_ms=T0 + 2)
+        results = [await calls.acheck(key_id, limits, now_ms=T0 + 1) for _ in range(3)]
+        return first, results, await calls.apeek(key_id, limits, now_ms=T0 + 2)
 
     first, results, windows = asyncio.run(run())
     assert first.allowed and first.backend == backend
@@ -276,10 +277,10 @@ def test_an_async_settlement_rides_with_the_next_call_or_goes_by_itself_soon(key
 
     async def run():
         now = int(time.time() * 1000)
-        first = await limiter.acheck(key_id, limits, tokens=300, now_ms=now)
+        first = await calls.acheck(key_id, limits, tokens=300, now_ms=now)
         await limiter.asettle(key_id, limits, admitted_at_ms=first.at_ms, token_delta=-200)
         pending = int(redis_client().hget(tokens_key, "t"))  # not sent yet
-        second = await limiter.acheck(key_id, limits, tokens=50, now_ms=now + 1)
+        second = await calls.acheck(key_id, limits, tokens=50, now_ms=now + 1)
         # The settlement went with the second check, before it was counted.
         await limiter.asettle(key_id, limits, admitted_at_ms=second.at_ms, token_delta=-20)
         await asyncio.sleep(limiter.SETTLE_DELAY_SECONDS + 0.2)  # no call comes: sent alone
@@ -299,14 +300,14 @@ def test_a_pending_settlement_waits_out_a_redis_outage(settings, key_id, caplog)
     good_url = settings.REDIS_URL
 
     async def run():
-        decision = await limiter.acheck(key_id, limits, tokens=300)
+        decision = await calls.acheck(key_id, limits, tokens=300)
         await limiter.asettle(key_id, limits, admitted_at_ms=decision.at_ms, token_delta=-250)
         settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
         await asyncio.sleep(limiter.SETTLE_DELAY_SECONDS + 0.2)  # its own call fails
         still_pending = key_id in limiter._pending.keys
         settings.REDIS_URL = good_url
         await asyncio.sleep(0.2)  # the breaker's retry interval
-        return still_pending, await limiter.apeek(key_id, limits)
+        return still_pending, await calls.apeek(key_id, limits)
 
     still_pending, windows = asyncio.run(run())
     assert still_pending
@@ -327,7 +328,7 @@ def test_burst_raises_the_minute_limit_but_caps_any_burst_window(backend, key_id
         Limit("burst_requests", "requests", 10_000, 15),
     ]
     # the whole minute's allowance cannot go in one instant
-    dump = [limiter.check(key_id, limits, now_ms=T0) for _ in range(40)]
+    dump = [calls.check(key_id, limits, now_ms=T0) for _ in range(40)]
     assert sum(d.allowed for d in dump) == 15
     assert dump[15].refused_by.name == "burst_requests"
     # flat out for two minutes: the plain rule decides each call, and the key runs above its
@@ -336,7 +337,7 @@ def test_burst_raises_the_minute_limit_but_caps_any_burst_window(backend, key_id
     amounts = [{"requests": 1}]
     for now in range(T0 + 100, T0 + 2 * MINUTE, 100):
         expected = reference_allows(admitted, now, limits, amounts)
-        assert limiter.check(key_id, limits, now_ms=now).allowed is expected
+        assert calls.check(key_id, limits, now_ms=now).allowed is expected
         if expected:
             admitted.append((now, 0))
     stamps = [at for at, _ in admitted]
@@ -352,10 +353,10 @@ def test_burst_applies_to_tokens_per_minute_too(backend, key_id):
         Limit("tokens_per_minute", "tokens", MINUTE, 1_200),
         Limit("burst_tokens", "tokens", 6_000, 120),
     ]
-    assert limiter.check(key_id, limits, now_ms=T0, tokens=100).allowed
-    refused = limiter.check(key_id, limits, now_ms=T0, tokens=30)
+    assert calls.check(key_id, limits, now_ms=T0, tokens=100).allowed
+    refused = calls.check(key_id, limits, now_ms=T0, tokens=30)
     assert refused.refused_by.name == "burst_tokens"
-    assert limiter.check(key_id, limits, now_ms=T0 + refused.retry_after_ms, tokens=30).allowed
+    assert calls.check(key_id, limits, now_ms=T0 + refused.retry_after_ms, tokens=30).allowed
 
 
 def test_a_changed_window_length_starts_that_window_afresh(backend, key_id):
@@ -454,16 +455,16 @@ def test_reset_forgets_the_keys_windows(backend, key_id):
     assert allowed(key_id, limits, [T0] * 16) == [True] * 15 + [False]
     limiter.reset(key_id)
     assert [w.used for w in limiter.peek(key_id, limits, now_ms=T0)] == [0, 0, 0]
-    assert limiter.check(key_id, limits, now_ms=T0).allowed
+    assert calls.check(key_id, limits, now_ms=T0).allowed
 
 
 def test_no_limits_admit_without_any_io(settings):
     settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
     key_id = "unlimited"
-    decision = limiter.check(key_id, [], now_ms=T0)
+    decision = calls.check(key_id, [], now_ms=T0)
     assert (decision.allowed, decision.windows, decision.at_ms) == (True, [], T0)
-    assert asyncio.run(limiter.acheck(key_id, [])).allowed
-    limiter.settle(key_id, [rpm(5)], admitted_at_ms=T0)  # nothing to settle
+    assert asyncio.run(calls.acheck(key_id, [])).allowed
+    calls.settle(key_id, [rpm(5)], admitted_at_ms=T0)  # nothing to settle
     assert limiter.backend_status() == {
         "backend": "redis",
         "redis_down_since": None,
@@ -473,12 +474,12 @@ def test_no_limits_admit_without_any_io(settings):
 
 def test_the_local_backend_drops_idle_keys_and_stays_bounded(settings, monkeypatch):
     settings.REDIS_URL = ""
-    limiter.check("idle", [rpm(5)], now_ms=T0)
-    limiter.check("busy", [rpm(5)], now_ms=T0 + MINUTE + 1_000)
+    calls.check("idle", [rpm(5)], now_ms=T0)
+    calls.check("busy", [rpm(5)], now_ms=T0 + MINUTE + 1_000)
     assert set(limiter._local.keys) == {"busy"}
     monkeypatch.setattr(limiter, "LOCAL_MAX_KEYS", 10)
     for i in range(50):
-        limiter.check(f"k{i}", [rpm(5)], now_ms=T0 + 2 * MINUTE)
+        calls.check(f"k{i}", [rpm(5)], now_ms=T0 + 2 * MINUTE)
     assert len(limiter._local.keys) == 10
     assert limiter.backend_status() == {
         "backend": "local",
@@ -539,7 +540,7 @@ def test_the_local_backend_answers_exactly_as_redis(settings, key_id, plan, max_
         now += rng.choices(steps, weights)[0]
         roll = rng.random()
         if roll < 0.7:
-            local, shared = both(limiter.check, now_ms=now, tokens=rng.randrange(max_tokens))
+            local, shared = both(calls.check, now_ms=now, tokens=rng.randrange(max_tokens))
             assert (local.backend, shared.backend) == ("local", "redis")
             shared.backend = "local"
             assert local == shared
@@ -547,7 +548,7 @@ def test_the_local_backend_answers_exactly_as_redis(settings, key_id, plan, max_
                 admissions.append(local.at_ms)
         elif roll < 0.9 and admissions:
             both(
-                limiter.settle,
+                calls.settle,
                 admitted_at_ms=rng.choice(admissions[-50:]),
                 token_delta=rng.randrange(-400, 400),
                 request_delta=rng.choice([0, 0, 0, -1, 1]),
@@ -561,7 +562,7 @@ def test_the_local_backend_answers_exactly_as_redis(settings, key_id, plan, max_
 @pytest.mark.redis
 def test_32_threads_making_200_calls_on_a_50_per_minute_key_admit_exactly_50(key_id):
     with ThreadPoolExecutor(32) as pool:
-        decisions = list(pool.map(lambda _: limiter.check(key_id, [rpm(50)]), range(200)))
+        decisions = list(pool.map(lambda _: calls.check(key_id, [rpm(50)]), range(200)))
     assert sum(d.allowed for d in decisions) == 50
     assert {d.backend for d in decisions} == {"redis"}
     assert sorted(d.windows[0].used for d in decisions if d.allowed) == list(range(1, 51))
@@ -570,7 +571,7 @@ def test_32_threads_making_200_calls_on_a_50_per_minute_key_admit_exactly_50(key
 @pytest.mark.redis
 def test_200_concurrent_asyncio_calls_on_a_50_per_minute_key_admit_exactly_50(key_id):
     async def run():
-        return await asyncio.gather(*(limiter.acheck(key_id, [rpm(50)]) for _ in range(200)))
+        return await asyncio.gather(*(calls.acheck(key_id, [rpm(50)]) for _ in range(200)))
 
     decisions = asyncio.run(run())
     assert sum(d.allowed for d in decisions) == 50
@@ -580,7 +581,7 @@ def test_200_concurrent_asyncio_calls_on_a_50_per_minute_key_admit_exactly_50(ke
 def test_the_local_backend_is_exact_under_threads(settings, key_id):
     settings.REDIS_URL = ""
     with ThreadPoolExecutor(32) as pool:
-        decisions = list(pool.map(lambda _: limiter.check(key_id, [rpm(50)]), range(200)))
+        decisions = list(pool.map(lambda _: calls.check(key_id, [rpm(50)]), range(200)))
     assert sum(d.allowed for d in decisions) == 50
 
 
@@ -636,22 +637,23 @@ def test_each_call_is_one_evalsha_and_the_script_reloads_itself(settings):
         settings.REDIS_URL = server.url
 
         async def async_calls(n: int):
-            await limiter.acheck("rt", limits, tokens=10)  # the loop's connection is open
+            await calls.acheck("rt", limits, tokens=10)  # the loop's connection is open
             with commands_sent(server.port) as seen:
                 for _ in range(n):
-                    decision = await limiter.acheck("rt", limits, tokens=10)
+                    decision = await calls.acheck("rt", limits, tokens=10)
                     await limiter.asettle(
                         "rt", limits, admitted_at_ms=decision.at_ms, token_delta=5
                     )
-                    await limiter.apeek("rt", limits)
+                    await calls.apeek("rt", limits)
             return seen
 
-        first = limiter.check("rt", limits, tokens=10)  # NOSCRIPT, SCRIPT LOAD, EVALSHA
+        first = calls.check("rt", limits, tokens=10)  # NOSCRIPT, SCRIPT LOAD, EVALSHA
         assert first.allowed and first.backend == "redis"
+        limiter.peek("rt", limits)  # the sync client's connection is open too
         with commands_sent(server.port) as seen:
             for _ in range(50):
-                decision = limiter.check("rt", limits, tokens=10)
-            limiter.settle("rt", limits, admitted_at_ms=decision.at_ms, token_delta=-5)
+                decision = calls.check("rt", limits, tokens=10)
+            calls.settle("rt", limits, admitted_at_ms=decision.at_ms, token_delta=-5)
             limiter.peek("rt", limits)
         assert seen == ["EVALSHA"] * 52
 
@@ -661,7 +663,7 @@ def test_each_call_is_one_evalsha_and_the_script_reloads_itself(settings):
 
         redis.Redis(port=server.port).script_flush()
         with commands_sent(server.port) as seen:
-            assert limiter.check("rt", limits, tokens=10).allowed
+            assert calls.check("rt", limits, tokens=10).allowed
         assert seen == ["EVALSHA", "SCRIPT", "EVALSHA"]  # NOSCRIPT: loaded, then run
         assert limiter.backend_status()["fallbacks"] == 0
 
@@ -672,7 +674,7 @@ def test_a_full_window_stays_small_and_expires(settings, key_id):
 
     limits = [rpm(10**6), tpm(10**9)]
     for second in range(120):  # every bucket of the window holds a count
-        limiter.check(key_id, limits, now_ms=int(time.time() * 1000) + second * 500, tokens=99_999)
+        calls.check(key_id, limits, now_ms=int(time.time() * 1000) + second * 500, tokens=99_999)
     client = redis_client()
     for suffix in ("rpm", "tpm"):
         key = f"rl:{{{key_id}}}:{suffix}"
@@ -690,16 +692,16 @@ def test_a_redis_outage_falls_back_to_limiting_per_process_and_recovers(settings
     caplog.set_level(logging.WARNING, logger="infra.breaker")
     with redis_process() as server:
         settings.REDIS_URL = server.url
-        before = [limiter.check("out", limits) for _ in range(3)]
+        before = [calls.check("out", limits) for _ in range(3)]
         assert [(d.allowed, d.backend) for d in before] == [(True, "redis")] * 3
         assert limiter.backend_status()["backend"] == "redis"
 
         server.stop()
-        during = [limiter.check("out", limits) for _ in range(8)]
+        during = [calls.check("out", limits) for _ in range(8)]
         # still limiting, per process, on a fresh count
         assert [d.allowed for d in during] == [True] * 5 + [False] * 3
         assert {d.backend for d in during} == {"local"}
-        assert not asyncio.run(limiter.acheck("out", limits)).allowed  # one breaker for both
+        assert not asyncio.run(calls.acheck("out", limits)).allowed  # one breaker for both
         status = limiter.backend_status()
         assert status["backend"] == "local" and status["redis_down_since"]
         assert status["fallbacks"] == 9
@@ -710,7 +712,7 @@ def test_a_redis_outage_falls_back_to_limiting_per_process_and_recovers(settings
 
         server.start()  # empty: the server kept nothing
         time.sleep(0.15)
-        after = limiter.check("out", limits)
+        after = calls.check("out", limits)
         # back on Redis, which now holds what this process admitted during the outage
         assert (after.allowed, after.backend, after.windows[0].used) == (False, "redis", 5)
         assert limiter.backend_status() == {
@@ -730,7 +732,7 @@ def test_the_servers_shutdown_sends_the_settlements_still_pending(key_id):
     limits = [tpm(10_000)]
 
     async def run():
-        decision = await limiter.acheck(key_id, limits, tokens=300)
+        decision = await calls.acheck(key_id, limits, tokens=300)
         await limiter.asettle(key_id, limits, admitted_at_ms=decision.at_ms, token_delta=-200)
         pending = key_id in limiter._pending.keys
         await shutdown()  # before the settlement's own timer

@@ -25,6 +25,7 @@ from metering import admission, ip_limit, limiter
 from metering.limiter import DAY_MS, MINUTE_MS, Limit
 from tests.factories import AIModelFactory, MembershipFactory, UserFactory
 from tests.gateway.asgi_client import AsgiTestClient
+from tests.metering import limiter_calls as calls
 
 # A whole second: the minute window's 1 s buckets (and the day's 24 min ones) start here.
 EPOCH = datetime(2031, 3, 9, 7, 0, 0, tzinfo=UTC)
@@ -77,21 +78,21 @@ def test_retry_after_is_the_real_wait_and_never_more_than_the_window(backend, wi
     offset = edge * width // 1000
     start = _ms(EPOCH) // width * width + offset
     times = [start, start, start + (width - 1 - offset) // 2]
-    assert all(limiter.check(key_id, [window], now_ms=t, tokens=tokens).allowed for t in times)
+    assert all(calls.check(key_id, [window], now_ms=t, tokens=tokens).allowed for t in times)
     latest = times[-1]
     for now in (latest, latest + 1, latest + window.window_ms // 2, latest + window.window_ms - 1):
-        refused = limiter.check(key_id, [window], now_ms=now, tokens=tokens)
+        refused = calls.check(key_id, [window], now_ms=now, tokens=tokens)
         assert not refused.allowed
         assert 0 < refused.retry_after_ms <= window.window_ms
         assert refused.retry_after_ms == latest + window.window_ms - now  # the real wait
         assert refused.windows[0].reset_ms <= window.window_ms
-    assert limiter.check(key_id, [window], now_ms=latest + window.window_ms, tokens=tokens).allowed
+    assert calls.check(key_id, [window], now_ms=latest + window.window_ms, tokens=tokens).allowed
     limiter.reset(key_id)
 
 
 def test_a_request_that_can_never_fit_is_told_the_window_not_more(backend):
     tokens_per_minute = WINDOWS[1]
-    refused = limiter.check("never-fits", [tokens_per_minute], now_ms=_ms(EPOCH) + 999, tokens=31)
+    refused = calls.check("never-fits", [tokens_per_minute], now_ms=_ms(EPOCH) + 999, tokens=31)
     assert refused.retry_after_ms == MINUTE_MS
 
 
@@ -190,7 +191,7 @@ def test_the_per_ip_layer_never_says_more_than_its_period(backend, settings, ela
     address = _address()
 
     async def run() -> list[int]:
-        return [await ip_limit.ip_check(address, now_ms=now) for _ in range(30)]
+        return [await calls.ip_check(address, now_ms=now) for _ in range(30)]
 
     answers = asyncio.run(run())
     assert answers[:10] == [0] * 10
@@ -207,9 +208,9 @@ def test_the_per_ip_layer_says_the_real_wait_when_it_is_shorter(backend, setting
 
     async def run(address: str, probe_ms: int) -> tuple[list[int], int]:
         for _ in range(10):
-            assert await ip_limit.ip_check(address, now_ms=window - 60_000) == 0
-        answers = [await ip_limit.ip_check(address, now_ms=half) for _ in range(6)]
-        return answers, await ip_limit.ip_check(address, now_ms=probe_ms)
+            assert await calls.ip_check(address, now_ms=window - 60_000) == 0
+        answers = [await calls.ip_check(address, now_ms=half) for _ in range(6)]
+        return answers, await calls.ip_check(address, now_ms=probe_ms)
 
     answers, probe = asyncio.run(run(addresses[0], half + 12_000))
     assert answers == [0] * 5 + [12]
