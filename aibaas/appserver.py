@@ -143,7 +143,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._request_began = False  # a byte of the current request was parsed
         self._awaiting_body = False
         self._header_bytes = 0
-        self._header_fields = 0
+        # Per field: the fields a request may still send, and the bytes one field may have
+        # (0 in a limit means none: gunicorn's convention).
+        self._max_fields = self.limits.max_header_fields or _NO_LIMIT
+        self._max_field_bytes = self.limits.max_header_bytes or _NO_LIMIT
+        self._fields_left = self._max_fields
         self._refusal: tuple[int, str] | None = None
 
     # --- timers
@@ -246,7 +250,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._request_began = True
-        self._header_fields = 0
+        self._fields_left = self._max_fields
         if not self._reading_headers:  # a keep-alive connection's next request
             self._reading_headers = True
             self._header_bytes = 0
@@ -258,13 +262,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._over(414, "URI Too Long.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_fields += 1
-        limits = self.limits
-        if limits.max_header_fields and self._header_fields > limits.max_header_fields:
+        # Called for every header of every request: two comparisons, then uvicorn's own.
+        self._fields_left -= 1
+        if self._fields_left < 0:
             self._over(431, "Request Header Fields Too Large: too many fields.")
-        if limits.max_header_bytes and len(name) + len(value) > limits.max_header_bytes:
+        if len(name) + len(value) > self._max_field_bytes:
             self._over(431, "Request Header Fields Too Large.")
-        super().on_header(name, value)
+        HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         self._reading_headers = self._request_began = False
@@ -276,6 +280,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_body = False
         self._disarm()
         super().on_message_complete()
+
+
+_NO_LIMIT = 1 << 62
 
 
 class _LimitExceeded(Exception):

@@ -17,7 +17,7 @@ from collections import deque
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db import close_old_connections
 from django.db.models import Max
 from django.utils import timezone
 
@@ -28,9 +28,6 @@ logger = logging.getLogger(__name__)
 
 LATE_COMMIT = 5.0  # seconds a change's transaction may take between its insert and its commit
 MAX_ROWS = 10_000  # per poll
-# The poller keeps its database connection between polls for this long: taking one from the
-# pool (a health-check round trip) and returning it each poll cost more than the poll itself.
-HOLD_SECONDS = 60.0
 
 
 def record(*key_ids: str) -> None:
@@ -106,7 +103,6 @@ class _Poller:
         feed = ChangeFeed()
         failing = False
         interval = settings.API_KEY_CHANGE_POLL_SECONDS
-        release_at = time.monotonic() + HOLD_SECONDS
         while True:
             try:
                 changed = feed.poll()
@@ -119,12 +115,12 @@ class _Poller:
                 if not failing:
                     logger.exception("cannot read the key change log; retrying")
                 failing = True
-                connection.close()  # a fresh one (from the pool) for the next poll
-            if time.monotonic() >= release_at:
-                connection.close()  # back to the pool now and then (its checks and lifetime)
-                release_at = time.monotonic() + HOLD_SECONDS
+            finally:
+                close_old_connections()
             if stopping.wait(interval):
                 break
+        from django.db import connection
+
         connection.close()
 
 

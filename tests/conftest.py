@@ -58,6 +58,18 @@ def _close_background_connections(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
+def _key_touches_stay_in_their_test(django_db_blocker):
+    """A request with an API key queues a last-used write on a background thread (keys/touch.py).
+    Wait for it after every test, database unblocked: run later, during a test without database
+    access, it failed, and every later `touch.flush()` raised that failure again."""
+    yield
+    from keys import touch
+
+    with django_db_blocker.unblock():
+        touch.flush()
+
+
+@pytest.fixture(autouse=True)
 def _close_quota_connections():
     """The quota's async PostgreSQL connections (metering/quota/batched.py) belong to event
     loops that end with the test: close them, or the test database cannot be dropped."""

@@ -2,12 +2,9 @@
 each serving process's poller. The cross-process behaviour is tested with real processes in
 tests/e2e/test_revocation_across_processes.py."""
 
-import threading
-import time
 from datetime import timedelta
 
 import pytest
-from django.db.backends.signals import connection_created
 from django.utils import timezone
 
 from accounts.models import Role
@@ -104,41 +101,3 @@ def test_a_poll_drops_the_changed_keys_from_this_processs_caches(make_key, org):
     changes.record(issued.api_key.key_id)  # as another process would
     verification.invalidate(*feed.poll())
     assert issued.api_key.key_id not in verification._local
-
-
-def _dropped_by_the_poller(key) -> None:
-    """Log a change of `key` (as another process would) until the running poller drops it
-    from this process's caches (a change logged before its first poll counts as old)."""
-    deadline = time.monotonic() + 10
-    while key.key_id in verification._local:
-        changes.record(key.key_id)
-        until = time.monotonic() + 0.5
-        while key.key_id in verification._local and time.monotonic() < until:
-            time.sleep(0.01)
-        assert time.monotonic() < deadline, "the poller never applied the change"
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_poller_keeps_its_connection_between_polls_and_sees_every_change(
-    make_key, org, settings
-):
-    """Taking a connection from the pool (a health-check round trip) and returning it at every
-    poll cost more than the poll: the poller holds one for HOLD_SECONDS."""
-    settings.API_KEY_CHANGE_POLL_SECONDS = 0.02
-    opened: list[object] = []
-
-    def count(sender, connection, **kwargs):
-        if threading.current_thread().name == "key-changes":
-            opened.append(connection)
-
-    connection_created.connect(count)
-    issued = make_key(org, name="k")
-    changes.start_polling()
-    try:
-        for _ in range(3):  # each round is at least one poll
-            verification.authenticate_key(issued.raw_key)
-            _dropped_by_the_poller(issued.api_key)
-    finally:
-        changes.stop_polling()
-        connection_created.disconnect(count)
-    assert len(opened) == 1
