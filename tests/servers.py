@@ -65,15 +65,19 @@ def server_process(extra_env: dict | None = None, startup_timeout: float = 30.0)
         "--log-level",
         "warning",
     ]
+    # Output to a file, never an unread pipe: a server that logs a line per request (the /v1
+    # request log) would fill the pipe and block mid-response.
+    output_file = tempfile.TemporaryFile()  # noqa: SIM115  (closed in the finally below)
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        command, cwd=ROOT, env=env, stdout=output_file, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
             if process.poll() is not None:
-                output = process.stdout.read().decode(errors="replace")
+                output_file.seek(0)
+                output = output_file.read().decode(errors="replace")
                 raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -91,6 +95,7 @@ def server_process(extra_env: dict | None = None, startup_timeout: float = 30.0)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        output_file.close()
 
 
 class ProductionServer(NamedTuple):
