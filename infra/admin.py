@@ -13,3 +13,17 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ActionsOnlyAdminMixin:
+    """For rows another system writes (Stripe's state, the meter outbox): operators read them
+    and run the admin's actions, never add, edit a field or delete in the admin."""
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

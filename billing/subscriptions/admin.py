@@ -10,11 +10,14 @@ from billing.subscriptions.services import subscription_cancel_now
 from billing.subscriptions.state import billing_account_resync
 from billing.subscriptions.tasks import send_meter_report
 from billing.subscriptions.usage import meter_reports_retry
+from infra.admin import ActionsOnlyAdminMixin, ReadOnlyAdminMixin
 from infra.errors import ApplicationError
 
 
 @admin.register(BillingAccount)
-class BillingAccountAdmin(admin.ModelAdmin):
+class BillingAccountAdmin(ActionsOnlyAdminMixin, admin.ModelAdmin):
+    """Stripe's state, written by webhooks: an edit here would be overwritten by the next one."""
+
     list_display = [
         "organization",
         "stripe_customer_id",
@@ -29,16 +32,6 @@ class BillingAccountAdmin(admin.ModelAdmin):
     search_fields = ["organization__slug", "organization__name", "stripe_customer_id"]
     list_select_related = ["organization", "subscribed_plan"]
     actions = ["resync", "cancel_now"]
-
-    def get_readonly_fields(self, request, obj=None):
-        # Stripe's state, written by webhooks: an edit here would be overwritten by the next one.
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.action(description="Resync from Stripe")
     def resync(self, request, queryset):
@@ -64,7 +57,7 @@ class BillingAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(StripeEvent)
-class StripeEventAdmin(admin.ModelAdmin):
+class StripeEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "stripe_id",
         "type",
@@ -78,18 +71,9 @@ class StripeEventAdmin(admin.ModelAdmin):
     list_select_related = ["organization"]
     date_hierarchy = "received_at"
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(MeterReport)
-class MeterReportAdmin(admin.ModelAdmin):
+class MeterReportAdmin(ActionsOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "identifier",
         "organization",
@@ -104,15 +88,6 @@ class MeterReportAdmin(admin.ModelAdmin):
     search_fields = ["identifier", "organization__slug"]
     list_select_related = ["organization"]
     actions = ["retry_now"]
-
-    def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.action(description="Retry the failed reports now")
     def retry_now(self, request, queryset):
