@@ -14,6 +14,8 @@ from accounts.actors import Actor
 from billing.models import Plan
 from keys import touch
 from keys.services import api_key_create
+from tests.e2e.conftest import DESKTOP, PHONE, set_viewport
+from tests.e2e.test_browser_team import NO_HORIZONTAL_OVERFLOW
 from tests.factories import PASSWORD, AIModelFactory, MembershipFactory, ModelPriceFactory
 from tests.gateway.asgi_client import BASE, SyncAsgiTransport
 
@@ -85,7 +87,9 @@ def _hide(web, hidden: bool) -> None:
     )
 
 
-def test_counters_change_in_place_after_sdk_calls_and_pause_in_a_hidden_tab(web, owner):
+def test_counters_change_in_place_after_sdk_calls_and_pause_in_a_hidden_tab(
+    web, owner, screenshots
+):
     sdk = _sdk(owner)
     web.driver.get_log("browser")  # start with an empty console log
     web.log_in(owner.user.email, PASSWORD)
@@ -112,6 +116,15 @@ def test_counters_change_in_place_after_sdk_calls_and_pause_in_a_hidden_tab(web,
     back = _wait_for(web, lambda c: c["requests"] == "6", "no refresh when shown again")
     assert back["polls"] == polls + 1 and back["marker"]
     assert (back["percent"], back["meter"]) == ("30", 30)
+
+    # The live status beside the heading fits a phone, like the rest of the page.
+    assert web.find("[data-live-status]").is_displayed()
+    for width, height in (DESKTOP, PHONE):
+        set_viewport(web.driver, width, height, mobile=width == PHONE[0])
+        web.js("document.querySelector('[data-testid=quota]').scrollIntoView();")
+        assert web.driver.save_screenshot(str(screenshots / f"dashboard-live-{width}.png"))
+        assert web.js(NO_HORIZONTAL_OVERFLOW), width
+    set_viewport(web.driver, *DESKTOP)
 
     problems = [
         entry["message"]
