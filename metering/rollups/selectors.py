@@ -3,15 +3,17 @@ organization and touches rollup rows only, never the events: a month is at most
 days x keys x models daily rows, whatever the number of requests."""
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from django.db.models import Count, Max, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db import connection
+from django.db.models import BigIntegerField, Count, Q, QuerySet, Sum
+from django.db.models.functions import Cast, Coalesce
 
 from accounts.models import Organization
 from billing.pricing import COST_QUANTUM
+from keys.models import ApiKey
 from metering.models import HISTOGRAM_BUCKETS, UsageRollup
 from metering.rollups.buckets import COUNT_COLUMNS, PERCENTILES, buckets, ceil, floor, percentiles
 
@@ -25,8 +27,39 @@ SUMS = COUNT_COLUMNS
 
 def sums(*names: str) -> dict:
     """Aggregates of the columns `names` (default: all), each as `s_<name>` (an annotation may
-    not take a field's name)."""
-    return {f"s_{name}": Coalesce(Sum(name), 0) for name in (names or SUMS)}
+    not take a field's name). Cast to bigint in SQL: PostgreSQL sums bigints as numeric, which
+    the driver would read as Decimal."""
+    return {
+        f"s_{name}": Cast(Coalesce(Sum(name), 0), BigIntegerField()) for name in (names or SUMS)
+    }
+
+
+def fetch(rows: QuerySet, columns: Sequence[str]) -> list[tuple]:
+    """The `columns` of a values() query, as tuples in that order, as the driver returns them:
+    without Django's converter call per value (the sums arrive as int), but for `bucket`'s (a
+    string on SQLite), once per row. For the reads of many rows x ~60 sums."""
+    sql, params = rows.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        found = cursor.fetchall()
+    order = [names.index(name) for name in columns]
+    if order != list(range(len(names))):
+        found = [tuple(row[index] for index in order) for row in found]
+    if "bucket" not in columns:
+        return found
+    at = columns.index("bucket")
+    col = UsageRollup._meta.get_field("bucket").get_col(UsageRollup._meta.db_table)
+    converters = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+    if not converters:
+        return found
+    out = []
+    for row in found:
+        value = row[at]
+        for converter in converters:
+            value = converter(value, col, connection)
+        out.append((*row[:at], value, *row[at + 1 :]))
+    return out
 
 
 def unprefixed(row: dict) -> dict:
@@ -86,10 +119,10 @@ def latency(counts: Sequence[int]) -> dict:
     return out
 
 
-def key_names(rows: QuerySet[UsageRollup]) -> dict[str, str | None]:
-    """key_id → the key's name (None once the key is deleted)."""
-    named = rows.values("key_id").annotate(name=Max("api_key__name")).order_by("key_id")
-    return {row["key_id"]: row["name"] for row in named}
+def key_names(*, organization: Organization, key_ids: Collection[str]) -> dict[str, str]:
+    """key_id → the name of the organization's key (absent once the key is deleted)."""
+    keys = ApiKey.objects.filter(organization=organization, key_id__in=key_ids)
+    return dict(keys.values_list("key_id", "name"))
 
 
 GROUPS = ("key", "model")
@@ -158,13 +191,8 @@ def usage_series(
     if group_by == "model":
         rows = rows.filter(BILLABLE)
     fields = ["bucket", dimension] if dimension else ["bucket"]
-    summed = list(
-        rows.values(*fields)
-        .annotate(**sums())
-        .values_list(*fields, *(f"s_{name}" for name in SUMS))
-        .order_by(*fields)
-    )
-    names = key_names(rows) if group_by == "key" else {}
+    columns = [*fields, *(f"s_{name}" for name in SUMS)]
+    summed = fetch(rows.values(*fields).annotate(**sums()).order_by(*fields), columns)
     # Each row's figures, and the totals and each group's from its columns added up: linear in
     # the rows, the per-row work in C (zip, sum) but for the percentiles.
     width = len(fields)
@@ -177,6 +205,11 @@ def usage_series(
             per_group[row[1]].append(row_counts)
         point.update(figures(row_counts))
         data.append(point)
+    # A key's name (None once the key is deleted); a model is its own name.
+    if group_by == "key":
+        names = key_names(organization=organization, key_ids=list(per_group))
+    else:
+        names = {group: group for group in per_group}
     return {
         "object": "usage.series",
         "organization": organization.slug,
@@ -186,7 +219,7 @@ def usage_series(
         "group_by": group_by,
         "buckets": [_iso(bucket) for bucket in starts],
         "groups": [
-            {"group": group, "name": names.get(group, group), **figures(column_sums(rows))}
+            {"group": group, "name": names.get(group), **figures(column_sums(rows))}
             for group, rows in sorted(per_group.items())
         ],
         "totals": figures(column_sums(counts)),
