@@ -85,15 +85,16 @@ def organization_limit_overview(organization: Organization) -> dict:
     for key in ApiKey.objects.filter(organization=organization, revoked_at__isnull=True).order_by(
         "name", "id"
     )[:50]:
-        limits = limiter.limits_for(key.effective_limits(plan))
+        limits = limiter.limits_for(key.effective_limits(plan, organization))
         windows = {w.limit.name: w for w in limiter.peek(key.key_id, limits)}
         meters = []
         for name in ("requests_per_day", "tokens_per_day", "requests_per_minute"):
             window = windows.get(name)
             meters.append(meter(window.used, window.limit.limit) if window else meter(0, None))
         keys.append({"key": key, "meters": meters})
-    requests = meter(used_requests, plan.monthly_request_quota)
-    tokens = meter(used_tokens, plan.monthly_token_quota)
+    quotas = organization.quota_limits(plan)
+    requests = meter(used_requests, quotas["monthly_request_quota"])
+    tokens = meter(used_tokens, quotas["monthly_token_quota"])
     return {
         "period_start": start,
         "period_end": end,
