@@ -278,6 +278,8 @@ class FakeStripe:
     def subscription_cancel(self, params, id):
         if id not in self.subscriptions:
             return _missing("subscription", id)
+        if self.subscriptions[id]["status"] == "canceled":  # as Stripe: an error, not a no-op
+            return _error(400, f"The subscription {id} is already canceled.")
         self.subscriptions[id].update(status="canceled", ended_at=int(time.time()))
         return 200, self.subscriptions[id]
 
