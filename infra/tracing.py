@@ -23,7 +23,6 @@ _NULL = contextlib.nullcontext()
 _tracer = None  # the gateway's opentelemetry Tracer while tracing is on
 _provider = None
 _instrumentors: list = []
-_pid: int | None = None  # the process that set up (a forked child sets up again)
 
 
 def configured() -> bool:
@@ -40,9 +39,9 @@ def on() -> bool:
 def setup(*, exporter=None) -> bool:
     """Start tracing in this process if configured (idempotent); True when on. `exporter`
     replaces the OTLP one and is flushed span by span (the SDK's InMemorySpanExporter)."""
-    global _tracer, _provider, _pid
-    if _tracer is not None and _pid == os.getpid():
-        return True
+    global _tracer, _provider
+    if _tracer is not None:
+        return True  # a forked child too: the SDK restarts its export thread after a fork
     if exporter is None and not configured():
         return False
     from opentelemetry import trace
@@ -63,7 +62,7 @@ def setup(*, exporter=None) -> bool:
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)  # for code that asks the global API
     _instrument(provider)
-    _provider, _pid = provider, os.getpid()
+    _provider = provider
     _tracer = provider.get_tracer("aibaas")
     logger.info("tracing on: service %s", service)
     return True
