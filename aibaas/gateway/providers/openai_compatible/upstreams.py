@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from aibaas.gateway.providers.base import UPSTREAM_ERROR, ModelSpec, ProviderError, UpstreamSpec
 from aibaas.gateway.providers.openai_compatible.errors import (
@@ -29,6 +30,7 @@ from aibaas.gateway.providers.openai_compatible.errors import (
     _where,
 )
 from aibaas.gateway.providers.openai_compatible.sessions import _session
+from infra import metrics
 
 # The package's name, as before it was split: log configuration and filters keep working.
 logger = logging.getLogger(__package__)
@@ -64,12 +66,20 @@ def _timeout(upstream: UpstreamSpec) -> aiohttp.ClientTimeout:
     )
 
 
-# upstream -> (base URL, headers, timeout): built once per upstream of a registry snapshot,
-# not per request (the environment and the spec do not change while the process runs).
-_options: dict[UpstreamSpec, tuple[str, dict[str, str], aiohttp.ClientTimeout]] = {}
+def _label(upstream: UpstreamSpec) -> str:
+    """The upstream in the metrics: host:port of its base URL (never its credentials)."""
+    url = URL(upstream.base_url)
+    return f"{url.host}:{url.port}"
 
 
-def _request_options(upstream: UpstreamSpec) -> tuple[str, dict[str, str], aiohttp.ClientTimeout]:
+# upstream -> (base URL, headers, timeout, metrics label): built once per upstream of a registry
+# snapshot, not per request (the environment and the spec do not change while the process runs).
+_options: dict[UpstreamSpec, tuple[str, dict[str, str], aiohttp.ClientTimeout, str]] = {}
+
+
+def _request_options(
+    upstream: UpstreamSpec,
+) -> tuple[str, dict[str, str], aiohttp.ClientTimeout, str]:
     options = _options.get(upstream)
     if options is None:
         if len(_options) >= 1000:  # old snapshots' upstreams
@@ -78,6 +88,7 @@ def _request_options(upstream: UpstreamSpec) -> tuple[str, dict[str, str], aioht
             upstream.base_url.rstrip("/"),
             _headers(upstream),
             _timeout(upstream),
+            _label(upstream),
         )
     return options
 
@@ -119,7 +130,7 @@ async def _open(
         if upstream in done_with:
             continue
         payload = json.dumps(dict(body, model=upstream.upstream_model)).encode()
-        base, headers, timeout = _request_options(upstream)
+        base, headers, timeout, label = _request_options(upstream)
         started = time.perf_counter()
         try:
             response = await _session().post(
@@ -127,16 +138,21 @@ async def _open(
             )
         except _CONNECT_ERRORS:
             _mark(upstream, healthy=False)
+            metrics.UPSTREAM_ERRORS.labels(label, "unreachable").inc()
             last_error = _unreachable()
             continue
         except TimeoutError:
+            metrics.UPSTREAM_ERRORS.labels(label, "timeout").inc()
             raise _timed_out() from None
+        seconds = time.perf_counter() - started
+        metrics.UPSTREAM_DURATION.labels(label).observe(seconds)
         status = response.status
         if status in CUSTOMER_SIDE:
             _mark(upstream, healthy=True)
             raise _refused(status, await _read_text(response), upstream, model.name)
         if status >= 400:
             _mark(upstream, healthy=False)
+            metrics.UPSTREAM_ERRORS.labels(label, f"http_{status}").inc()
             last_error = await _operator_side(upstream, response)
             if status < 500:
                 done_with.add(upstream)
@@ -149,11 +165,12 @@ async def _open(
                 _where(upstream),
                 response.content_type,
             )
+            metrics.UPSTREAM_ERRORS.labels(label, "not_event_stream").inc()
             last_error = ProviderError(UPSTREAM_ERROR, NOT_AN_EVENT_STREAM, 502)
             done_with.add(upstream)
             continue
         _mark(upstream, healthy=True)
-        return response, (time.perf_counter() - started) * 1000
+        return response, seconds * 1000
     raise last_error or ProviderError(UPSTREAM_ERROR, "No model server is configured.", 502)
 
 
