@@ -418,8 +418,10 @@ async def aadmit(
             )
         # The limiter's decision: admitted, or refused by a limit (or the quota unreadable).
         limit_name = getattr(error, "limit_name", "quota_unavailable")
-        metrics.LIMITER_DECISIONS.labels(
-            "admitted" if error is None else "refused", "none" if error is None else limit_name
+        metrics.child(
+            metrics.LIMITER_DECISIONS,
+            "admitted" if error is None else "refused",
+            "none" if error is None else limit_name,
         ).inc()
         if error is not None:
             await _release(admission)

@@ -45,20 +45,19 @@ def observe_request(entry, status: int, seconds: float) -> None:
     endpoint = ENDPOINTS.get(entry.path, "models")  # the rest is /v1/models/{model}
     model = entry.model
     model = NO_MODEL if model is None else model if entry.model_known else OTHER_MODEL
-    metrics.V1_REQUESTS.labels(
-        endpoint, model, str(status), outcome(status, entry.limit, entry.closed)
-    ).inc()
-    metrics.V1_DURATION.labels(endpoint, model).observe(seconds)
+    result = outcome(status, entry.limit, entry.closed)
+    metrics.child(metrics.V1_REQUESTS, endpoint, model, str(status), result).inc()
+    metrics.child(metrics.V1_DURATION, endpoint, model).observe(seconds)
     if entry.first_token is not None:
-        metrics.V1_TTFT.labels(model).observe(entry.first_token)
+        metrics.child(metrics.V1_TTFT, model).observe(entry.first_token)
 
 
 def observe_tokens(model: str, input_tokens: int, output_tokens: int) -> None:
     """Tokens billed for a request of `model` (a registry model: only those produce tokens)."""
     if input_tokens:
-        metrics.V1_TOKENS.labels(model, "input").inc(input_tokens)
+        metrics.child(metrics.V1_TOKENS, model, "input").inc(input_tokens)
     if output_tokens:
-        metrics.V1_TOKENS.labels(model, "output").inc(output_tokens)
+        metrics.child(metrics.V1_TOKENS, model, "output").inc(output_tokens)
 
 
 class UsageStreamCollector:

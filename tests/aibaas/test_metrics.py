@@ -313,3 +313,24 @@ def test_the_drain_observes_the_usage_lag(client, settings, demo_models):
     after_count, after_total = lag()
     assert after_count - count == 3
     assert 0.3 * 3 <= after_total - total < 60
+
+
+def test_the_grafana_dashboard_reads_only_series_aibaas_exports(client, settings, db):
+    """deploy/grafana/aibaas.json: every series its queries name is one /metrics serves."""
+    import json
+    import re
+
+    from tests.servers import ROOT
+
+    settings.METRICS_TOKEN = TOKEN
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "aibaas.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for query in queries for name in re.findall(r"\baibaas_[a-z0-9_]+", query)}
+    text = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").text
+    families = text_string_to_metric_families(text)
+    exported = {"aibaas_usage_stream_length"}  # read at the scrape, with a stream only
+    for family in families:
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
+        exported |= {family.name + s for s in suffixes.get(family.type, [""])}
+    assert used and used <= exported, used - exported
+    assert {"aibaas_v1_tokens_total", "aibaas_usage_event_lag_seconds_bucket"} <= used

@@ -138,21 +138,21 @@ async def _open(
             )
         except _CONNECT_ERRORS:
             _mark(upstream, healthy=False)
-            metrics.UPSTREAM_ERRORS.labels(label, "unreachable").inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, label, "unreachable").inc()
             last_error = _unreachable()
             continue
         except TimeoutError:
-            metrics.UPSTREAM_ERRORS.labels(label, "timeout").inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, label, "timeout").inc()
             raise _timed_out() from None
         seconds = time.perf_counter() - started
-        metrics.UPSTREAM_DURATION.labels(label).observe(seconds)
+        metrics.child(metrics.UPSTREAM_DURATION, label).observe(seconds)
         status = response.status
         if status in CUSTOMER_SIDE:
             _mark(upstream, healthy=True)
             raise _refused(status, await _read_text(response), upstream, model.name)
         if status >= 400:
             _mark(upstream, healthy=False)
-            metrics.UPSTREAM_ERRORS.labels(label, f"http_{status}").inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, label, f"http_{status}").inc()
             last_error = await _operator_side(upstream, response)
             if status < 500:
                 done_with.add(upstream)
@@ -165,7 +165,7 @@ async def _open(
                 _where(upstream),
                 response.content_type,
             )
-            metrics.UPSTREAM_ERRORS.labels(label, "not_event_stream").inc()
+            metrics.child(metrics.UPSTREAM_ERRORS, label, "not_event_stream").inc()
             last_error = ProviderError(UPSTREAM_ERROR, NOT_AN_EVENT_STREAM, 502)
             done_with.add(upstream)
             continue
