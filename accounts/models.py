@@ -219,6 +219,7 @@ class AuditAction(models.TextChoices):
     CHECKOUT_STARTED = "billing.checkout_started", "Checkout started"
     CANCEL_REQUESTED = "billing.cancel_requested", "Cancellation requested"
     CANCEL_WITHDRAWN = "billing.cancel_withdrawn", "Cancellation withdrawn"
+    CANCELED_NOW = "billing.canceled_now", "Subscription canceled by an operator"
     CATALOGUE_CHANGED = "catalogue.changed", "Model or price changed by an operator"
 
 

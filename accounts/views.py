@@ -185,27 +185,23 @@ def organization_new(request: HttpRequest) -> HttpResponse:
 
 
 def _audit_events(request: HttpRequest):
-    """The filtered events of the request's organization, and the filter form."""
-    form = AuditFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
-    events = audit_list(
-        organization=request.organization,
-        action=filters.get("action") or None,
-        actor=filters.get("actor") or None,
-        since=filters.get("since"),
-        until=filters.get("until"),
-    )
-    return events, form
+    """The filtered events of the request's organization (None when the filters are invalid),
+    and the filter form."""
+    form = AuditFilterForm(request.GET)
+    if not form.is_valid():
+        return None, form
+    return audit_list(organization=request.organization, **form.filters()), form
 
 
 @organization_required
 def audit(request: HttpRequest) -> HttpResponse:
-    """The organization's audit log: owners and admins only (it shows IPs and emails)."""
+    """The organization's audit log: owners and admins only (it shows IPs and emails). Invalid
+    filters show as form errors, with no rows (never the unfiltered log instead)."""
     if not request.membership.is_admin:
         messages.error(request, READERS_ONLY)
         return redirect("dashboard:overview")
     events, form = _audit_events(request)
-    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    page = Paginator(events if events is not None else [], 50).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -224,11 +220,15 @@ def audit(request: HttpRequest) -> HttpResponse:
 
 @organization_required
 def audit_csv(request: HttpRequest) -> HttpResponse:
-    """The filtered audit log as CSV, streamed (any length, constant memory)."""
+    """The filtered audit log as CSV, streamed (any length, constant memory); invalid filters
+    are a 400 that says which and why."""
     if not request.membership.is_admin:
         messages.error(request, READERS_ONLY)
         return redirect("dashboard:overview")
-    events, _ = _audit_events(request)
+    events, form = _audit_events(request)
+    if events is None:
+        _, message = form.first_error()
+        return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
     response = StreamingHttpResponse(
         audit_csv_lines(events.iterator(chunk_size=500)), content_type="text/csv; charset=utf-8"
     )

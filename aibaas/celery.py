@@ -3,8 +3,16 @@
 import os
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, task_failure, worker_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_failure,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
+from infra import tracing
 from infra.logs import protect_handlers, use_format
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aibaas.settings")
@@ -39,3 +47,15 @@ def _clear_metrics(**kwargs) -> None:
     from infra import metrics
 
     metrics.clear_dead_files()
+
+
+@worker_process_init.connect
+def _start_tracing(**kwargs) -> None:
+    """Each pool process traces its tasks (infra/tracing.py; off unless configured): set up
+    after the fork, so that the exporter's thread is the process's own."""
+    tracing.setup()
+
+
+@worker_process_shutdown.connect
+def _flush_traces(**kwargs) -> None:
+    tracing.shutdown()  # a pool process exits without the SDK's exit hook

@@ -1,6 +1,6 @@
 """The production app server: `gunicorn -c deploy/gunicorn.conf.py aibaas.asgi:application`.
 
-Everything comes from the environment (README, "Production"); aibaas.appserver reads it, for
+Everything comes from the environment (README, "The app server"); aibaas.appserver reads it, for
 this file and for each worker alike.
 """
 

@@ -243,7 +243,7 @@ def _audit_refusal(context, code: str, limit_name: str, retry_after: int, ip: st
 
 def _write_refusal(context, code, limit_name, retry_after, ip, minute) -> None:
     from accounts.actors import Actor
-    from accounts.audit import audit_record
+    from accounts.audit import audit_record, key_label
     from accounts.models import AuditAction, Organization
 
     try:
@@ -257,6 +257,7 @@ def _write_refusal(context, code, limit_name, retry_after, ip, minute) -> None:
                 organization=Organization(pk=context.organization_id),
                 target_type="api_key",
                 target_id=context.key_id,
+                target_label=key_label(context.name, context.key_id),
                 metadata={"code": code, "limit": limit_name, "retry_after": retry_after},
             )
         )

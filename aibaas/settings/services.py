@@ -11,11 +11,11 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Connections come from one psycopg pool per process (Django's, at most DB_POOL_MAX_SIZE),
     # so no request mix or thread can open more; each is returned when its request or task ends
-    # (CONN_MAX_AGE 0). README "Production" gives a deployment's total.
+    # (CONN_MAX_AGE 0). README "Database connections" gives a deployment's total.
     if "DB_CONN_MAX_AGE" in env:
         raise ImproperlyConfigured(
             "DB_CONN_MAX_AGE is no longer read: PostgreSQL connections come from a pool "
-            "(DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE, DB_POOL_TIMEOUT; README, Production). "
+            "(DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE, DB_POOL_TIMEOUT; README, Database connections). "
             "Unset it."
         )
     DATABASES["default"]["CONN_MAX_AGE"] = 0

@@ -156,6 +156,14 @@ def _upsert(items: list[tuple[Key, dict]], keys: dict[Key, int | None]) -> None:
         cursor.execute(statement, params)
 
 
+def rollup_add_rows(rows: Iterable[dict]) -> int:
+    """Add hourly sums shaped as `_hourly` yields them (and their days) to the stored rows."""
+    sums = _Sums()
+    for row in rows:
+        sums.add(row)
+    return sums.upsert()
+
+
 def rollup_add(*, request_ids: Collection[str]) -> int:
     """Add the stored events `request_ids` to the rollups. Call it in the transaction that
     inserted them, with exactly the ids that transaction inserted (never one already stored):
