@@ -18,12 +18,12 @@ ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_
 DEFAULT_SERVICE_NAME = "aibaas"
 # The response header that names a /v1 request's trace (32 hex digits, as in the logs).
 TRACE_ID_HEADER = "X-Trace-Id"
+_TRACE_ID_HEADER = TRACE_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 
 _NULL = contextlib.nullcontext()
 _tracer = None  # the gateway's opentelemetry Tracer while tracing is on
 _provider = None
 _instrumentors: list = []
-_pid: int | None = None  # the process that set up (a forked child sets up again)
 
 
 def configured() -> bool:
@@ -40,9 +40,9 @@ def on() -> bool:
 def setup(*, exporter=None) -> bool:
     """Start tracing in this process if configured (idempotent); True when on. `exporter`
     replaces the OTLP one and is flushed span by span (the SDK's InMemorySpanExporter)."""
-    global _tracer, _provider, _pid
-    if _tracer is not None and _pid == os.getpid():
-        return True
+    global _tracer, _provider
+    if _tracer is not None:
+        return True  # a forked child too: the SDK restarts its export thread after a fork
     if exporter is None and not configured():
         return False
     from opentelemetry import trace
@@ -63,7 +63,7 @@ def setup(*, exporter=None) -> bool:
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)  # for code that asks the global API
     _instrument(provider)
-    _provider, _pid = provider, os.getpid()
+    _provider = provider
     _tracer = provider.get_tracer("aibaas")
     logger.info("tracing on: service %s", service)
     return True
@@ -159,7 +159,7 @@ async def serve(scope, send, run, *, route: str) -> None:
                 server_span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     server_span.set_status(Status(StatusCode.ERROR))
-                headers = [*message.get("headers", ()), (b"x-trace-id", trace_id)]
+                headers = [*message.get("headers", ()), (_TRACE_ID_HEADER, trace_id)]
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -229,7 +229,7 @@ def key_detail(request: HttpRequest, ident: str) -> HttpResponse:
             "key": key,
             "effective_scopes": sorted(api_key_effective_scopes(key)),
             "inactive_scopes": sorted(set(key.scopes) - api_key_effective_scopes(key)),
-            "limits": key.effective_limits(organization.plan),
+            "limits": key.effective_limits(organization.plan, organization),
             "overrides": {field: getattr(key, field) for field in key.LIMIT_FIELDS},
             "rotated_to": rotated_to,
             "now": timezone.now(),

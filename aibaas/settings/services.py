@@ -102,6 +102,12 @@ CELERY_BEAT_SCHEDULE = (
             "schedule": 3600.0,
             "options": {"expires": 600},
         },
+        # Closed organizations' subscriptions whose cancellation at Stripe failed: retried.
+        "billing-cancel-owed-subscriptions": {
+            "task": "billing.subscriptions.tasks.cancel_owed_subscriptions",
+            "schedule": 300.0,
+            "options": {"expires": 240},
+        },
         # Metered usage to Stripe: closed hours into the outbox, due rows sent.
         "billing-report-usage-to-stripe": {
             "task": "billing.subscriptions.tasks.report_usage_to_stripe",

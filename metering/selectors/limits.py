@@ -71,13 +71,13 @@ def _meter(used: int, limit: int | None) -> dict:
 
 def organization_month_counters(organization: Organization) -> dict:
     """This month's counters of the overview (and of its live refresh): billable requests and
-    their tokens against the plan's quota, spend at list prices, refusals. One query, on the
+    their tokens against the organization's quota, spend at list prices, refusals. One query, on the
     rollups (the numbers of GET /v1/usage); no raw events, no Redis."""
-    plan = organization.plan
+    quotas = organization.quota_limits()  # an operator's custom quotas, else the plan's
     start, end = month_period()
     month = usage_totals(organization=organization, start=start, end=end)
-    requests = _meter(month["requests"], plan.monthly_request_quota)
-    tokens = _meter(month["input_tokens"] + month["output_tokens"], plan.monthly_token_quota)
+    requests = _meter(month["requests"], quotas["monthly_request_quota"])
+    tokens = _meter(month["input_tokens"] + month["output_tokens"], quotas["monthly_token_quota"])
     return {
         "period_start": start,
         "period_end": end,
@@ -105,7 +105,7 @@ def organization_limit_overview(organization: Organization) -> dict:
     for key in ApiKey.objects.filter(organization=organization, revoked_at__isnull=True).order_by(
         "name", "id"
     )[:50]:
-        limits = limiter.limits_for(key.effective_limits(plan))
+        limits = limiter.limits_for(key.effective_limits(plan, organization))
         windows = {w.limit.name: w for w in limiter.peek(key.key_id, limits)}
         meters = []
         for name in ("requests_per_day", "tokens_per_day", "requests_per_minute"):
