@@ -22,7 +22,10 @@ def _multiproc_dir() -> str:
     when it cannot be written, e.g. a one-off `manage.py` run as another user. Runs before
     prometheus_client is imported: its import reads the variable."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-    if path:
+    if not path:
+        # Set but empty would put prometheus_client in multiprocess mode, writing to the cwd.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
         try:
             os.makedirs(path, exist_ok=True)
             usable = os.access(path, os.W_OK | os.X_OK)
