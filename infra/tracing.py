@@ -18,6 +18,7 @@ ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_
 DEFAULT_SERVICE_NAME = "aibaas"
 # The response header that names a /v1 request's trace (32 hex digits, as in the logs).
 TRACE_ID_HEADER = "X-Trace-Id"
+_TRACE_ID_HEADER = TRACE_ID_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 
 _NULL = contextlib.nullcontext()
 _tracer = None  # the gateway's opentelemetry Tracer while tracing is on
@@ -158,7 +159,7 @@ async def serve(scope, send, run, *, route: str) -> None:
                 server_span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     server_span.set_status(Status(StatusCode.ERROR))
-                headers = [*message.get("headers", ()), (b"x-trace-id", trace_id)]
+                headers = [*message.get("headers", ()), (_TRACE_ID_HEADER, trace_id)]
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -70,7 +70,7 @@ def rollup_add_events(*, events: Iterable, api_key_ids: dict[str, int | None]) -
     rows = []
     for group, sums in groups.items():
         organization_id, hour, key_id, model, code = group
-        row = {"organization_id": organization_id, "hour": hour, "key_id": key_id}
+        row = {"organization_id": organization_id, "at": hour, "key_id": key_id}
         row.update(model=model, code=code, s_api_key_id=keys.get(group))
         row.update({f"s_{name}": sums[index] for name, index in _INDEX.items()})
         rows.append(row)

@@ -243,3 +243,24 @@ def test_an_operators_price_edit_in_the_admin_is_audited(client):
         "fields": "Changed Input per million.",
     }
     assert action_label(event.action) == "Model or price changed by an operator"
+
+
+def test_an_operators_bulk_delete_in_the_admin_audits_each_object(client):
+    """ "Delete selected" logs with one bulk insert, which no signal hears: each object still gets
+    its catalogue.changed event."""
+    from billing.models import ModelPrice
+    from tests.factories import ModelPriceFactory, UserFactory
+
+    prices = [ModelPriceFactory(model__name=name) for name in ("old-a", "old-b")]
+    client.force_login(UserFactory(email="root@ops.example", is_staff=True, is_superuser=True))
+    response = client.post(
+        reverse("admin:billing_modelprice_changelist"),
+        {"action": "delete_selected", "_selected_action": [p.pk for p in prices], "post": "yes"},
+    )
+    assert response.status_code == 302
+    assert not ModelPrice.objects.filter(pk__in=[p.pk for p in prices]).exists()
+    events = AuditEvent.objects.filter(action=AuditAction.CATALOGUE_CHANGED).order_by("target_id")
+    assert [(e.target_id, e.metadata["change"], e.actor_label) for e in events] == [
+        (str(p.pk), "deleted", "root@ops.example") for p in sorted(prices, key=lambda p: str(p.pk))
+    ]
+    assert all(name in " ".join(e.target_label for e in events) for name in ("old-a", "old-b"))

@@ -302,3 +302,22 @@ def test_a_celery_task_is_traced_by_the_instrumentation(spans):
     [run] = [s for s in spans.get_finished_spans() if s.name.startswith("run/")]
     assert run.name == "run/billing.subscriptions.tasks.expire_grace_periods"
     assert run.kind is SpanKind.CONSUMER
+
+
+def test_a_stream_is_one_trace_too_its_usage_emitted_when_it_ends(spans, upstream, raw_key):
+    model = served_model(upstream, ("127.0.0.1", "fake"))
+    with sdk(raw_key).chat.completions.with_streaming_response.create(
+        model=model, messages=HELLO, stream=True
+    ) as response:
+        trace_id = response.headers["x-trace-id"]
+        assert list(response.iter_lines())
+    server = server_span(spans)
+    assert f"{server.context.trace_id:032x}" == trace_id
+    named = by_name(spans)
+    [upstream_span] = named["gateway.upstream"]
+    assert upstream_span.attributes["aibaas.stream"] is True
+    assert upstream_span.parent.span_id == server.context.span_id
+    [attempt] = named["gateway.upstream.attempt"]
+    assert attempt.parent.span_id == upstream_span.context.span_id
+    [emit] = named["metering.usage_emit"]  # after the last chunk, still in the request's trace
+    assert f"{emit.context.trace_id:032x}" == trace_id
