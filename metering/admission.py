@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
+from infra import metrics
 from infra.background import background
 from infra.db import when_unlocked
 from infra.errors import ApplicationError
@@ -66,6 +67,16 @@ _LIMIT_WORDS = {
     "burst_requests": "requests per burst window",
     "burst_tokens": "tokens per burst window",
 }
+
+
+class LimitRefusal(ApplicationError):
+    """A 429 of admission, naming its limit: `limit` ip, rate or quota (the /v1 requests'
+    outcome), `limit_name` the very window or quota (the limiter's decisions)."""
+
+    def __init__(self, code: str, message: str, *, limit: str, limit_name: str, **kwargs) -> None:
+        super().__init__(code, message, status=429, **kwargs)
+        self.limit = limit
+        self.limit_name = limit_name
 
 
 def _seconds(ms: int, window_ms: int) -> int:
@@ -156,11 +167,12 @@ class Admission:
 
 def _ip_refusal(retry: int) -> ApplicationError:
     limit = str((current_rate() or (0, 0))[0])
-    return ApplicationError(
+    return LimitRefusal(
         RATE_LIMIT_EXCEEDED,
         f"Too many requests from your address (limit {settings.GATEWAY_IP_RATE} per IP). "
         f"Retry in {retry} s.",
-        status=429,
+        limit="ip",
+        limit_name="ip",
         extra={"retry_after": retry},
         # The address's limit is the tightest one here: the headers say so, as for a key's.
         headers={
@@ -308,10 +320,11 @@ def _window_refusal(context, decision, tokens: int, headers, client_ip) -> Appli
     else:
         message = f"Rate limit reached: {refused.limit} {words} for this key. Retry in {retry} s."
     _audit_refusal(context, RATE_LIMIT_EXCEEDED, refused.name, retry, client_ip)
-    return ApplicationError(
+    return LimitRefusal(
         RATE_LIMIT_EXCEEDED,
         message,
-        status=429,
+        limit="rate",
+        limit_name=refused.name,
         extra={"retry_after": retry},
         headers={**headers, "Retry-After": str(retry)},
     )
@@ -325,13 +338,8 @@ def _quota_refusal(context, verdict, request_quota, token_quota, headers, client
     limit = request_quota if verdict.exceeded == "requests" else token_quota
     used = verdict.requests_used if verdict.exceeded == "requests" else verdict.tokens_used
     resets = verdict.resets_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _audit_refusal(
-        context,
-        INSUFFICIENT_QUOTA,
-        f"monthly_{verdict.exceeded}_quota",
-        verdict.retry_after,
-        client_ip,
-    )
+    limit_name = f"monthly_{verdict.exceeded}_quota"
+    _audit_refusal(context, INSUFFICIENT_QUOTA, limit_name, verdict.retry_after, client_ip)
     month_left = (verdict.resets_at - datetime.now(UTC)).total_seconds()
     if verdict.retry_after < month_left - 1:
         # The last room is held by another server's lease, which goes back within seconds.
@@ -344,10 +352,11 @@ def _quota_refusal(context, verdict, request_quota, token_quota, headers, client
             f"Monthly quota exceeded: {used} of {limit} {verdict.exceeded} used this month by "
             f"your organization. It resets at {resets}; upgrade your plan for more."
         )
-    return ApplicationError(
+    return LimitRefusal(
         INSUFFICIENT_QUOTA,
         message,
-        status=429,
+        limit="quota",
+        limit_name=limit_name,
         extra={"retry_after": verdict.retry_after},
         headers={**headers, "Retry-After": str(verdict.retry_after)},
     )
@@ -408,6 +417,13 @@ async def aadmit(
             error = _quota_refusal(
                 context, verdict, request_quota, token_quota, admission.headers, client_ip
             )
+        # The limiter's decision: admitted, or refused by a limit (or the quota unreadable).
+        limit_name = getattr(error, "limit_name", "quota_unavailable")
+        metrics.child(
+            metrics.LIMITER_DECISIONS,
+            "admitted" if error is None else "refused",
+            "none" if error is None else limit_name,
+        ).inc()
         if error is not None:
             await _release(admission)
             if _counted(verdict):

@@ -187,6 +187,7 @@ async def _respond(receive, send, handler: Handler, inbound, common: wire.Header
         if not hung_up:
             raise  # this handler itself was cancelled (server shutdown)
         task.uncancel()
+        request_log.note_closed()
     except OSError:
         pass  # the client hung up while we were sending; the pipeline recorded it
     finally:

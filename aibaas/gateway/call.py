@@ -8,7 +8,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from aibaas.gateway import streaming
+from aibaas.gateway import metrics, streaming
 from aibaas.gateway.providers.base import UPSTREAM_ERROR, UPSTREAM_TIMEOUT, Usage
 from billing.pricing import ZERO_COST, acost_for
 from infra import tracing
@@ -160,6 +160,7 @@ class Call:
             upstream_latency_ms=upstream_latency_ms,
             error_code=error_code,
         )
+        metrics.observe_tokens(self.model, usage.input_tokens, usage.output_tokens)
         if self.admission is not None:
             # No wait of its own on Redis: the settlement rides with the key's next check. The
             # quota's is usage_record's, when the event is stored (exactly once).

@@ -68,6 +68,7 @@ class Reply:
 
 
 def error_reply(error: ApplicationError, headers: dict[str, str] | None = None) -> Reply:
+    request_log.note_error(error)
     headers = {**(headers or {}), **error.headers}
     if error.status == 401:
         headers["WWW-Authenticate"] = CHALLENGE
@@ -113,8 +114,8 @@ def _call_model(body: dict[str, Any]) -> str:
 
 
 async def _model(call: Call, name: str, kind: str) -> ModelSpec:
-    request_log.note_model(name)
     spec = await amodel_spec(name)
+    request_log.note_model(name, known=spec is not None)
     if spec is None:
         raise _model_not_found(name)
     require_model(call.key, name)

@@ -37,6 +37,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # The HTTP series of /metrics (infra/metrics.py): every answer, short-circuits included.
+    "infra.metrics.MetricsMiddleware",
     # 401 key_in_query for a key in an /api or /v1 URL, before anything else sees the request.
     "keys.middleware.key_in_query_middleware",
     # X-Request-ID on every /v1 response; sync and async capable (no thread hop under ASGI).

@@ -9,6 +9,7 @@ import time
 import redis
 from django.db import DataError, IntegrityError
 
+from infra import metrics
 from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT, redis_client
 from metering.usage.events import ENTRY_FIELD, UsageEventData, dead_letter_key, stream_key
 from metering.usage.record import usage_record
@@ -101,7 +102,17 @@ def _process(client, key: str, entries: list) -> int:
     pipe.xack(key, GROUP, *ids)
     pipe.xdel(key, *ids)
     pipe.execute()
+    _observe_lag(ids)
     return stored
+
+
+def _observe_lag(ids: list) -> None:
+    """Each event's lag from its emission (its stream entry id is the XADD's time in ms) to its
+    commit, just done."""
+    now_ms = time.time() * 1000
+    for entry_id in ids:
+        emitted = entry_id.split(b"-", 1)[0] if isinstance(entry_id, bytes) else entry_id
+        metrics.USAGE_LAG.observe(max(0.0, (now_ms - int(emitted)) / 1000))
 
 
 def usage_drain(

@@ -30,7 +30,7 @@ from aibaas.gateway.providers.openai_compatible.errors import (
     _where,
 )
 from aibaas.gateway.providers.openai_compatible.sessions import _session
-from infra import tracing
+from infra import metrics, tracing
 
 # The package's name, as before it was split: log configuration and filters keep working.
 logger = logging.getLogger(__package__)
@@ -66,12 +66,20 @@ def _timeout(upstream: UpstreamSpec) -> aiohttp.ClientTimeout:
     )
 
 
-# upstream -> (base URL, headers, timeout): built once per upstream of a registry snapshot,
-# not per request (the environment and the spec do not change while the process runs).
-_options: dict[UpstreamSpec, tuple[str, dict[str, str], aiohttp.ClientTimeout]] = {}
+def _label(upstream: UpstreamSpec) -> str:
+    """The upstream in the metrics: host:port of its base URL (never its credentials)."""
+    url = URL(upstream.base_url)
+    return f"{url.host}:{url.port}"
 
 
-def _request_options(upstream: UpstreamSpec) -> tuple[str, dict[str, str], aiohttp.ClientTimeout]:
+# upstream -> (base URL, headers, timeout, metrics label): built once per upstream of a registry
+# snapshot, not per request (the environment and the spec do not change while the process runs).
+_options: dict[UpstreamSpec, tuple[str, dict[str, str], aiohttp.ClientTimeout, str]] = {}
+
+
+def _request_options(
+    upstream: UpstreamSpec,
+) -> tuple[str, dict[str, str], aiohttp.ClientTimeout, str]:
     options = _options.get(upstream)
     if options is None:
         if len(_options) >= 1000:  # old snapshots' upstreams
@@ -80,6 +88,7 @@ def _request_options(upstream: UpstreamSpec) -> tuple[str, dict[str, str], aioht
             upstream.base_url.rstrip("/"),
             _headers(upstream),
             _timeout(upstream),
+            _label(upstream),
         )
     return options
 
@@ -139,7 +148,7 @@ async def _open(
             continue
         with _attempt_span(model, upstream, attempt) as span:
             payload = json.dumps(dict(body, model=upstream.upstream_model)).encode()
-            base, headers, timeout = _request_options(upstream)
+            base, headers, timeout, label = _request_options(upstream)
             started = time.perf_counter()
             try:
                 response = await _session().post(
@@ -147,11 +156,15 @@ async def _open(
                 )
             except _CONNECT_ERRORS:
                 _mark(upstream, healthy=False)
+                metrics.child(metrics.UPSTREAM_ERRORS, label, "unreachable").inc()
                 last_error = _unreachable()
                 tracing.annotate(span, {"aibaas.outcome": "unreachable"}, error="unreachable")
                 continue
             except TimeoutError:
+                metrics.child(metrics.UPSTREAM_ERRORS, label, "timeout").inc()
                 raise _timed_out() from None
+            seconds = time.perf_counter() - started
+            metrics.child(metrics.UPSTREAM_DURATION, label).observe(seconds)
             status = response.status
             tracing.annotate(span, {"http.response.status_code": status})
             if status in CUSTOMER_SIDE:
@@ -159,6 +172,7 @@ async def _open(
                 raise _refused(status, await _read_text(response), upstream, model.name)
             if status >= 400:
                 _mark(upstream, healthy=False)
+                metrics.child(metrics.UPSTREAM_ERRORS, label, f"http_{status}").inc()
                 last_error = await _operator_side(upstream, response)
                 tracing.annotate(span, {"aibaas.outcome": "failed"}, error=f"HTTP {status}")
                 if status < 500:
@@ -172,13 +186,14 @@ async def _open(
                     _where(upstream),
                     response.content_type,
                 )
+                metrics.child(metrics.UPSTREAM_ERRORS, label, "not_event_stream").inc()
                 last_error = ProviderError(UPSTREAM_ERROR, NOT_AN_EVENT_STREAM, 502)
                 tracing.annotate(span, {"aibaas.outcome": "failed"}, error=NOT_AN_EVENT_STREAM)
                 done_with.add(upstream)
                 continue
             _mark(upstream, healthy=True)
             tracing.annotate(span, {"aibaas.outcome": "answered"})
-            return response, (time.perf_counter() - started) * 1000
+            return response, seconds * 1000
     raise last_error or ProviderError(UPSTREAM_ERROR, "No model server is configured.", 502)
 
 
