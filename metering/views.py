@@ -62,11 +62,16 @@ def _summary(title: str, unit: str, rows: list[dict], names: list[str], label) -
     for index, name in enumerate(names):
         value = sum((row["values"][index] for row in rows), Decimal(0) if unit == "USD" else 0)
         if value:
-            shares.append(f"{name} {value}")
+            shares.append(f"{name} {_plain(value)}")
     return (
-        f"{title}: {total} {unit} in total; highest {label(peak['bucket'])} with "
-        f"{peak['total']}. By group: {', '.join(shares)}."
+        f"{title}: {_plain(total)} {unit} in total; highest {label(peak['bucket'])} with "
+        f"{_plain(peak['total'])}. By group: {', '.join(shares)}."
     )
+
+
+def _plain(value: Decimal | int) -> str:
+    """A number as people write it: a cost of 2E-8 reads 0.00000002."""
+    return f"{value:f}" if isinstance(value, Decimal) else str(value)
 
 
 def _usage_context(

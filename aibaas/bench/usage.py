@@ -216,10 +216,15 @@ def _measure(tenants: list[Tenant], count: int) -> None:
         _timed(client, "/v1/usage", tenant, {})
     rng = random.Random(13)  # noqa: S311 (which organization asks: a fixed, repeatable draw)
     results = [[name, *_case(client, tenants, rng, *case)] for name, case in CASES.items()]
+    inserted = f"inserted in {insert_seconds:.1f} s" if insert_seconds else "from an earlier run"
+    rebuilt = (
+        f"rebuilt (rollup_rebuild, per organization): {rows:,} rows in {rebuild_seconds:.1f} s"
+        if rebuild_seconds
+        else "kept (BENCH_USAGE_REBUILD=0)"
+    )
     print(
         f"\nusage events: {stored:,} in {ORGANIZATIONS} organizations x {KEYS} keys x {MODELS} "
-        f"models over 30 days (inserted in {insert_seconds:.1f} s); rollups rebuilt "
-        f"(rollup_rebuild, per organization): {rows:,} rows in {rebuild_seconds:.1f} s"
+        f"models over 30 days ({inserted}); rollups {rebuilt}"
     )
     table(
         f"usage reads (ms; in-process Django client, {ROUNDS} requests each from a random "
