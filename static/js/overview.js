@@ -20,7 +20,12 @@
       return value === null || value === undefined ? value : value[part];
     }, data);
   }
-  function text(value) { return typeof value === "number" ? grouped.format(value) : String(value); }
+  // Numbers as the page prints them: 12,345; a whole amount "0.00000000" as 0 (the template's
+  // floatformat:"-8"), any other amount with its 8 decimals.
+  function text(value) {
+    if (typeof value === "number") { return grouped.format(value); }
+    return /^-?\d+\.0+$/.test(String(value)) ? String(value).replace(/\.0+$/, "") : String(value);
+  }
   function say(message) {
     if (status) { status.hidden = false; status.textContent = message; }
   }

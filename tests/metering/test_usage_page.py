@@ -141,6 +141,9 @@ def test_overview_onboards_an_organization_without_calls(org):
     assert 'data-testid="onboarding"' in html
     assert 'base_url="http://testserver/v1"' in html
     assert 'data-testid="onboarding-create-key"' in html
+    # Nothing spent yet reads $0, not $0.00000000 (which wrapped on a phone).
+    assert '$<span data-live="cost">0</span>' in html
+    assert "0.00000000" not in html
 
 
 def test_overview_shows_spend_and_the_30_day_sparkline(usage_dataset):
