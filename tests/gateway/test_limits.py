@@ -275,7 +275,7 @@ def test_key_info_with_a_burst_shows_the_enforced_minute_limits_and_the_burst_wi
     used = sum(chat(client, raw).json()["usage"]["total_tokens"] for _ in range(2))
     info = client.get("/v1/key", HTTP_AUTHORIZATION=f"Bearer {raw}").json()
     limits, remaining, reset = info["limits"], info["remaining"], info["reset_seconds"]
-    # The limits the limiter enforces (metering/limiter.py: limits_for): the per-minute limits
+    # The limits the limiter enforces (metering/limiter/windows.py: limits_for): the per-minute limits
     # raised by 50 %, and the 10 s burst windows at that rate pro rata, ceil(90 x 10 / 60).
     assert (limits["requests_per_minute"], limits["tokens_per_minute"]) == (90, 9_000)
     assert (limits["burst_requests"], limits["burst_tokens"]) == (15, 1_500)
