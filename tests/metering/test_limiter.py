@@ -283,7 +283,9 @@ def test_an_async_settlement_rides_with_the_next_call_or_goes_by_itself_soon(key
         second = await calls.acheck(key_id, limits, tokens=50, now_ms=now + 1)
         # The settlement went with the second check, before it was counted.
         await limiter.asettle(key_id, limits, admitted_at_ms=second.at_ms, token_delta=-20)
-        await asyncio.sleep(limiter.settlements.SETTLE_DELAY_SECONDS + 0.2)  # no call comes: sent alone
+        await asyncio.sleep(
+            limiter.settlements.SETTLE_DELAY_SECONDS + 0.2
+        )  # no call comes: sent alone
         return pending, second.windows[0].used, int(redis_client().hget(tokens_key, "t"))
 
     pending, after_second, after_timer = asyncio.run(run())
