@@ -37,6 +37,7 @@ __all__ = [
     "IpGate",
     "UsageEventData",
     "aadmit",
+    "ashutdown",
     "ausage_emit",
     "inflight",
     "limiter",
@@ -255,3 +256,10 @@ async def _release(admission: Admission) -> None:
         )
     except Exception:
         logger.exception("releasing the windows of key %s failed", admission.key_id)
+
+
+async def ashutdown() -> None:
+    """The server's shutdown: send the rate-limit settlements still pending, give the quota's
+    leases back, then flush and close this loop's quota connections."""
+    await limiter.aflush_settlements()
+    await quota.aclose()

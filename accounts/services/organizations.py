@@ -34,6 +34,21 @@ ORGANIZATION_HAS_KEYS_MESSAGE = (
 )
 
 
+def _audit_organization(
+    organization: Organization, action: str, *, actor: Actor, metadata: dict, label: str = ""
+) -> None:
+    """An audit event about the organization itself (its slug, its name unless `label`)."""
+    audit_record(
+        action=action,
+        actor=actor,
+        organization=organization,
+        target_type="organization",
+        target_id=organization.slug,
+        target_label=label or organization.name,
+        metadata=metadata,
+    )
+
+
 def _unique_slug(name: str) -> str:
     base = slugify(name)[:50].strip("-") or "org"
     if not Organization.objects.filter(slug=base).exists():
@@ -84,13 +99,10 @@ def organization_create(
     else:  # pragma: no cover - five collisions in a row
         raise ValidationError({"name": "Could not allocate a unique slug; try another name."})
     Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
-    audit_record(
-        action=AuditAction.ORGANIZATION_CREATED,
+    _audit_organization(
+        organization,
+        AuditAction.ORGANIZATION_CREATED,
         actor=actor or Actor(user=owner),
-        organization=organization,
-        target_type="organization",
-        target_id=organization.slug,
-        target_label=organization.name,
         metadata={"plan": plan.slug, "owner": owner.email},
     )
     return organization
@@ -180,13 +192,10 @@ def organization_set_plan(
     organization.plan = plan
     organization.save(update_fields=["plan"])
     if actor is not None and before != plan.slug:
-        audit_record(
-            action=AuditAction.PLAN_CHANGED,
+        _audit_organization(
+            organization,
+            AuditAction.PLAN_CHANGED,
             actor=actor,
-            organization=organization,
-            target_type="organization",
-            target_id=organization.slug,
-            target_label=organization.name,
             metadata={"from": before, "to": plan.slug},
         )
     return organization
@@ -205,13 +214,11 @@ def organization_rename(*, organization: Organization, actor: Actor, name: str) 
         return organization
     organization.name = name
     organization.save(update_fields=["name"])
-    audit_record(
-        action=AuditAction.ORGANIZATION_RENAMED,
+    _audit_organization(
+        organization,
+        AuditAction.ORGANIZATION_RENAMED,
         actor=actor,
-        organization=organization,
-        target_type="organization",
-        target_id=organization.slug,
-        target_label=name,
+        label=name,
         metadata={"from": before, "to": name},
     )
     return organization
@@ -241,13 +248,10 @@ def organization_delete_by_owner(
     organization.memberships.all().delete()
     organization.deleted_at = timezone.now()
     organization.save(update_fields=["deleted_at"])
-    audit_record(
-        action=AuditAction.ORGANIZATION_DELETED,
+    _audit_organization(
+        organization,
+        AuditAction.ORGANIZATION_DELETED,
         actor=actor,
-        organization=organization,
-        target_type="organization",
-        target_id=organization.slug,
-        target_label=organization.name,
         metadata={
             "name": organization.name,
             "plan": organization.plan.slug,
@@ -282,13 +286,10 @@ def organization_delete(*, organization: Organization, actor: Actor) -> None:
     refusal = organization_delete_refusal(organization=organization)
     if refusal is not None:
         raise refusal
-    audit_record(
-        action=AuditAction.ORGANIZATION_DELETED,
+    _audit_organization(
+        organization,
+        AuditAction.ORGANIZATION_DELETED,
         actor=actor,
-        organization=organization,
-        target_type="organization",
-        target_id=organization.slug,
-        target_label=organization.name,
         metadata={"name": organization.name, "plan": organization.plan.slug},
     )
     organization.delete()
