@@ -19,8 +19,8 @@ from datetime import date
 from django.conf import settings
 
 from infra.loops import PerLoop, quiet_future
-from metering.quota.pool import Connections, StatementLost
 from metering.quota.decision import QuotaAsk, QuotaUnavailable, period_for, unavailable
+from metering.quota.pool import Connections, StatementLost
 from metering.quota.statement import (
     ANY_GENERATION,
     INSERT,

@@ -1,4 +1,4 @@
-"""The monthly quota (metering/quota.py): one conditional UPDATE per admission, lazy rollover,
+"""The monthly quota (metering/quota/): one conditional UPDATE per admission, lazy rollover,
 settlement, failure modes, the reset service, `manage.py reset_usage` and the admin actions.
 
 The concurrency tests need PostgreSQL (row locks, many connections); they skip without it.
