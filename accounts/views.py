@@ -1,3 +1,5 @@
+from functools import wraps
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
@@ -198,12 +200,22 @@ def _audit_events(request: HttpRequest):
     return events, form
 
 
-@organization_required
+def _admins_only(view):
+    """The audit log's pages are for owners and admins only (they show IPs and emails)."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest) -> HttpResponse:
+        if not request.membership.is_admin:
+            messages.error(request, READERS_ONLY)
+            return redirect("dashboard:overview")
+        return view(request)
+
+    return organization_required(guarded)
+
+
+@_admins_only
 def audit(request: HttpRequest) -> HttpResponse:
-    """The organization's audit log: owners and admins only (it shows IPs and emails)."""
-    if not request.membership.is_admin:
-        messages.error(request, READERS_ONLY)
-        return redirect("dashboard:overview")
+    """The organization's audit log."""
     events, form = _audit_events(request)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     query = request.GET.copy()
@@ -222,12 +234,9 @@ def audit(request: HttpRequest) -> HttpResponse:
     )
 
 
-@organization_required
+@_admins_only
 def audit_csv(request: HttpRequest) -> HttpResponse:
     """The filtered audit log as CSV, streamed (any length, constant memory)."""
-    if not request.membership.is_admin:
-        messages.error(request, READERS_ONLY)
-        return redirect("dashboard:overview")
     events, _ = _audit_events(request)
     response = StreamingHttpResponse(
         audit_csv_lines(events.iterator(chunk_size=500)), content_type="text/csv; charset=utf-8"
