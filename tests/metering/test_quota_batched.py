@@ -41,7 +41,7 @@ def statements(monkeypatch):
     real = batched.Connections.fetchone
 
     async def fetchone(self, statement, params):
-        seen.append("admit" if statement is batched._STATEMENT else "insert")
+        seen.append("admit" if statement is batched.STATEMENT else "insert")
         return await real(self, statement, params)
 
     monkeypatch.setattr(batched.Connections, "fetchone", fetchone)

@@ -44,7 +44,7 @@ def statements(monkeypatch):
 
     async def fetchone(self, statement, params):
         row = await real(self, statement, params)
-        if statement is batched._STATEMENT and params["counts"] and row is not None:
+        if statement is batched.STATEMENT and params["counts"] and row is not None:
             seen.append(list(zip(params["counts"], params["estimates"], strict=True)))
         return row
 
@@ -355,7 +355,7 @@ def slow_reservations(monkeypatch):
         if any(params.get("lcounts", ())):
             await asyncio.sleep(0.6)
         row = await real(self, statement, params)
-        if statement is batched._STATEMENT and params["counts"] and row is not None:
+        if statement is batched.STATEMENT and params["counts"] and row is not None:
             seen.append(list(zip(params["counts"], params["estimates"], strict=True)))
         return row
 
