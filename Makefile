@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt venv bench clean
+.PHONY: run test lint fmt venv bench clean audit
 
 venv: $(STAMP)
 
@@ -47,6 +47,10 @@ lint: venv
 fmt: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Known vulnerabilities in the runtime set (README, "Known vulnerabilities"). Needs pypi.org.
+audit: venv
+	$(BIN)/pip-audit -r requirements.txt --strict --no-deps --disable-pip
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles

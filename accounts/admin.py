@@ -85,13 +85,16 @@ class OrganizationAdmin(admin.ModelAdmin):
         return obj.member_total
 
     def save_model(self, request, obj, form, change):
+        plan_changed = change and "plan" in form.changed_data
+        plan = obj.plan
+        if plan_changed:
+            # The plan moves through the service that owns plan changes, so the organization's
+            # keys re-read their limits on the next request and the audit log records from → to
+            # (saved here first, the row would already hold the new plan: nothing to record).
+            obj.plan_id = form.initial["plan"]
         super().save_model(request, obj, form, change)
-        if change and "plan" in form.changed_data:
-            # Through the service that owns plan changes, so the organization's keys re-read
-            # their limits on the next request (not after API_KEY_CONTEXT_TTL).
-            organization_set_plan(
-                organization=obj, plan=obj.plan, actor=Actor.for_operator(request)
-            )
+        if plan_changed:
+            organization_set_plan(organization=obj, plan=plan, actor=Actor.for_operator(request))
 
     # Deleting goes through organization_delete: the confirmation page lists why an organization
     # cannot go (as Django lists protected objects) and offers no "Yes" button then.

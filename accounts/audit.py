@@ -21,12 +21,13 @@ READERS_ONLY = "Only owners and admins can read the audit log."
 
 _LABELS = dict(AuditAction.choices)
 _TARGET_TYPES = {
-    "user": "person",
-    "api_key": "API key",
+    "user": "member",
+    "api_key": "key",
     "organization": "organization",
     "invitation": "invitation",
     "plan": "plan",
     "subscription": "subscription",
+    "quota": "monthly quota",
 }
 CSV_COLUMNS = [
     "time_utc",
@@ -34,7 +35,7 @@ CSV_COLUMNS = [
     "action_label",
     "actor",
     "target_type",
-    "target",
+    "target_label",
     "target_id",
     "ip",
     "user_agent",
@@ -71,9 +72,13 @@ def _default_target_label(target_type: str, target_id: str, metadata: dict) -> s
         email = User.objects.filter(pk=int(target_id)).values_list("email", flat=True).first()
         return email or ""
     if target_type == "api_key" and target_id:
-        name = metadata.get("name")
-        return f"{name} ({target_id})" if name else target_id
+        return key_label(metadata.get("name") or "", target_id)
     return ""
+
+
+def key_label(name: str, key_id: str) -> str:
+    """How the log names a key: "'CI deploy' (AbCd1234EfGh)", or its id alone when unnamed."""
+    return f"'{name}' ({key_id})" if name else key_id
 
 
 def audit_record(
@@ -115,7 +120,8 @@ def action_label(action: str) -> str:
 
 
 def target_text(event: AuditEvent) -> str:
-    """What the event acted on, as people read it: 'person ada@example.com'."""
+    """What the event acted on, as people read it: "member ada@example.com", "key 'CI deploy'
+    (AbCd1234EfGh)", "organization Acme"."""
     kind = _TARGET_TYPES.get(event.target_type, event.target_type.replace("_", " "))
     name = event.target_label or event.target_id
     if not name:
@@ -192,7 +198,7 @@ def audit_csv_lines(events: Iterable[AuditEvent]) -> Iterator[str]:
                     action_label(event.action),
                     event.actor_label,
                     event.target_type,
-                    event.target_label,
+                    target_text(event),
                     event.target_id,
                     event.ip,
                     event.user_agent,

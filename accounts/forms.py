@@ -84,14 +84,31 @@ class InvitationSignupForm(forms.Form):
     )
 
 
+AUDIT_DATE_FORMAT = "%Y-%m-%d"
+AUDIT_BAD_DATE = "Enter a date as YYYY-MM-DD."
+AUDIT_RANGE_REVERSED = "The end date is before the start date."
+
+
 class AuditFilterForm(forms.Form):
+    """The audit log's filters, one parser for the page, its CSV and GET /api/audit: `action` a
+    prefix ('key.' or 'key.revoked'), `actor` part of the actor's label, `since`/`until` whole
+    UTC days (ISO dates), both included."""
+
     action = forms.CharField(required=False, max_length=64)
     actor = forms.CharField(required=False, max_length=254)
     since = forms.DateField(
-        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
+        label="From",
+        required=False,
+        input_formats=[AUDIT_DATE_FORMAT],
+        error_messages={"invalid": AUDIT_BAD_DATE},
+        widget=forms.DateInput(attrs={"type": "date"}),
     )
     until = forms.DateField(
-        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
+        label="To",
+        required=False,
+        input_formats=[AUDIT_DATE_FORMAT],
+        error_messages={"invalid": AUDIT_BAD_DATE},
+        widget=forms.DateInput(attrs={"type": "date"}),
     )
 
     def clean(self):
@@ -99,5 +116,20 @@ class AuditFilterForm(forms.Form):
         for name in ("action", "actor"):
             data[name] = (data.get(name) or "").strip()
         if data.get("since") and data.get("until") and data["since"] > data["until"]:
-            self.add_error("until", "The end date is before the start date.")
+            self.add_error("until", AUDIT_RANGE_REVERSED)
         return data
+
+    def filters(self) -> dict:
+        """The keyword arguments of accounts.audit.audit_list (call after is_valid())."""
+        data = self.cleaned_data
+        return {
+            "action": data.get("action") or None,
+            "actor": data.get("actor") or None,
+            "since": data.get("since"),
+            "until": data.get("until"),
+        }
+
+    def first_error(self) -> tuple[str | None, str]:
+        """(parameter, message) of the first problem, for the API's and the CSV's 400."""
+        field, errors = next(iter(self.errors.items()))
+        return (None if field == "__all__" else field), f"{field}: {errors[0]}"

@@ -86,11 +86,34 @@ class Organization(models.Model):
         "row: members and invitations are gone, keys revoked, the audit log kept.",
     )
 
+    # An operator's custom monthly quotas (the operators' API, admin): empty = the plan's.
+    monthly_request_quota = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Custom monthly request quota set by an operator; empty: the plan's.",
+    )
+    monthly_token_quota = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Custom monthly token quota set by an operator; empty: the plan's.",
+    )
+
+    QUOTA_FIELDS = ("monthly_request_quota", "monthly_token_quota")
+
     class Meta:
         ordering = ["name", "id"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.slug})"
+
+    def quota_limits(self, plan=None) -> dict[str, int | None]:
+        """The monthly quotas the organization is held to: its custom ones where an operator set
+        them, else `plan`'s (default: its own; None = unlimited)."""
+        plan = plan or self.plan
+        return {
+            field: getattr(plan, field) if getattr(self, field) is None else getattr(self, field)
+            for field in self.QUOTA_FIELDS
+        }
 
 
 class Role(models.TextChoices):
@@ -201,6 +224,7 @@ class AuditAction(models.TextChoices):
     KEY_REVOKED = "key.revoked", "Key revoked"
     RATE_LIMIT_REFUSED = "rate_limit.refused", "Request refused by a limit"
     QUOTA_RESET = "quota.reset", "Monthly quota reset"
+    QUOTA_CHANGED = "quota.changed", "Custom monthly quota changed"
     ORGANIZATION_DELETED = "organization.deleted", "Organization deleted"
     USER_SIGNED_UP = "user.signed_up", "Signed up"
     ORGANIZATION_CREATED = "organization.created", "Organization created"
@@ -219,6 +243,7 @@ class AuditAction(models.TextChoices):
     CHECKOUT_STARTED = "billing.checkout_started", "Checkout started"
     CANCEL_REQUESTED = "billing.cancel_requested", "Cancellation requested"
     CANCEL_WITHDRAWN = "billing.cancel_withdrawn", "Cancellation withdrawn"
+    CANCELED_NOW = "billing.canceled_now", "Subscription canceled by an operator"
     CATALOGUE_CHANGED = "catalogue.changed", "Model or price changed by an operator"
 
 

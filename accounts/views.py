@@ -187,17 +187,12 @@ def organization_new(request: HttpRequest) -> HttpResponse:
 
 
 def _audit_events(request: HttpRequest):
-    """The filtered events of the request's organization, and the filter form."""
-    form = AuditFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
-    events = audit_list(
-        organization=request.organization,
-        action=filters.get("action") or None,
-        actor=filters.get("actor") or None,
-        since=filters.get("since"),
-        until=filters.get("until"),
-    )
-    return events, form
+    """The filtered events of the request's organization (None when the filters are invalid),
+    and the filter form."""
+    form = AuditFilterForm(request.GET)
+    if not form.is_valid():
+        return None, form
+    return audit_list(organization=request.organization, **form.filters()), form
 
 
 def _admins_only(view):
@@ -215,9 +210,10 @@ def _admins_only(view):
 
 @_admins_only
 def audit(request: HttpRequest) -> HttpResponse:
-    """The organization's audit log."""
+    """The organization's audit log. Invalid filters show as form errors, with no rows (never
+    the unfiltered log instead)."""
     events, form = _audit_events(request)
-    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    page = Paginator(events if events is not None else [], 50).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -236,8 +232,12 @@ def audit(request: HttpRequest) -> HttpResponse:
 
 @_admins_only
 def audit_csv(request: HttpRequest) -> HttpResponse:
-    """The filtered audit log as CSV, streamed (any length, constant memory)."""
-    events, _ = _audit_events(request)
+    """The filtered audit log as CSV, streamed (any length, constant memory); invalid filters
+    are a 400 that says which and why."""
+    events, form = _audit_events(request)
+    if events is None:
+        _, message = form.first_error()
+        return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
     response = StreamingHttpResponse(
         audit_csv_lines(events.iterator(chunk_size=500)), content_type="text/csv; charset=utf-8"
     )

@@ -5,12 +5,14 @@ from django.urls import path
 from accounts import organization_views, team_views, views
 from billing.subscriptions import views as billing_views
 from keys import views as key_views
+from metering import overview_views
 from metering import views as metering_views
 
 app_name = "dashboard"
 
 urlpatterns = [
-    path("", metering_views.overview, name="overview"),
+    path("", overview_views.overview, name="overview"),
+    path("overview.json", overview_views.overview_counters, name="overview_counters"),
     path("team/", team_views.team, name="team"),
     path("team/invite/", team_views.team_invite, name="team_invite"),
     path("team/invitations/resend/", team_views.invitation_resend_view, name="invitation_resend"),

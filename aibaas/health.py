@@ -162,28 +162,19 @@ class _LimiterCollector:
         yield fallbacks
 
 
-_registry = None
-
-
-def _metrics_registry():
-    global _registry
-    if _registry is None:
-        from prometheus_client import CollectorRegistry
-
-        _registry = CollectorRegistry(auto_describe=False)
-        _registry.register(_LimiterCollector())
-    return _registry
-
-
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus metrics of this process (each server process answers for itself: the `pid`
-    label tells them apart). Today: where the rate limiter counts, and its fallbacks.
+    """Prometheus metrics (infra/metrics.py): with PROMETHEUS_MULTIPROC_DIR, those of every
+    process of this instance merged, whichever worker answers; then, read now, the usage
+    stream's length and where this process's limiter counts (its `pid` label).
     Operators only (operator_authorized)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from aibaas.gateway.metrics import scrape_collectors
+    from infra.metrics import exposition
 
     if not operator_authorized(request):
         return _unauthorized()
-
-    return HttpResponse(generate_latest(_metrics_registry()), content_type=CONTENT_TYPE_LATEST)
+    text = exposition([*scrape_collectors(), _LimiterCollector()])
+    return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)

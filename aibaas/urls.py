@@ -11,6 +11,7 @@ api_patterns = [
     path("", include("accounts.api_urls")),
     path("", include("keys.urls")),
     path("", include("metering.rollups.urls")),
+    path("", include("aibaas.operators.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -5,6 +5,9 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from infra import tracing
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aibaas.settings")
 
+tracing.setup()  # before Django builds its middleware; off unless configured (infra/tracing.py)
 application = get_wsgi_application()

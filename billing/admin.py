@@ -2,10 +2,11 @@ from django.contrib import admin
 from django.db.models import Count
 
 from billing.models import ModelPrice, Plan
+from infra.admin import LogEachDeletionMixin
 
 
 @admin.register(Plan)
-class PlanAdmin(admin.ModelAdmin):
+class PlanAdmin(LogEachDeletionMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "slug",
@@ -93,7 +94,7 @@ class PlanAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(LogEachDeletionMixin, admin.ModelAdmin):
     list_display = [
         "model",
         "input_per_million",

@@ -200,6 +200,16 @@ class BillingAccount(models.Model):
     checkout_started_at = models.DateTimeField(null=True, blank=True)
     last_event_id = models.CharField(max_length=255, blank=True, default="")
     last_event_at = models.DateTimeField(null=True, blank=True)
+    # A cancellation owed to Stripe since the organization was closed: retried until done.
+    cancel_owed_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The organization was closed: its subscription must be canceled at Stripe. "
+        "Cleared once Stripe has canceled it; retried with backoff until then.",
+    )
+    cancel_attempts = models.PositiveIntegerField(default=0)
+    cancel_next_attempt_at = models.DateTimeField(null=True, blank=True)
+    cancel_last_error = models.TextField(blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -1,6 +1,6 @@
 """The production app server: `gunicorn -c deploy/gunicorn.conf.py aibaas.asgi:application`.
 
-Everything comes from the environment (README, "Production"); aibaas.appserver reads it, for
+Everything comes from the environment (README, "The app server"); aibaas.appserver reads it, for
 this file and for each worker alike.
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aibaas.appserver import ServerSettings
+from infra import metrics
 
 _server = ServerSettings.from_env()
 
@@ -31,3 +32,13 @@ loglevel = _server.log_level
 errorlog = "-"
 accesslog = _server.access_log
 control_socket_disable = True  # one per host path: parallel servers would share it
+
+
+def on_starting(server) -> None:
+    """PROMETHEUS_MULTIPROC_DIR starts without the files of a previous run (infra/metrics.py)."""
+    metrics.clear_dead_files()
+
+
+def child_exit(server, worker) -> None:
+    """A worker ended: its live gauges leave the merged metrics; its counters stay."""
+    metrics.process_exited(worker.pid)

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 
+from infra import metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +56,7 @@ class Breaker:
                 self.outages += 1
             self.retry_at = time.monotonic() + settings.REDIS_RETRY_SECONDS
         if first:
+            metrics.REDIS_BREAKER_OPENS.inc()
             logger.error(
                 "Redis unreachable (%s: %s): the cache and the rate limiters run per process, "
                 "usage events go to the database; Redis is tried again every %s s",
@@ -73,6 +76,7 @@ class Breaker:
     def count_fallback(self) -> None:
         with self.lock:
             self.fallbacks += 1
+        metrics.REDIS_FALLBACKS.inc()
 
     def reset(self) -> None:
         with self.lock:

@@ -13,6 +13,8 @@ import re
 
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
+from infra import tracing
+
 # sk_live_/sk_test_ and whatever follows, also percent-encoded ("sk%5Flive%5F..."): a partial
 # key is still a secret's worth of prefix.
 KEY_SHAPED = re.compile(r"sk(?:_|%5f)(?:live|test)(?:_|%5f)[0-9a-z_%]*", re.IGNORECASE)
@@ -107,7 +109,8 @@ def log_format(value: str | None, *, debug: bool) -> str:
 
 class JsonFormatter(_JsonFormatter):
     """One JSON object per line: time, level, logger, message, and the record's extra fields
-    (`logger.info(..., extra={"request_id": ...})`). Key-shaped text is redacted in the whole
+    (`logger.info(..., extra={"request_id": ...})`), and trace_id/span_id while a span is
+    current (tracing on). Key-shaped text is redacted in the whole
     line: python-json-logger formats the traceback from exc_info itself (not the filter's
     redacted exc_text) and serializes extra fields the filter never sees."""
 
@@ -117,6 +120,12 @@ class JsonFormatter(_JsonFormatter):
         kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
         kwargs.setdefault("json_ensure_ascii", False)
         super().__init__(*args, **kwargs)
+
+    def add_fields(self, log_data, record, message_dict) -> None:
+        super().add_fields(log_data, record, message_dict)
+        ids = tracing.current_ids()  # None unless tracing is on (infra/tracing.py)
+        if ids is not None:
+            log_data["trace_id"], log_data["span_id"] = ids
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))

@@ -15,6 +15,7 @@ ERROR_DESCRIPTIONS = {
     403: "The caller may not do this (`insufficient_scope`, `model_not_allowed`, role).",
     404: "No such object in the caller's organization.",
     405: "Method not allowed (`Allow` lists the methods).",
+    409: "The object's state forbids this now (`code` says why).",
     413: "The request body is larger than GATEWAY_MAX_BODY_BYTES.",
     415: "The request body must be JSON (`Content-Type: application/json`).",
     429: "A rate limit or the monthly quota (`retry_after`, `Retry-After`: whole seconds).",

@@ -63,13 +63,15 @@ def context_row(key_id: str) -> tuple[dict, str | None]:
             "organization__id",
             "organization__slug",
             "organization__plan",
+            "organization__monthly_request_quota",
+            "organization__monthly_token_quota",
         )
         .first()
     )
     if key is None:
         return {"missing": True}, None
     plan = key.organization.plan
-    limits = key.effective_limits(plan)
+    limits = key.effective_limits(plan, key.organization)
     data = {
         "pk": key.pk,
         "key_id": key.key_id,

@@ -110,18 +110,22 @@ class ApiKey(models.Model):
     def status(self) -> str:
         return self.status_at(timezone.now())
 
-    def effective_limits(self, plan) -> dict:
+    def effective_limits(self, plan, organization=None) -> dict:
         """The limits this key is held to under `plan` (its organization's): each per-key limit
         is the lower of the key's override and the plan's value (None = unlimited on either
         side), so an override only ever tightens, and a plan downgrade caps every key at once
         however high an override was set before; the monthly quotas and the burst settings are
-        the plan's. The shape of KeyContext.limits."""
+        the plan's, or the organization's custom ones an operator set (pass `organization`).
+        The shape of KeyContext.limits."""
         limits = {
             field: effective_limit(getattr(self, field), getattr(plan, field))
             for field in self.LIMIT_FIELDS
         }
-        limits["monthly_request_quota"] = plan.monthly_request_quota
-        limits["monthly_token_quota"] = plan.monthly_token_quota
+        if organization is not None:
+            limits |= organization.quota_limits(plan)
+        else:
+            limits["monthly_request_quota"] = plan.monthly_request_quota
+            limits["monthly_token_quota"] = plan.monthly_token_quota
         # Bursts are a plan setting (metering/limiter: limits_for); 0 % is off.
         limits["burst_percent"] = plan.burst_percent
         limits["burst_seconds"] = plan.burst_seconds

@@ -33,8 +33,10 @@ def user_changed(sender, instance: User, created=False, update_fields=None, **kw
 
 @receiver(post_save, sender=Organization, dispatch_uid="keys-organization-saved")
 def organization_changed(sender, instance: Organization, created=False, update_fields=None, **kw):
-    # A plan change (service, admin, Stripe) gives the organization's keys their new limits.
-    if created or (update_fields is not None and "plan" not in update_fields):
+    # A plan change (service, admin, Stripe) or custom quota (operators) gives the
+    # organization's keys their new limits.
+    watched = {"plan", *Organization.QUOTA_FIELDS}
+    if created or (update_fields is not None and not watched & set(update_fields)):
         return
     from keys.services import api_keys_invalidate
 

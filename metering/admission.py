@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date
 
+from infra import metrics
 from infra.background import background
 from infra.errors import ApplicationError
 from metering import limiter, quota
@@ -185,6 +186,7 @@ async def aadmit(
             verdict = await _quota_finish(pending_quota)
         if error is None and verdict is not None and not _allowed(verdict):
             error = quota_refusal(context, verdict, admission.headers, client_ip)
+        _count_decision(error)
         if error is not None:
             await _refused(admission, verdict)
             raise error
@@ -198,6 +200,16 @@ async def aadmit(
         # request (it was made; its usage event says 499) but not its token estimate.
         background(_abandoned(admission, windows, pending_quota, tokens))
         raise
+
+
+def _count_decision(error) -> None:
+    """The limiter's decision: admitted, or refused by a limit (or the quota unreadable)."""
+    limit_name = getattr(error, "limit_name", "quota_unavailable")
+    metrics.child(
+        metrics.LIMITER_DECISIONS,
+        "admitted" if error is None else "refused",
+        "none" if error is None else limit_name,
+    ).inc()
 
 
 async def _refused(admission: Admission, verdict) -> None:

@@ -151,8 +151,13 @@ class UsageRollup(models.Model):
     DAY = "day"
     GRANULARITIES = [(HOUR, "hour"), (DAY, "day")]
 
+    # No index of its own: usage_rollup_dimensions leads with it (and is the one the reads of
+    # a range need; with both, PostgreSQL may pick this one and read every hourly row).
     organization = models.ForeignKey(
-        "accounts.Organization", on_delete=models.CASCADE, related_name="usage_rollups"
+        "accounts.Organization",
+        on_delete=models.CASCADE,
+        related_name="usage_rollups",
+        db_index=False,
     )
     granularity = models.CharField(max_length=4, choices=GRANULARITIES)
     bucket = models.DateTimeField(help_text="Start of the hour or day (UTC) summed here.")

@@ -24,6 +24,17 @@ logger = logging.getLogger(__name__)
 RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
 INSUFFICIENT_QUOTA = "insufficient_quota"
 
+
+class LimitRefusal(ApplicationError):
+    """A 429 of admission, naming its limit: `limit` ip, rate or quota (the /v1 requests'
+    outcome), `limit_name` the very window or quota (the limiter's decisions)."""
+
+    def __init__(self, code: str, message: str, *, limit: str, limit_name: str, **kwargs) -> None:
+        super().__init__(code, message, status=429, **kwargs)
+        self.limit = limit
+        self.limit_name = limit_name
+
+
 _LIMIT_WORDS = {
     "requests_per_minute": "requests per minute",
     "requests_per_day": "requests per day",
@@ -36,11 +47,12 @@ _LIMIT_WORDS = {
 
 def ip_refusal(retry: int) -> ApplicationError:
     limit = str((current_rate() or (0, 0))[0])
-    return ApplicationError(
+    return LimitRefusal(
         RATE_LIMIT_EXCEEDED,
         f"Too many requests from your address (limit {settings.GATEWAY_IP_RATE} per IP). "
         f"Retry in {retry} s.",
-        status=429,
+        limit="ip",
+        limit_name="ip",
         extra={"retry_after": retry},
         # The address's limit is the tightest one here: the headers say so, as for a key's.
         headers={
@@ -73,7 +85,7 @@ def _audit_refusal(context, code: str, limit_name: str, retry_after: int, ip: st
 
 def _write_refusal(context, code, limit_name, retry_after, ip, minute) -> None:
     from accounts.actors import Actor
-    from accounts.audit import audit_record
+    from accounts.audit import audit_record, key_label
     from accounts.models import AuditAction, Organization
 
     try:
@@ -87,6 +99,7 @@ def _write_refusal(context, code, limit_name, retry_after, ip, minute) -> None:
                 organization=Organization(pk=context.organization_id),
                 target_type="api_key",
                 target_id=context.key_id,
+                target_label=key_label(context.name, context.key_id),
                 metadata={"code": code, "limit": limit_name, "retry_after": retry_after},
             )
         )
@@ -118,10 +131,11 @@ def window_refusal(context, decision, tokens: int, headers, client_ip) -> Applic
     else:
         message = f"Rate limit reached: {refused.limit} {words} for this key. Retry in {retry} s."
     _audit_refusal(context, RATE_LIMIT_EXCEEDED, refused.name, retry, client_ip)
-    return ApplicationError(
+    return LimitRefusal(
         RATE_LIMIT_EXCEEDED,
         message,
-        status=429,
+        limit="rate",
+        limit_name=refused.name,
         extra={"retry_after": retry},
         headers={**headers, "Retry-After": str(retry)},
     )
@@ -135,13 +149,8 @@ def quota_refusal(context, verdict, headers, client_ip) -> ApplicationError:
     limit = verdict.request_limit if verdict.exceeded == "requests" else verdict.token_limit
     used = verdict.requests_used if verdict.exceeded == "requests" else verdict.tokens_used
     resets = verdict.resets_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _audit_refusal(
-        context,
-        INSUFFICIENT_QUOTA,
-        f"monthly_{verdict.exceeded}_quota",
-        verdict.retry_after,
-        client_ip,
-    )
+    limit_name = f"monthly_{verdict.exceeded}_quota"
+    _audit_refusal(context, INSUFFICIENT_QUOTA, limit_name, verdict.retry_after, client_ip)
     month_left = (verdict.resets_at - datetime.now(UTC)).total_seconds()
     if verdict.retry_after < month_left - 1:
         # The last room is held by another server's lease, which goes back within seconds.
@@ -154,10 +163,11 @@ def quota_refusal(context, verdict, headers, client_ip) -> ApplicationError:
             f"Monthly quota exceeded: {used} of {limit} {verdict.exceeded} used this month by "
             f"your organization. It resets at {resets}; upgrade your plan for more."
         )
-    return ApplicationError(
+    return LimitRefusal(
         INSUFFICIENT_QUOTA,
         message,
-        status=429,
+        limit="quota",
+        limit_name=limit_name,
         extra={"retry_after": verdict.retry_after},
         headers={**headers, "Retry-After": str(verdict.retry_after)},
     )

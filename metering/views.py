@@ -1,5 +1,5 @@
-"""Dashboard pages of metering: the overview (plan, team size, limits and quota use) and
-/dashboard/usage/: charts and tables of the organization's usage, from the rollups
+"""Dashboard pages of metering (the overview is metering/overview_views.py): /dashboard/usage/
+and a key's page: charts and tables of the organization's usage, from the rollups
 (metering.rollups.selectors.usage_series); the tables carry every number the charts draw, so
 the page reads the same with JavaScript off."""
 
@@ -14,14 +14,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 
-from accounts.selectors import organization_members
 from accounts.tenancy import organization_required
 from infra.errors import ApplicationError
 from keys.selectors import api_key_effective_scopes, api_key_get, api_key_list
 from metering.models import UsageRollup
 from metering.rollups import ranges
 from metering.rollups.selectors import rollup_models, usage_series
-from metering.selectors import organization_limit_overview, usage_totals
 
 GROUPS = {"model": "model", "key": "key"}
 # (series field, chart title, unit)
@@ -249,52 +247,9 @@ def key_detail(request: HttpRequest, ident: str) -> HttpResponse:
             "key": key,
             "effective_scopes": sorted(api_key_effective_scopes(key)),
             "inactive_scopes": sorted(set(key.scopes) - api_key_effective_scopes(key)),
-            "limits": key.effective_limits(organization.plan),
+            "limits": key.effective_limits(organization.plan, organization),
             "overrides": {field: getattr(key, field) for field in key.LIMIT_FIELDS},
             "rotated_to": rotated_to,
             "now": timezone.now(),
-        },
-    )
-
-
-def _sparkline(values: list, width: int = 300, height: int = 48) -> str:
-    """SVG polyline points of `values` scaled into width x height (2 px margin)."""
-    top = max(values) or 1
-    step = width / max(len(values) - 1, 1)
-    return " ".join(
-        f"{index * step:.1f},{height - 2 - (value / top) * (height - 4):.1f}"
-        for index, value in enumerate(values)
-    )
-
-
-@organization_required
-def overview(request: HttpRequest) -> HttpResponse:
-    organization = request.organization
-    last_30 = ranges.resolve("30d", None, None, timezone.now())
-    daily = usage_series(
-        organization=organization, start=last_30.start, end=last_30.end, granularity=UsageRollup.DAY
-    )
-    per_day = {point["bucket"]: point["requests"] for point in daily["data"]}
-    requests = [per_day.get(bucket, 0) for bucket in daily["buckets"]]
-    busiest = max(range(len(requests)), key=requests.__getitem__) if any(requests) else None
-    used = UsageRollup.objects.filter(organization=organization).exists()
-    return render(
-        request,
-        "dashboard/overview.html",
-        {
-            "plan": organization.plan,
-            "members": organization_members(organization=organization),
-            "limits": organization_limit_overview(organization),
-            "spend": usage_totals(organization=organization),
-            "sparkline": {
-                "points": _sparkline(requests),
-                "total": sum(requests),
-                "cost": daily["totals"]["cost"],
-                "busiest": daily["buckets"][busiest][:10] if busiest is not None else None,
-                "busiest_requests": requests[busiest] if busiest is not None else 0,
-                "first": daily["buckets"][0][:10],
-            },
-            "onboarding": not used,
-            "has_key": api_key_list(organization=organization).exists(),
         },
     )

@@ -21,3 +21,6 @@ os.environ.setdefault("SECURE_HSTS_SECONDS", "0")
 os.environ.setdefault("STATIC_MANIFEST", "False")
 os.environ.setdefault("CACHE_KEY_PREFIX", "aibaas-test")
 # Faster password hashing is not used: tests exercise the real argon2 configuration.
+# Tracing is off in the suite whatever the shell says; tests/infra/test_tracing.py turns it on.
+for _name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    os.environ.pop(_name, None)

@@ -87,6 +87,7 @@ class FakeStripe:
             ("POST", r"/v1/billing/meters", self.meter_create),
             ("GET", r"/v1/billing/meters", self.meter_list),
             ("POST", r"/v1/billing/meter_events", self.meter_event_create),
+            ("GET", r"/v1/billing/meters/(?P<id>[\w-]+)/event_summaries", self.meter_summaries),
             ("POST", r"/v1/checkout/sessions", self.checkout_create),
             ("GET", r"/v1/checkout/sessions/(?P<id>[\w-]+)", self.checkout_get),
             ("POST", r"/v1/billing_portal/sessions", self.portal_create),
@@ -205,6 +206,45 @@ class FakeStripe:
         self.meter_events[identifier] = event
         return 200, event
 
+    def meter_summaries(self, params, id):
+        """What the meter received from one customer in [start_time, end_time), summed over the
+        whole range or per hour (`value_grouping_window=hour`), as Stripe's event summaries."""
+        if id not in self.meters:
+            return _missing("billing.meter", id)
+        for field in ("customer", "start_time", "end_time"):
+            if not params.get(field):
+                return _error(400, f"Missing required param: {field}.")
+        start, end = int(params["start_time"]), int(params["end_time"])
+        hourly = params.get("value_grouping_window") == "hour"
+        if hourly and (start % 3600 or end % 3600):
+            return _error(400, "start_time and end_time must be aligned to the hour.")
+        name = self.meters[id]["event_name"]
+        sums: dict[int, float] = {}
+        for event in self.meter_events.values():
+            at = event["timestamp"]
+            payload = event["payload"]
+            if (
+                event["event_name"] != name
+                or payload.get("stripe_customer_id") != params["customer"]
+            ):
+                continue
+            if start <= at < end:
+                window = at - at % 3600 if hourly else start
+                sums[window] = sums.get(window, 0) + float(payload.get("value", 0))
+        summaries = [
+            {
+                "id": _id("mtrusg"),
+                "object": "billing.meter_event_summary",
+                "aggregated_value": value,
+                "start_time": window,
+                "end_time": window + 3600 if hourly else end,
+                "livemode": False,
+                "meter": id,
+            }
+            for window, value in sorted(sums.items())
+        ]
+        return 200, _list(summaries, f"/v1/billing/meters/{id}/event_summaries")
+
     # --- checkout, portal, subscriptions ----------------------------------------------------
 
     def checkout_create(self, params):
@@ -278,6 +318,8 @@ class FakeStripe:
     def subscription_cancel(self, params, id):
         if id not in self.subscriptions:
             return _missing("subscription", id)
+        if self.subscriptions[id]["status"] == "canceled":  # as Stripe: an error, not a no-op
+            return _error(400, f"The subscription {id} is already canceled.")
         self.subscriptions[id].update(status="canceled", ended_at=int(time.time()))
         return 200, self.subscriptions[id]
 

@@ -26,6 +26,7 @@ from accounts.services.organizations import (
     user_signup,
     user_tokens_revoke,
 )
+from accounts.services.quotas import QUOTA_NEGATIVE, organization_set_quota
 from accounts.services.team import (
     membership_add,
     membership_leave,
@@ -41,6 +42,7 @@ __all__ = [
     "ORGANIZATION_HAS_KEYS_MESSAGE",
     "ORGANIZATION_HAS_USAGE",
     "ORGANIZATION_HAS_USAGE_MESSAGE",
+    "QUOTA_NEGATIVE",
     "SLUG_TAKEN",
     "Link",
     "invitation_accept",
@@ -58,6 +60,7 @@ __all__ = [
     "organization_delete_refusal",
     "organization_rename",
     "organization_set_plan",
+    "organization_set_quota",
     "ownership_transfer",
     "user_create",
     "user_signup",

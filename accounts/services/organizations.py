@@ -15,7 +15,7 @@ from accounts.services import rules
 from accounts.services.team import acting_membership
 from accounts.signals import organization_closing
 from billing.defaults import DEFAULT_PLAN_SLUG
-from billing.models import Plan
+from billing.models import BillingAccount, Plan
 from billing.selectors import plan_get
 from infra.errors import ApplicationError
 
@@ -25,6 +25,11 @@ ORGANIZATION_HAS_USAGE = "organization_has_usage"
 ORGANIZATION_HAS_USAGE_MESSAGE = (
     "Organization {slug} has recorded usage ({count} events): usage is billing data, so the "
     "organization cannot be deleted. Revoke its keys and remove its members instead."
+)
+ORGANIZATION_HAS_SUBSCRIPTION = "organization_has_subscription"
+ORGANIZATION_HAS_SUBSCRIPTION_MESSAGE = (
+    "Organization {slug} has a Stripe subscription: it is closed (its subscription canceled), "
+    "not deleted."
 )
 ORGANIZATION_HAS_KEYS = "organization_has_keys"
 ORGANIZATION_HAS_KEYS_MESSAGE = (
@@ -274,6 +279,15 @@ def organization_delete_refusal(*, organization: Organization) -> ApplicationErr
     if keys:
         message = ORGANIZATION_HAS_KEYS_MESSAGE.format(slug=organization.slug, count=keys)
         return ApplicationError(ORGANIZATION_HAS_KEYS, message, status=409)
+    # Its Stripe subscription is canceled when it closes (billing listens): deleting the row
+    # would take the billing account with it, and Stripe would go on charging.
+    if (
+        BillingAccount.objects.filter(organization=organization)
+        .exclude(stripe_subscription_id="")
+        .exclude(subscription_status__in=("canceled", "incomplete_expired"))
+    ):
+        message = ORGANIZATION_HAS_SUBSCRIPTION_MESSAGE.format(slug=organization.slug)
+        return ApplicationError(ORGANIZATION_HAS_SUBSCRIPTION, message, status=409)
     return None
 
 

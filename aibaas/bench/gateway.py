@@ -157,6 +157,8 @@ def _start_servers(stack: ExitStack, env: dict, upstream_port: int, gateway_port
         # No access log, as in the figures before it existed: one line per request to a file
         # would be measured as gateway overhead.
         ACCESS_LOG="off",
+        # Metrics as in production: the workers' values in files, merged at the scrape.
+        PROMETHEUS_MULTIPROC_DIR=str(LOG_DIR / "metrics"),
     )
     stack.enter_context(process([*gunicorn, "aibaas.asgi:application"], gateway_env, "gateway"))
     celery = [str(bin_dir / "celery"), "-A", "aibaas", "worker", "-B"]

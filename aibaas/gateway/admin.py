@@ -8,6 +8,7 @@ from django.forms.models import BaseInlineFormSet
 from aibaas.gateway.models import AIModel, Upstream, check_upstream_set
 from aibaas.gateway.services import model_connection_test, model_registry_invalidate
 from billing.models import ModelPrice
+from infra.admin import LogEachDeletionMixin
 
 
 class UpstreamFormSet(BaseInlineFormSet):
@@ -62,7 +63,7 @@ class ModelPriceInline(admin.StackedInline):
 
 
 @admin.register(AIModel)
-class AIModelAdmin(admin.ModelAdmin):
+class AIModelAdmin(LogEachDeletionMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "kind",

@@ -22,6 +22,7 @@ from aibaas.gateway import pipeline, request_log, streaming, validation, wire
 from aibaas.gateway.lifespan import lifespan
 from aibaas.gateway.middleware import request_ids
 from aibaas.gateway.security import Security, SecurityRequest
+from infra import tracing
 from infra.errors import ApplicationError, internal_error
 from infra.http import client_address, method_refusal
 from keys.authentication import key_from_headers
@@ -75,6 +76,10 @@ def _route(path: str) -> tuple[str, Handler] | None:
     return route
 
 
+def _route_name(path: str) -> str:
+    return path if path in ROUTES else MODELS_PREFIX + "{model}"
+
+
 class GatewayApplication:
     """ASGI application: the inference routes here, everything else to `django`."""
 
@@ -86,11 +91,12 @@ class GatewayApplication:
         if kind == "http":
             route = _route(scope["path"])
             if route is not None:
-                await request_log.logged(
-                    scope,
-                    send,
-                    partial(self.handle, scope, receive, method=route[0], handler=route[1]),
-                )
+                handle = partial(self.handle, scope, receive, method=route[0], handler=route[1])
+                if tracing.on():  # infra/tracing.py: one server span per request, logged in it
+                    run = partial(request_log.logged, scope, handle=handle)
+                    await tracing.serve(scope, send, run, route=_route_name(scope["path"]))
+                else:
+                    await request_log.logged(scope, send, handle)
                 return
         elif kind == "lifespan":
             await lifespan(receive, send)
@@ -181,6 +187,7 @@ async def _respond(receive, send, handler: Handler, inbound, common: wire.Header
         if not hung_up:
             raise  # this handler itself was cancelled (server shutdown)
         task.uncancel()
+        request_log.note_closed()
     except OSError:
         pass  # the client hung up while we were sending; the pipeline recorded it
     finally:

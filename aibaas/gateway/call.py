@@ -8,9 +8,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from aibaas.gateway import streaming
+from aibaas.gateway import metrics, streaming
 from aibaas.gateway.providers.base import UPSTREAM_ERROR, UPSTREAM_TIMEOUT, Usage
 from billing.pricing import ZERO_COST, acost_for
+from infra import tracing
 from infra.errors import INTERNAL_ERROR
 from infra.http import canonical_ip
 from metering.admission import (
@@ -64,9 +65,10 @@ class Call:
     async def admit(self, tokens: int, input_tokens: int) -> None:
         """Admission (429 otherwise); then the request's marker in the in-flight registry: if
         this process dies, a survivor records it as interrupted with `input_tokens`."""
-        self.admission = await aadmit(
-            self.key, tokens=tokens, client_ip=self.client_ip, gate=self.gate
-        )
+        with tracing.span("metering.admit"):  # a refusal (429) marks it failed
+            self.admission = await aadmit(
+                self.key, tokens=tokens, client_ip=self.client_ip, gate=self.gate
+            )
         registry = inflight.current()
         if registry is not None:
             registry.admitted(self.request_id, self._marker(input_tokens))
@@ -158,6 +160,7 @@ class Call:
             upstream_latency_ms=upstream_latency_ms,
             error_code=error_code,
         )
+        metrics.observe_tokens(self.model, usage.input_tokens, usage.output_tokens)
         if self.admission is not None:
             # No wait of its own on Redis: the settlement rides with the key's next check. The
             # quota's is usage_record's, when the event is stored (exactly once).
@@ -188,7 +191,8 @@ class Call:
     @staticmethod
     async def _emit(event: UsageEventData) -> None:
         try:
-            await ausage_emit(event)
+            with tracing.span("metering.usage_emit"):
+                await ausage_emit(event)
         except Exception:
             # ausage_emit logged the event's JSON (a replayable record); the client's answer
             # is not withheld for a bookkeeping failure.

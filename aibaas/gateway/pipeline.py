@@ -26,6 +26,7 @@ from aibaas.gateway.tokenizer import (
     estimate_chat_tokens,
     estimate_embedding_tokens,
 )
+from infra import tracing
 from infra.errors import INVALID_REQUEST, ApplicationError
 from keys.authentication import CHALLENGE
 from keys.permissions import MODEL_NOT_ALLOWED, require_model, require_scope
@@ -67,6 +68,7 @@ class Reply:
 
 
 def error_reply(error: ApplicationError, headers: dict[str, str] | None = None) -> Reply:
+    request_log.note_error(error)
     headers = {**(headers or {}), **error.headers}
     if error.status == 401:
         headers["WWW-Authenticate"] = CHALLENGE
@@ -77,7 +79,9 @@ async def authenticate(inbound: Inbound):
     """The caller's KeyContext, or ApplicationError 401 (missing, invalid, revoked, expired)."""
     if not inbound.raw_key:
         raise ApplicationError(INVALID_API_KEY, MISSING_KEY_MESSAGE, status=401)
-    context = await aauthenticate_key(inbound.raw_key)  # or KeyRejected, an ApplicationError
+    with tracing.span("keys.verify") as span:
+        context = await aauthenticate_key(inbound.raw_key)  # or KeyRejected, ApplicationError
+        tracing.annotate(span, {"aibaas.key_id": context.key_id})
     note_key_use(context.pk, context.key_id, inbound.client_ip)
     request_log.note_key(context)
     return context
@@ -110,8 +114,8 @@ def _call_model(body: dict[str, Any]) -> str:
 
 
 async def _model(call: Call, name: str, kind: str) -> ModelSpec:
-    request_log.note_model(name)
     spec = await amodel_spec(name)
+    request_log.note_model(name, known=spec is not None)
     if spec is None:
         raise _model_not_found(name)
     require_model(call.key, name)
@@ -243,6 +247,17 @@ async def _checked(call: Call, inbound: Inbound, validate, kind: str):
     return body, name, await _model(call, name, kind)
 
 
+def _upstream_span(spec: ModelSpec, *, stream: bool = False):
+    """The span of the provider's answer; an upstream's attempts are its children
+    (providers/openai_compatible/upstreams.py)."""
+    if not tracing.on():
+        return tracing.span("gateway.upstream")  # off: a shared null context, nothing built
+    return tracing.span(
+        "gateway.upstream",
+        {"aibaas.provider": spec.provider, "aibaas.model": spec.name, "aibaas.stream": stream},
+    )
+
+
 def _answer(call: Call, result: ProviderResult, headers: dict[str, str] | None = None) -> Reply:
     """A provider's answer, its usage event recorded once it is sent."""
     after = partial(call.record, 200, result.usage, upstream_latency_ms=result.upstream_latency_ms)
@@ -258,7 +273,8 @@ async def chat(inbound: Inbound) -> Reply:
         await call.admit(estimate_chat_tokens(body, spec.context_window, prompt=prompt), prompt)
         provider = provider_for(spec)
         if body.get("stream"):
-            stream = await streaming.open_stream(provider, spec, body, call.record)
+            with _upstream_span(spec, stream=True):  # to the first chunk
+                stream = await streaming.open_stream(provider, spec, body, call.record)
             call.streaming(stream.usage)
             return Reply(stream=stream)
         key = None
@@ -271,7 +287,8 @@ async def chat(inbound: Inbound) -> Reply:
                     headers={"X-Cache": "HIT"},
                     after=partial(call.record, 200, hit[1], cached=True),
                 )
-        result = await provider.chat(spec, body)
+        with _upstream_span(spec):
+            result = await provider.chat(spec, body)
         if key is None:
             return _answer(call, result)
         await response_cache.aset(key, result, spec.response_cache_ttl)
@@ -287,6 +304,8 @@ async def embeddings(inbound: Inbound) -> Reply:
         body, _, spec = await _checked(call, inbound, validation.validate_embeddings, "embeddings")
         tokens = estimate_embedding_tokens(body)
         await call.admit(tokens, tokens)
-        return _answer(call, await provider_for(spec).embeddings(spec, body))
+        with _upstream_span(spec):
+            result = await provider_for(spec).embeddings(spec, body)
+        return _answer(call, result)
 
     return await _run(inbound, EMBEDDINGS, work)

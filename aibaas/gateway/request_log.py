@@ -1,5 +1,6 @@
 """One log line per /v1 inference request, when it ends: method, path, status, latency, the
-request id, and who asked for what (organization, key id, model) as far as the request got.
+request id, and who asked for what (organization, key id, model) as far as the request got; and
+the request's metrics from the same entry (aibaas/gateway/metrics.py), logged or not.
 
 The ASGI handler wraps each request in `logged` (the status and X-Request-ID are read from the
 response it sends); the pipeline notes the caller and the model in the request's entry through
@@ -12,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
+from aibaas.gateway import metrics
+
 logger = logging.getLogger("aibaas.requests")
 
 # The status logged for a request whose client left before any answer (nginx's convention).
@@ -22,9 +25,13 @@ class RequestLog:
     """The entry of one request, filled in as it goes."""
 
     __slots__ = (
+        "closed",
+        "first_token",
         "key_id",
+        "limit",
         "method",
         "model",
+        "model_known",
         "organization",
         "path",
         "request_id",
@@ -41,10 +48,18 @@ class RequestLog:
         self.organization: str | None = None
         self.key_id: str | None = None
         self.model: str | None = None
+        self.model_known = False  # the registry's (a bounded metrics label)
+        self.limit: str | None = None  # the limit that refused it (429)
+        self.first_token: float | None = None  # seconds to a stream's first chunk
+        self.closed = False  # the client hung up mid-response
 
     def emit(self) -> None:
-        latency_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        seconds = time.perf_counter() - self.started
         status = self.status if self.status is not None else CLIENT_CLOSED
+        metrics.observe_request(self, status, seconds)
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        latency_ms = round(seconds * 1000, 1)
         logger.info(
             "%s %s %s %sms request_id=%s org=%s key=%s model=%s",
             self.method,
@@ -79,17 +94,31 @@ def note_key(context) -> None:
         entry.key_id = context.key_id
 
 
-def note_model(name: str) -> None:
+def note_model(name: str, *, known: bool) -> None:
+    """The model asked for; `known`: the registry's (else it is "other" in the metrics)."""
     entry = _current.get()
     if entry is not None:
         entry.model = name
+        entry.model_known = known
+
+
+def note_error(error) -> None:
+    """The request's error answer (an ApplicationError): the limit of a refusal."""
+    entry = _current.get()
+    if entry is not None:
+        entry.limit = getattr(error, "limit", None)
+
+
+def note_closed() -> None:
+    """The client hung up after the response started (mid-stream)."""
+    entry = _current.get()
+    if entry is not None:
+        entry.closed = True
 
 
 async def logged(scope, send, handle: Callable[..., Awaitable[None]]) -> None:
-    """Run `handle(send)` for the request `scope` and log its line when it ends, however."""
-    if not logger.isEnabledFor(logging.INFO):
-        await handle(send)
-        return
+    """Run `handle(send)` for the request `scope`; log its line and observe its metrics when it
+    ends, however."""
     entry = RequestLog(scope["method"], scope["path"])
     token = _current.set(entry)
 
@@ -99,7 +128,9 @@ async def logged(scope, send, handle: Callable[..., Awaitable[None]]) -> None:
             for name, value in message["headers"]:
                 if name == b"x-request-id":
                     entry.request_id = value.decode("latin-1")
-                    break
+                elif name == b"content-type" and value.startswith(b"text/event-stream"):
+                    # A stream starts once its first chunk is in hand (streaming.open_stream).
+                    entry.first_token = time.perf_counter() - entry.started
         await send(message)
 
     try:

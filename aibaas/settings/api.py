@@ -35,6 +35,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # One name for the key scopes wherever they appear (keys' `scopes`, the operators' API).
+    "ENUM_NAME_OVERRIDES": {"ScopeEnum": "keys.models.Scope.values"},
     # Swagger UI's files come from the drf-spectacular-sidecar package: no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     # No online validator badge: it would load an image from swagger.io (CSP, no internet).

@@ -37,6 +37,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # The HTTP series of /metrics (infra/metrics.py): every answer, short-circuits included.
+    "infra.metrics.MetricsMiddleware",
     # 401 key_in_query for a key in an /api or /v1 URL, before anything else sees the request.
     "keys.middleware.key_in_query_middleware",
     # X-Request-ID on every /v1 response; sync and async capable (no thread hop under ASGI).
@@ -142,6 +144,19 @@ RATELIMIT_IP_META_KEY = "infra.http.ratelimit_ip"  # django-ratelimit: the same 
 # Who may read /metrics and the detail of /readyz (aibaas/health.py): a bearer token and/or
 # client networks. Neither set: nobody (/readyz still answers its status to everyone).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# The operators' API (/api/admin/orgs, aibaas/operators/): staff users, and machines sending
+# `Authorization: Bearer <OPERATOR_API_TOKEN>`. Empty: only staff users; set: 32+ characters.
+OPERATOR_API_TOKEN = env.str("OPERATOR_API_TOKEN", default="")
+if OPERATOR_API_TOKEN and (
+    len(OPERATOR_API_TOKEN) < 32
+    or OPERATOR_API_TOKEN.startswith("sk_")
+    or OPERATOR_API_TOKEN.count(".") == 2
+):
+    raise ImproperlyConfigured(
+        "OPERATOR_API_TOKEN must be 32+ characters, not shaped like an API key (sk_...) or a "
+        "JWT (a.b.c); or empty. Generate one: python -c 'import secrets; print(secrets."
+        "token_urlsafe(32))'."
+    )
 try:
     METRICS_ALLOWED_NETWORKS = [
         str(ipaddress.ip_network(item.strip()))

@@ -11,11 +11,11 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Connections come from one psycopg pool per process (Django's, at most DB_POOL_MAX_SIZE),
     # so no request mix or thread can open more; each is returned when its request or task ends
-    # (CONN_MAX_AGE 0). README "Production" gives a deployment's total.
+    # (CONN_MAX_AGE 0). README "Database connections" gives a deployment's total.
     if "DB_CONN_MAX_AGE" in env:
         raise ImproperlyConfigured(
             "DB_CONN_MAX_AGE is no longer read: PostgreSQL connections come from a pool "
-            "(DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE, DB_POOL_TIMEOUT; README, Production). "
+            "(DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE, DB_POOL_TIMEOUT; README, Database connections). "
             "Unset it."
         )
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -101,6 +101,12 @@ CELERY_BEAT_SCHEDULE = (
             "task": "billing.subscriptions.tasks.expire_grace_periods",
             "schedule": 3600.0,
             "options": {"expires": 600},
+        },
+        # Closed organizations' subscriptions whose cancellation at Stripe failed: retried.
+        "billing-cancel-owed-subscriptions": {
+            "task": "billing.subscriptions.tasks.cancel_owed_subscriptions",
+            "schedule": 300.0,
+            "options": {"expires": 240},
         },
         # Metered usage to Stripe: closed hours into the outbox, due rows sent.
         "billing-report-usage-to-stripe": {

@@ -27,6 +27,8 @@ class BillingAccountAdmin(ActionsOnlyAdminMixin, admin.ModelAdmin):
         "cancel_at_period_end",
         "past_due_since",
         "last_event_at",
+        "cancel_owed_since",
+        "cancel_last_error",
     ]
     list_filter = ["subscription_status", "cancel_at_period_end", "subscribed_plan"]
     search_fields = ["organization__slug", "organization__name", "stripe_customer_id"]

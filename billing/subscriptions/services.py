@@ -101,6 +101,7 @@ def checkout_session_start(
         organization=organization,
         target_type="plan",
         target_id=plan.slug,
+        target_label=plan.name,
         metadata={"checkout_session": session.id},
     )
     return session.url

@@ -85,6 +85,7 @@ def plan_follow(*, account: BillingAccount, reason: str, event_id: str = "") -> 
         organization=organization,
         target_type="organization",
         target_id=organization.slug,
+        target_label=organization.name,
         metadata={
             "from": before,
             "to": target.slug,

@@ -150,6 +150,25 @@ def meter_event_create(
     )
 
 
+def meter_received_by_hour(
+    *, meter_id: str, customer: str, start: int, end: int
+) -> dict[int, float]:
+    """{hour's start (Unix time): value} the meter received from `customer` in [start, end)
+    (both on the hour), from Stripe's event summaries grouped by hour; hours without events are
+    absent."""
+    summaries = client().v1.billing.meters.event_summaries.list(
+        meter_id,
+        {
+            "customer": customer,
+            "start_time": start,
+            "end_time": end,
+            "value_grouping_window": "hour",
+            "limit": 100,
+        },
+    )
+    return {s.start_time: s.aggregated_value for s in summaries.auto_paging_iter()}
+
+
 def invoices_recent(*, customer: str, limit: int = 12) -> list[stripe.Invoice]:
     return list(client().v1.invoices.list({"customer": customer, "limit": limit}).data)
 

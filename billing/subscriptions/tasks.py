@@ -1,5 +1,6 @@
 from celery import shared_task
 
+from billing.subscriptions.closing import cancellation_send, cancellations_due
 from billing.subscriptions.state import grace_periods_expire
 from billing.subscriptions.usage import meter_report_send, meter_reports_due, meter_reports_enqueue
 
@@ -24,3 +25,20 @@ def report_usage_to_stripe() -> int:
 @shared_task
 def send_meter_report(report_id: int) -> str:
     return meter_report_send(report_id=report_id)
+
+
+@shared_task
+def cancel_subscription(account_id: int) -> str:
+    """Cancel, at Stripe, the subscription of a closed organization (a failure is recorded on
+    the account and retried by `cancel_owed_subscriptions`)."""
+    return cancellation_send(account_id=account_id)
+
+
+@shared_task
+def cancel_owed_subscriptions() -> int:
+    """Every few minutes (Celery beat): retry each owed cancellation that is due. Returns how
+    many were sent off."""
+    due = cancellations_due()
+    for account_id in due:
+        cancel_subscription.delay(account_id)
+    return len(due)

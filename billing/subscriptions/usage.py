@@ -15,7 +15,6 @@ from django.db.models import F, Max, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from accounts.selectors import organization_get
 from billing.models import BillingAccount, MeterReport
 from billing.subscriptions import stripe_client
 from billing.subscriptions.state import LIVE
@@ -150,33 +149,3 @@ def meter_reports_retry(*, report_ids: list[int]) -> int:
     return MeterReport.objects.filter(pk__in=report_ids, status=MeterReport.Status.FAILED).update(
         next_attempt_at=timezone.now()
     )
-
-
-def usage_differences(*, organization_slug: str | None = None) -> list[dict]:
-    """Every window where what was reported (sent or waiting) differs from the billable tokens
-    recorded now: late usage events, or a report missing. Empty: Stripe bills what we metered."""
-    reports = MeterReport.objects.all()
-    if organization_slug:
-        reports = reports.filter(organization=organization_get(slug=organization_slug))
-    differences = []
-    for org_id in reports.values_list("organization_id", flat=True).distinct():
-        rows = list(reports.filter(organization_id=org_id).order_by("window_start"))
-        if not rows:
-            continue
-        ours = billable_tokens_by_hour(
-            organization_id=org_id, start=rows[0].window_start, end=rows[-1].window_end
-        )
-        for row in rows:
-            expected = ours.get(row.window_start, 0)
-            reported = row.tokens if row.status != MeterReport.Status.FAILED else 0
-            if expected != reported or row.status == MeterReport.Status.PENDING:
-                differences.append(
-                    {
-                        "organization_id": org_id,
-                        "window_start": row.window_start,
-                        "metered": expected,
-                        "reported": reported,
-                        "status": row.status,
-                    }
-                )
-    return differences

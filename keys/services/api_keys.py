@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.actors import Actor
-from accounts.audit import audit_record
+from accounts.audit import audit_record, key_label
 from accounts.models import AuditAction, Organization
 from infra.errors import ApplicationError
 from infra.logs import redact_stored
@@ -57,6 +57,7 @@ def audit_key(action: str, actor: Actor, api_key: ApiKey, metadata: dict) -> Non
         organization=api_key.organization,
         target_type="api_key",
         target_id=api_key.key_id,
+        target_label=key_label(api_key.name, api_key.key_id),
         metadata=metadata,
     )
 

@@ -1,6 +1,9 @@
 """Time buckets (UTC hours and days) and latency histograms of the usage rollups. Pure."""
 
+from bisect import bisect_left
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 
 from metering.models import HISTOGRAM_BUCKETS, LATENCY_BOUNDS_MS, UsageRollup
 
@@ -49,21 +52,27 @@ COUNT_COLUMNS = (
 )
 
 
-def percentile(counts: list[int], q: float) -> int | None:
-    """The q-th percentile (0 < q ≤ 100) of a histogram, in ms: linear within the bucket that
-    holds it (its error is at most that bucket's width); the open last bucket reads as its lower
-    bound. None for an empty histogram."""
-    total = sum(counts)
+def percentiles(counts: Sequence[int], qs: Sequence[float] = PERCENTILES) -> list[int | None]:
+    """The qs-th percentiles (0 < q ≤ 100) of a histogram, in ms: linear within the bucket that
+    holds each (its error is at most that bucket's width); the open last bucket reads as its
+    lower bound. None for an empty histogram. One pass over the buckets, a bisection per q."""
+    cumulative = list(accumulate(counts))
+    total = cumulative[-1] if cumulative else 0
     if total == 0:
-        return None
-    rank = q / 100 * total
-    seen = 0
-    for index, count in enumerate(counts):
-        if count and seen + count >= rank:
-            lower = LATENCY_BOUNDS_MS[index - 1] if index else 0
-            if index == len(LATENCY_BOUNDS_MS):
-                return lower
-            upper = LATENCY_BOUNDS_MS[index]
-            return round(lower + (upper - lower) * (rank - seen) / count)
-        seen += count
-    return LATENCY_BOUNDS_MS[-1]
+        return [None] * len(qs)
+    out: list[int | None] = []
+    for q in qs:
+        rank = q / 100 * total
+        # The first bucket whose running total reaches the rank (it is not empty).
+        index = bisect_left(cumulative, rank)
+        if index == len(cumulative):
+            out.append(LATENCY_BOUNDS_MS[-1])
+            continue
+        lower = LATENCY_BOUNDS_MS[index - 1] if index else 0
+        if index == len(LATENCY_BOUNDS_MS):
+            out.append(lower)
+            continue
+        seen = cumulative[index - 1] if index else 0
+        upper = LATENCY_BOUNDS_MS[index]
+        out.append(round(lower + (upper - lower) * (rank - seen) / counts[index]))
+    return out

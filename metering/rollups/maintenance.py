@@ -1,7 +1,9 @@
 """Usage rollups, write side. `rollup_add` sums the events one transaction inserted into the
 hourly and daily rows (called by usage_record, in its transaction, with the request ids its
 INSERT ... ON CONFLICT DO NOTHING returned: a replayed event adds nothing). `rollup_rebuild`
-recomputes them from the events (manage.py rebuild_rollups). One aggregation serves both."""
+recomputes them from the events (manage.py rebuild_rollups) set-based, one INSERT ... SELECT
+... GROUP BY per granularity. One aggregation (`_aggregated`) and one ON CONFLICT clause serve
+both, so a rebuild writes the rows the drain wrote."""
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable
@@ -22,7 +24,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Cast, Coalesce, Round, TruncHour
+from django.db.models.functions import Cast, Coalesce, Round, TruncDay, TruncHour
 
 from accounts.models import Organization
 from metering.models import LATENCY_BOUNDS_MS, UsageEvent, UsageRollup
@@ -83,21 +85,32 @@ _REFUSAL_CODE = Case(
     output_field=CharField(),
 )
 
-_UPSERT = (
-    "INSERT INTO {table} ({columns}) VALUES {rows} ON CONFLICT ({key}) DO UPDATE SET {updates}"
+_UPSERT = "INSERT INTO {table} ({columns}) VALUES {rows} {conflict}"
+# SQLite needs the WHERE: without it, ON CONFLICT would parse as a join's ON.
+_INSERT_SELECT = (
+    "INSERT INTO {table} ({columns}) SELECT {values} FROM ({sums}) AS sums WHERE 1 = 1 {conflict}"
 )
+_COLUMNS = (*_DIMENSIONS, "api_key_id", *_COUNTS)
 
 Key = tuple  # the _DIMENSIONS of one rollup row
 
 
-def _hourly(events: QuerySet[UsageEvent]) -> Iterable[dict]:
+_TRUNC = {UsageRollup.HOUR: TruncHour, UsageRollup.DAY: TruncDay}
+
+
+def _aggregated(events: QuerySet[UsageEvent], granularity: str) -> QuerySet:
+    """The events summed per organization x UTC hour (or day) `at` x key x model x refusal
+    `code`, each sum as `s_<column>`: one rollup row's values per group."""
     return (
         events.order_by()
-        .annotate(hour=TruncHour("created_at", tzinfo=UTC), code=_REFUSAL_CODE)
-        .values("organization_id", "hour", "key_id", "model", "code")
+        .annotate(at=_TRUNC[granularity]("created_at", tzinfo=UTC), code=_REFUSAL_CODE)
+        .values("organization_id", "at", "key_id", "model", "code")
         .annotate(**{f"s_{name}": value for name, value in _AGGREGATES.items()})
-        .iterator(chunk_size=2000)
     )
+
+
+def _hourly(events: QuerySet[UsageEvent]) -> Iterable[dict]:
+    return _aggregated(events, UsageRollup.HOUR).iterator(chunk_size=2000)
 
 
 class _Sums:
@@ -108,7 +121,7 @@ class _Sums:
         self.keys: dict[Key, int | None] = {}
 
     def add(self, row: dict) -> None:
-        hour = row["hour"]
+        hour = row["at"]
         for granularity, bucket in (
             (UsageRollup.HOUR, hour),
             (UsageRollup.DAY, floor(hour, UsageRollup.DAY)),
@@ -134,7 +147,7 @@ def _upsert(items: list[tuple[Key, dict]], keys: dict[Key, int | None]) -> None:
     quote = connection.ops.quote_name
     table = quote(UsageRollup._meta.db_table)
     bucket_field = UsageRollup._meta.get_field("bucket")
-    columns = [*_DIMENSIONS, "api_key_id", *_COUNTS]
+    columns = _COLUMNS
     params: list = []
     for key, sums in items:
         organization_id, granularity, bucket, key_id, model, code = key
@@ -142,18 +155,53 @@ def _upsert(items: list[tuple[Key, dict]], keys: dict[Key, int | None]) -> None:
         params += [organization_id, granularity, bucket_value, key_id, model, code]
         params += [keys.get(key)] + [sums[name] for name in _COUNTS]
     row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    updates = [f"{quote(c)} = {table}.{quote(c)} + excluded.{quote(c)}" for c in _COUNTS]
-    updates.append(f"api_key_id = COALESCE(excluded.api_key_id, {table}.api_key_id)")
     # Identifiers are the model's own, quoted; every value is a parameter.
     statement = _UPSERT.format(
         table=table,
         columns=", ".join(quote(c) for c in columns),
         rows=", ".join([row] * len(items)),
-        key=", ".join(quote(c) for c in _DIMENSIONS),
-        updates=", ".join(updates),
+        conflict=_conflict(table),
     )
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
+
+
+def _conflict(table: str) -> str:
+    """Add to the stored row: the sums add up, the key's id is kept once the key is deleted."""
+    quote = connection.ops.quote_name
+    updates = [f"{quote(c)} = {table}.{quote(c)} + excluded.{quote(c)}" for c in _COUNTS]
+    updates.append(f"api_key_id = COALESCE(excluded.api_key_id, {table}.api_key_id)")
+    key = ", ".join(quote(c) for c in _DIMENSIONS)
+    return f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}"
+
+
+def _insert_select(events: QuerySet[UsageEvent], granularity: str) -> int:
+    """Sum `events` into the rollup rows of `granularity` in the database, in one statement
+    (the same aggregation and conflict clause as the drain's). Returns the rows written."""
+    quote = connection.ops.quote_name
+    table = quote(UsageRollup._meta.db_table)
+    sums_sql, sums_params = _aggregated(events, granularity).query.sql_with_params()
+    sources = ("organization_id", "at", "key_id", "model", "code", "s_api_key_id")
+    values = [quote(sources[0]), "%s", *(quote(name) for name in sources[1:])]
+    values += [quote(f"s_{name}") for name in _COUNTS]
+    statement = _INSERT_SELECT.format(
+        table=table,
+        columns=", ".join(quote(c) for c in _COLUMNS),
+        values=", ".join(values),
+        sums=sums_sql,
+        conflict=_conflict(table),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [granularity, *sums_params])
+        return cursor.rowcount
+
+
+def rollup_add_rows(rows: Iterable[dict]) -> int:
+    """Add hourly sums shaped as `_hourly` yields them (and their days) to the stored rows."""
+    sums = _Sums()
+    for row in rows:
+        sums.add(row)
+    return sums.upsert()
 
 
 def rollup_add(*, request_ids: Collection[str]) -> int:
@@ -197,7 +245,4 @@ def _rebuild_one(organization_id: int, day: datetime | None) -> int:
         rollups = rollups.filter(bucket__gte=day)
         events = events.filter(created_at__gte=day)
     rollups.delete()
-    sums = _Sums()
-    for row in _hourly(events):
-        sums.add(row)
-    return sums.upsert()
+    return sum(_insert_select(events, granularity) for granularity in _TRUNC)

@@ -2,37 +2,31 @@
 organization and touches rollup rows only, never the events: a month is at most
 days x keys x models daily rows, whatever the number of requests."""
 
+from collections import defaultdict
+from collections.abc import Collection
 from datetime import UTC, datetime
-from decimal import Decimal
 
-from django.db.models import Count, Max, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import BigIntegerField, Count, Q, QuerySet, Sum
+from django.db.models.functions import Cast, Coalesce
 
 from accounts.models import Organization
-from billing.pricing import COST_QUANTUM
+from keys.models import ApiKey
 from metering.models import UsageRollup
-from metering.rollups.buckets import (
-    COUNT_COLUMNS,
-    PERCENTILES,
-    buckets,
-    ceil,
-    floor,
-    latency_columns,
-    percentile,
-)
+from metering.rollups.buckets import buckets, ceil, floor
+from metering.rollups.series import SUMS, SeriesQuery, column_sums, figures, series_rows
 
 HOUR, DAY = UsageRollup.HOUR, UsageRollup.DAY
 BILLABLE = Q(refusal_code="")
 REFUSED = ~BILLABLE
 
-# The sums a range reads; refusals are their own rows, so no filter is needed.
-SUMS = COUNT_COLUMNS
-
 
 def sums(*names: str) -> dict:
     """Aggregates of the columns `names` (default: all), each as `s_<name>` (an annotation may
-    not take a field's name)."""
-    return {f"s_{name}": Coalesce(Sum(name), 0) for name in (names or SUMS)}
+    not take a field's name). Cast to bigint in SQL: PostgreSQL sums bigints as numeric, which
+    the driver would read as Decimal."""
+    return {
+        f"s_{name}": Cast(Coalesce(Sum(name), 0), BigIntegerField()) for name in (names or SUMS)
+    }
 
 
 def unprefixed(row: dict) -> dict:
@@ -69,26 +63,10 @@ def rollup_rows(
     return rows.order_by()
 
 
-def cost(units: int | None) -> Decimal:
-    return (Decimal(units or 0) * COST_QUANTUM).quantize(COST_QUANTUM)
-
-
-def latency(row: dict) -> dict:
-    """p50/p95/p99 of the latency and the time to first token (ms, None when no request) and
-    the mean latency, from a row of summed histograms."""
-    counts = [row[name] for name in latency_columns("latency")]
-    ttft = [row[name] for name in latency_columns("ttft")]
-    out = {f"latency_p{q}_ms": percentile(counts, q) for q in PERCENTILES}
-    out.update({f"ttft_p{q}_ms": percentile(ttft, q) for q in PERCENTILES})
-    requests = sum(counts)
-    out["latency_mean_ms"] = round(row["latency_ms_sum"] / requests) if requests else None
-    return out
-
-
-def key_names(rows: QuerySet[UsageRollup]) -> dict[str, str | None]:
-    """key_id → the key's name (None once the key is deleted)."""
-    named = rows.values("key_id").annotate(name=Max("api_key__name")).order_by("key_id")
-    return {row["key_id"]: row["name"] for row in named}
+def key_names(*, organization: Organization, key_ids: Collection[str]) -> dict[str, str]:
+    """key_id → the name of the organization's key (absent once the key is deleted)."""
+    keys = ApiKey.objects.filter(organization=organization, key_id__in=key_ids).order_by()
+    return dict(keys.values_list("key_id", "name"))
 
 
 GROUPS = ("key", "model")
@@ -98,32 +76,6 @@ MAX_BUCKETS = 2208
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def figures(row: dict) -> dict:
-    """The published numbers of a row of sums (unprefixed): counts, cost as a decimal string,
-    errors, error rate and the latency percentiles."""
-    requests = row["requests"]
-    errors = row["errors_4xx"] + row["errors_5xx"]
-    return {
-        "requests": requests,
-        "refused": row["refused"],
-        "input_tokens": row["input_tokens"],
-        "output_tokens": row["output_tokens"],
-        "total_tokens": row["input_tokens"] + row["output_tokens"],
-        "cached_tokens": row["cached_tokens"],
-        "cost": f"{cost(row['cost_units']):f}",
-        "errors": errors,
-        "errors_4xx": row["errors_4xx"],
-        "errors_5xx": row["errors_5xx"],
-        "error_rate": round(errors / requests, 4) if requests else 0.0,
-        **latency(row),
-    }
-
-
-def _add(into: dict, row: dict) -> None:
-    for name in SUMS:
-        into[name] = into.get(name, 0) + row[name]
 
 
 def usage_series(
@@ -143,32 +95,34 @@ def usage_series(
     `buckets` lists them all; `totals` and each group's totals sum the same rows."""
     start_bucket = floor(start, granularity)
     starts = buckets(start, end, granularity)
-    rows = UsageRollup.objects.filter(
-        organization=organization, granularity=granularity, bucket__gte=start_bucket, bucket__lt=end
+    query = SeriesQuery(
+        organization_id=organization.pk,
+        granularity=granularity,
+        start=start_bucket,
+        end=end,
+        group_by=group_by,
+        key_ids=key_ids or (),
+        models=models or (),
     )
-    if key_ids:
-        rows = rows.filter(key_id__in=key_ids)
-    if models:
-        rows = rows.filter(model__in=models)
-    rows = rows.order_by()
-    dimension = {"key": "key_id", "model": "model", None: None}[group_by]
-    # A refused request is never a model's usage: its model may not even exist.
-    if group_by == "model":
-        rows = rows.filter(BILLABLE)
-    fields = ["bucket", dimension] if dimension else ["bucket"]
-    summed = rows.values(*fields).annotate(**sums()).order_by(*fields)
-    names = key_names(rows) if group_by == "key" else {}
-    data, totals, groups = [], {}, {}
-    for raw in summed:
-        row = unprefixed(raw)
-        group = row.get(dimension) if dimension else None
-        _add(totals, row)
-        point = {"bucket": _iso(row["bucket"])}
+    summed = series_rows(query)
+    dimension = group_by is not None
+    width = 2 if dimension else 1
+    # Each row's figures, and the totals and each group's from its columns added up: linear in
+    # the rows, the per-row work in C (zip, sum) but for the percentiles.
+    counts = [row[width:] for row in summed]
+    data, per_group = [], defaultdict(list)
+    for row, row_counts in zip(summed, counts, strict=True):
+        point = {"bucket": _iso(row[0])}
         if dimension:
-            point["group"] = group
-            _add(groups.setdefault(group, {}), row)
-        data.append({**point, **figures(row)})
-    empty = dict.fromkeys(SUMS, 0)
+            point["group"] = row[1]
+            per_group[row[1]].append(row_counts)
+        point.update(figures(row_counts))
+        data.append(point)
+    # A key's name (None once the key is deleted); a model is its own name.
+    if group_by == "key":
+        names = key_names(organization=organization, key_ids=list(per_group))
+    else:
+        names = {group: group for group in per_group}
     return {
         "object": "usage.series",
         "organization": organization.slug,
@@ -178,10 +132,10 @@ def usage_series(
         "group_by": group_by,
         "buckets": [_iso(bucket) for bucket in starts],
         "groups": [
-            {"group": group, "name": names.get(group, group), **figures(sums_)}
-            for group, sums_ in sorted(groups.items())
+            {"group": group, "name": names.get(group), **figures(column_sums(rows))}
+            for group, rows in sorted(per_group.items())
         ],
-        "totals": figures(totals or empty),
+        "totals": figures(column_sums(counts)),
         "data": data,
     }
 

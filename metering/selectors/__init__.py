@@ -10,6 +10,7 @@ from metering.selectors.limits import (
     key_rate_limit_headers,
     key_windows,
     organization_limit_overview,
+    organization_month_counters,
 )
 from metering.selectors.reconciliation import usage_reconcile
 from metering.selectors.usage import (
@@ -33,6 +34,7 @@ __all__ = [
     "key_windows",
     "month_period",
     "organization_limit_overview",
+    "organization_month_counters",
     "usage_reconcile",
     "usage_summary",
     "usage_totals",

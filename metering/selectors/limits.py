@@ -64,43 +64,52 @@ def key_limit_status(context, windows: list | None = None) -> dict:
     return {"limits": limits, "remaining": remaining, "reset_seconds": reset}
 
 
-def organization_limit_overview(organization: Organization) -> dict:
-    """The dashboard's view of limits: the month's usage against the organization's quota (the
-    billable requests and their tokens, the numbers of GET /v1/usage, and the refusals beside
-    them), and each live key's usage of its per-day windows today (the last 24 h, sliding)."""
-    from keys.models import ApiKey
-    from metering import limiter
+def _meter(used: int, limit: int | None) -> dict:
+    percent = None if not limit else min(100, round(100 * used / limit))
+    return {"used": used, "limit": limit, "percent": percent}
 
-    plan = organization.plan
+
+def organization_month_counters(organization: Organization) -> dict:
+    """This month's counters of the overview (and of its live refresh): billable requests and
+    their tokens against the organization's quota, spend at list prices, refusals. One query, on the
+    rollups (the numbers of GET /v1/usage); no raw events, no Redis."""
+    quotas = organization.quota_limits()  # an operator's custom quotas, else the plan's
     start, end = month_period()
     month = usage_totals(organization=organization, start=start, end=end)
-    used_requests = month["requests"]
-    used_tokens = month["input_tokens"] + month["output_tokens"]
-
-    def meter(used: int, limit: int | None) -> dict:
-        percent = None if not limit else min(100, round(100 * used / limit))
-        return {"used": used, "limit": limit, "percent": percent}
-
-    keys = []
-    for key in ApiKey.objects.filter(organization=organization, revoked_at__isnull=True).order_by(
-        "name", "id"
-    )[:50]:
-        limits = limiter.limits_for(key.effective_limits(plan))
-        windows = {w.limit.name: w for w in limiter.peek(key.key_id, limits)}
-        meters = []
-        for name in ("requests_per_day", "tokens_per_day", "requests_per_minute"):
-            window = windows.get(name)
-            meters.append(meter(window.used, window.limit.limit) if window else meter(0, None))
-        keys.append({"key": key, "meters": meters})
-    requests = meter(used_requests, plan.monthly_request_quota)
-    tokens = meter(used_tokens, plan.monthly_token_quota)
+    requests = _meter(month["requests"], quotas["monthly_request_quota"])
+    tokens = _meter(month["input_tokens"] + month["output_tokens"], quotas["monthly_token_quota"])
     return {
         "period_start": start,
         "period_end": end,
         "requests": requests,
         "tokens": tokens,
+        "cost": month["cost"],
         "refused": month["refused"],
         "errors": month["errors"],
-        "meters": [("Requests this month", requests), ("Tokens this month", tokens)],
-        "keys": keys,
+        # (name in the live refresh, label, meter)
+        "meters": [
+            ("requests", "Requests this month", requests),
+            ("tokens", "Tokens this month", tokens),
+        ],
     }
+
+
+def organization_limit_overview(organization: Organization) -> dict:
+    """The dashboard's view of limits: the month's counters (organization_month_counters), and
+    each live key's usage of its per-day windows today (the last 24 h, sliding)."""
+    from keys.models import ApiKey
+    from metering import limiter
+
+    plan = organization.plan
+    keys = []
+    for key in ApiKey.objects.filter(organization=organization, revoked_at__isnull=True).order_by(
+        "name", "id"
+    )[:50]:
+        limits = limiter.limits_for(key.effective_limits(plan, organization))
+        windows = {w.limit.name: w for w in limiter.peek(key.key_id, limits)}
+        meters = []
+        for name in ("requests_per_day", "tokens_per_day", "requests_per_minute"):
+            window = windows.get(name)
+            meters.append(_meter(window.used, window.limit.limit) if window else _meter(0, None))
+        keys.append({"key": key, "meters": meters})
+    return {**organization_month_counters(organization), "keys": keys}

@@ -186,8 +186,8 @@ def _organization_month(org, counter, resets, period: date, start, end) -> "Orga
     since = resets.get(org.pk) if counter is not None and counter.generation else None
     requests, tokens = _billable(org.pk, since or start, end)
     plan = org.plan
-    has_quota = plan is not None and (
-        plan.monthly_request_quota is not None or plan.monthly_token_quota is not None
+    has_quota = plan is not None and any(
+        limit is not None for limit in org.quota_limits(plan).values()
     )
     month_result = OrganizationMonth(
         organization=org.slug,

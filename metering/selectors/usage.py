@@ -11,7 +11,8 @@ from accounts.models import Organization
 from infra.errors import INVALID_REQUEST, ApplicationError
 from metering.models import UsageRollup
 from metering.rollups.buckets import HOUR, floor
-from metering.rollups.selectors import BILLABLE, REFUSED, cost, rollup_rows, sums, unprefixed
+from metering.rollups.selectors import BILLABLE, REFUSED, rollup_rows, sums, unprefixed
+from metering.rollups.series import cost
 
 INVALID_MONTH_MESSAGE = "'month' must be a calendar month written YYYY-MM, e.g. 2025-06."
 

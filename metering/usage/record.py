@@ -13,30 +13,37 @@ from accounts.models import Organization
 from keys.models import ApiKey
 from metering.models import UsageEvent
 from metering.quota.counter import settle_rows
-from metering.rollups.maintenance import rollup_add
+from metering.rollups.live import rollup_add_events
 from metering.usage.events import UsageEventData
 
 logger = logging.getLogger(__name__)
 
-# Rows per INSERT statement: 21 columns each stays far below SQLite's 32,766 bound variables.
+# Rows per INSERT statement: 18 columns each stays far below SQLite's 32,766 bound variables.
 INSERT_BATCH = 500
 
 _COLUMNS = [f for f in UsageEvent._meta.concrete_fields if not f.primary_key]
 _INSERT = (
     "INSERT INTO {table} ({columns}) VALUES {rows} ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
 )
+# PostgreSQL: one array parameter per column, whatever the batch's size (no statement of
+# thousands of placeholders for the driver to parse, no per-value adaptation in Python).
+_INSERT_ARRAYS = (
+    "INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) "
+    "ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+)
 
 
-def _rows(events: Sequence[UsageEventData]) -> list[UsageEvent]:
-    """Model rows for the events; an event of a deleted organization is dropped (its usage was
-    deleted with it) and one of a deleted key keeps its key_id, like SET_NULL would."""
+def _storable(events: Sequence[UsageEventData]) -> dict[str, int | None]:
+    """The events that can be stored, as {request_id: the api_key_id to store}: an event of a
+    deleted organization is dropped (its usage was deleted with it) and one of a deleted key
+    keeps its key_id but no api_key_id, like SET_NULL would."""
     org_ids = {event.organization_id for event in events}
     key_ids = {event.api_key_id for event in events if event.api_key_id is not None}
     live_orgs = set(Organization.objects.filter(pk__in=org_ids).values_list("pk", flat=True))
     live_keys = set()
     if key_ids:
         live_keys = set(ApiKey.objects.filter(pk__in=key_ids).values_list("pk", flat=True))
-    rows = []
+    storable: dict[str, int | None] = {}
     for event in events:
         if event.organization_id not in live_orgs:
             logger.warning(
@@ -45,56 +52,46 @@ def _rows(events: Sequence[UsageEventData]) -> list[UsageEvent]:
                 event.organization_id,
             )
             continue
-        rows.append(
-            UsageEvent(
-                request_id=event.request_id,
-                organization_id=event.organization_id,
-                api_key_id=event.api_key_id if event.api_key_id in live_keys else None,
-                key_id=event.key_id,
-                model=event.model,
-                endpoint=event.endpoint,
-                status_code=event.status_code,
-                input_tokens=event.input_tokens,
-                output_tokens=event.output_tokens,
-                estimated=event.estimated,
-                cached=event.cached,
-                cost=event.cost,
-                latency_ms=event.latency_ms,
-                upstream_latency_ms=event.upstream_latency_ms,
-                client_ip=event.client_ip,
-                created_at=event.created_at,
-                error_code=event.error_code,
-                billable=event.billable,
-            )
-        )
-    return rows
+        storable[event.request_id] = event.api_key_id if event.api_key_id in live_keys else None
+    return storable
 
 
-def _insert_new(rows: list[UsageEvent]) -> set[str]:
+def _value(event: UsageEventData, attname: str, api_key_ids: dict[str, int | None]):
+    if attname == "api_key_id":
+        return api_key_ids[event.request_id]
+    return getattr(event, attname)
+
+
+def _insert_new(events: list[UsageEventData], api_key_ids: dict[str, int | None]) -> set[str]:
     """INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING request_id: the request ids of
     the rows this statement inserted, not of those already stored (by an earlier run, or a
-    concurrent drainer, whose commit this statement waits for). PostgreSQL and SQLite >= 3.35."""
+    concurrent drainer, whose commit this statement waits for). PostgreSQL and SQLite >= 3.35.
+    The events are sanitized already (UsageEventData): every value fits its column."""
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in _COLUMNS)
-    placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
-    inserted: set[str] = set()
+    names = {
+        "table": quote(UsageEvent._meta.db_table),
+        "columns": ", ".join(quote(f.column) for f in _COLUMNS),
+        "key": quote("request_id"),
+    }
     with connection.cursor() as cursor:
-        for start in range(0, len(rows), INSERT_BATCH):
-            batch = rows[start : start + INSERT_BATCH]
+        if connection.vendor == "postgresql":
+            arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in _COLUMNS)
+            params = [[_value(e, f.attname, api_key_ids) for e in events] for f in _COLUMNS]
+            cursor.execute(_INSERT_ARRAYS.format(arrays=arrays, **names), params)
+            return {request_id for (request_id,) in cursor.fetchall()}
+        inserted: set[str] = set()
+        placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+        for start in range(0, len(events), INSERT_BATCH):
+            batch = events[start : start + INSERT_BATCH]
             params = [
-                f.get_db_prep_save(getattr(row, f.attname), connection)
-                for row in batch
+                f.get_db_prep_save(_value(event, f.attname, api_key_ids), connection)
+                for event in batch
                 for f in _COLUMNS
             ]
-            statement = _INSERT.format(
-                table=quote(UsageEvent._meta.db_table),
-                columns=columns,
-                rows=", ".join([placeholders] * len(batch)),
-                key=quote("request_id"),
-            )
-            cursor.execute(statement, params)
+            rows = ", ".join([placeholders] * len(batch))
+            cursor.execute(_INSERT.format(rows=rows, **names), params)
             inserted.update(request_id for (request_id,) in cursor.fetchall())
-    return inserted
+        return inserted
 
 
 def _settle_quota(events: Sequence[UsageEventData], inserted: set[str]) -> None:
@@ -127,9 +124,11 @@ def usage_record(*, events: Sequence[UsageEventData]) -> int:
         first.setdefault(event.request_id, event)
     unique = list(first.values())
     with transaction.atomic():
-        rows = _rows(unique)
-        if rows:
-            inserted = _insert_new(rows)
-            rollup_add(request_ids=inserted)
+        api_key_ids = _storable(unique)
+        if api_key_ids:
+            storable = [event for event in unique if event.request_id in api_key_ids]
+            inserted = _insert_new(storable, api_key_ids)
+            new = [event for event in storable if event.request_id in inserted]
+            rollup_add_events(events=new, api_key_ids=api_key_ids)
             _settle_quota(unique, inserted)
-    return len(rows)
+    return len(api_key_ids)

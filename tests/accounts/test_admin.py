@@ -3,7 +3,7 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.actors import Actor
-from accounts.models import Membership, Organization, User
+from accounts.models import AuditAction, AuditEvent, Membership, Organization, User
 from billing.models import Plan
 from keys.services import api_key_create
 from tests.factories import PASSWORD, MembershipFactory, UserFactory
@@ -280,3 +280,7 @@ def test_changing_an_organizations_plan_in_admin_applies_to_its_keys_on_the_next
     assert Organization.objects.get(pk=organization.pk).plan == pro
     limits = _v1_limits(raw_key)
     assert (limits["requests_per_minute"], limits["requests_per_day"]) == (300, 10_000)
+    # The operator's change is in the organization's audit log, with what it moved from.
+    [event] = AuditEvent.objects.filter(organization=organization, action=AuditAction.PLAN_CHANGED)
+    assert event.metadata == {"from": "free", "to": "pro"}
+    assert (event.actor_label, event.target_label) == ("root@ops.example", organization.name)

@@ -55,9 +55,9 @@ def test_a_user_target_is_named_by_email_not_by_id(owner, client):
     )
     event = AuditEvent.objects.get()
     assert event.target_label == "owner@acme.example"
-    assert target_text(event) == "person owner@acme.example"
+    assert target_text(event) == "member owner@acme.example"
     page = client.get(reverse("dashboard:audit")).content.decode()
-    assert "person owner@acme.example" in page
+    assert "member owner@acme.example" in page
     assert f"user {owner.user_id}" not in page
 
 
@@ -70,7 +70,7 @@ def test_a_key_target_is_named_by_its_name_and_id(owner):
         target_id="AbCdEfGh1234",
         metadata={"name": "production"},
     )
-    assert target_text(AuditEvent.objects.get()) == "API key production (AbCdEfGh1234)"
+    assert target_text(AuditEvent.objects.get()) == "key 'production' (AbCdEfGh1234)"
 
 
 def test_signup_and_organization_creation_are_audited(client):
@@ -183,7 +183,7 @@ def test_csv_export_is_streamed_named_and_formula_safe(owner, client):
     row = dict(zip(rows[0], rows[1], strict=True))
     assert row["action_label"] == "Key created"
     assert row["actor"] == "'+cmd|' /C calc'!A0"
-    assert row["target"] == "'@SUM(1+1) (AbCdEfGh1234)"
+    assert row["target_label"] == "key '@SUM(1+1)' (AbCdEfGh1234)"  # starts with a word: safe
     assert row["details"].startswith("name=@SUM")  # not at the start of the cell: harmless
     everything = list(
         csv.reader(
@@ -193,7 +193,7 @@ def test_csv_export_is_streamed_named_and_formula_safe(owner, client):
         )
     )
     renamed = next(r for r in everything if r[1] == "organization.renamed")
-    assert renamed[5] == '\'=HYPERLINK("http://evil")'
+    assert renamed[5] == 'organization =HYPERLINK("http://evil")'
 
 
 def test_csv_lines_are_one_per_event():
@@ -243,3 +243,24 @@ def test_an_operators_price_edit_in_the_admin_is_audited(client):
         "fields": "Changed Input per million.",
     }
     assert action_label(event.action) == "Model or price changed by an operator"
+
+
+def test_an_operators_bulk_delete_in_the_admin_audits_each_object(client):
+    """ "Delete selected" logs with one bulk insert, which no signal hears: each object still gets
+    its catalogue.changed event."""
+    from billing.models import ModelPrice
+    from tests.factories import ModelPriceFactory, UserFactory
+
+    prices = [ModelPriceFactory(model__name=name) for name in ("old-a", "old-b")]
+    client.force_login(UserFactory(email="root@ops.example", is_staff=True, is_superuser=True))
+    response = client.post(
+        reverse("admin:billing_modelprice_changelist"),
+        {"action": "delete_selected", "_selected_action": [p.pk for p in prices], "post": "yes"},
+    )
+    assert response.status_code == 302
+    assert not ModelPrice.objects.filter(pk__in=[p.pk for p in prices]).exists()
+    events = AuditEvent.objects.filter(action=AuditAction.CATALOGUE_CHANGED).order_by("target_id")
+    assert [(e.target_id, e.metadata["change"], e.actor_label) for e in events] == [
+        (str(p.pk), "deleted", "root@ops.example") for p in sorted(prices, key=lambda p: str(p.pk))
+    ]
+    assert all(name in " ".join(e.target_label for e in events) for name in ("old-a", "old-b"))

@@ -44,10 +44,11 @@ def _use(owner, at, tokens: int, *, test_mode: bool = False):
     usage_record(events=[make_event(issued, input_tokens=tokens, output_tokens=0, created_at=at)])
 
 
-def _reconcile() -> tuple[int, str]:
+def _reconcile(command: str = "reconcile_usage", *args: str) -> tuple[int, str]:
     out = StringIO()
+    args = ("--stripe", *args) if command == "reconcile_usage" else args
     try:
-        call_command("stripe_reconcile_usage", stdout=out)
+        call_command(command, *args, stdout=out)
     except SystemExit as exit_:
         return exit_.code, out.getvalue()
     return 0, out.getvalue()
@@ -83,7 +84,31 @@ def test_a_fault_in_the_middle_still_reports_every_window_exactly_once(metered, 
     assert {e["payload"]["stripe_customer_id"] for e in events.values()} == {customer}
     assert MeterReport.objects.filter(status="sent").count() == 2
     code, output = _reconcile()
-    assert (code, output.strip()) == (0, "0 difference(s).")
+    assert (code, output.strip().splitlines()[-1]) == (0, "0 difference(s).")
+    slug = metered.organization.slug
+    assert f"{slug} {start:%Y-%m}: metered 3500 tokens, Stripe received 3500" in output
+    assert _reconcile("stripe_reconcile_usage") == (code, output)  # the older name
+
+
+def test_a_window_stripe_received_differently_is_a_difference(metered, stripe_online):
+    start = _hour(timezone.now())
+    _use(metered, start + timedelta(minutes=1), 400)
+    _use(metered, start + timedelta(hours=1, minutes=1), 600)
+    with time_machine.travel(start + timedelta(hours=2, minutes=10)):
+        report_usage_to_stripe.delay().get()
+    assert _reconcile()[0] == 0
+    # Stripe's summary of the first hour says something else than what we sent.
+    first = f"aibaas-{metered.organization.pk}-{start:%Y%m%dT%H}"
+    stripe_online.fake.meter_events[first]["payload"]["value"] = "399"
+
+    code, output = _reconcile("reconcile_usage", "--org", metered.organization.slug)
+
+    assert code == 1
+    assert (
+        f"{start:%Y-%m-%d %H}:00 UTC: metered 400 tokens, reported 400 (sent), Stripe received 399"
+    ) in output
+    assert f"{start + timedelta(hours=1):%Y-%m-%d %H}:00" not in output  # the hour that agrees
+    assert output.strip().splitlines()[-1] == "1 difference(s)."
 
 
 def test_a_retry_of_a_request_stripe_already_took_bills_nothing_twice(metered, stripe_online):

@@ -41,6 +41,7 @@ def test_a_completed_checkout_moves_the_organization_to_its_plan(synced, owner):
     (audit,) = _transitions(owner)
     assert audit.actor_label == "stripe"
     assert audit.metadata["event_id"] == completed["id"]
+    assert audit.target_label == owner.organization.name  # named, not a slug or an id
     assert (audit.metadata["from"], audit.metadata["to"]) == ("free", "pro")
     stored = StripeEvent.objects.get(stripe_id=completed["id"])
     assert stored.processed_at is not None

@@ -1,6 +1,6 @@
 """PostgreSQL connections stay within the documented bound whatever the request mix, through
-the production command (README, Production: I x W x (DB_POOL_MAX_SIZE + QUOTA_DB_CONNECTIONS)
-for the app servers)."""
+the production command (README, Database connections: I x W x (DB_POOL_MAX_SIZE +
+QUOTA_DB_CONNECTIONS) for the app servers)."""
 
 import threading
 import time

@@ -132,10 +132,15 @@ def _wait_for_nginx(port: int, process: subprocess.Popen, logs: list[Path]) -> N
 UNSET = ("CACHE_URL", *RELAXED)
 
 
-def deployment_envs(port: int) -> tuple[dict[str, str], dict[str, str]]:
+METRICS_TOKEN = "topology-metrics-token"
+
+
+def deployment_envs(port: int, metrics_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """deploy/aibaas.env on this machine (its values, and the whole environment of a process)."""
     redis_url = os.environ["REDIS_URL"]
     env = deployment_env(
+        METRICS_TOKEN=METRICS_TOKEN,
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         # The suite's own: keys made here are verified there (keys/hashing.py).
         SECRET_KEY=settings.SECRET_KEY,
         ALLOWED_HOSTS="localhost,127.0.0.1",
@@ -173,16 +178,21 @@ def topology(transactional_db, tmp_path):
         capture_output=True,
     )
     port = free_port()
-    env, full_env = deployment_envs(port)
+    # The first instance shares its metrics directory with the Celery worker (one host).
+    metrics_dirs = [tmp / "metrics-0", tmp / "metrics-1"]
+    env, full_env = deployment_envs(port, metrics_dirs[0])
     # Each instance listens where production_server puts it (BIND of the file is a sample).
     instance_env = {k: v for k, v in env.items() if k not in ("BIND", "WEB_CONCURRENCY")}
     instance_env.update(dict.fromkeys(UNSET))
     with ExitStack() as stack:
         instances = [
             stack.enter_context(
-                production_server(workers=int(env["WEB_CONCURRENCY"]), extra_env=instance_env)
+                production_server(
+                    workers=int(env["WEB_CONCURRENCY"]),
+                    extra_env={**instance_env, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+                )
             )
-            for _ in range(2)
+            for directory in metrics_dirs
         ]
         _start(stack, unit_command("aibaas-worker.service"), full_env, tmp / "worker.log")
         _start(stack, unit_command("aibaas-beat.service", tmp), full_env, tmp / "beat.log")
@@ -374,15 +384,41 @@ def check_a_revocation_on_one_instance_is_honoured_by_the_other_within_1s(
         assert response.json()["error"]["code"] == "key_revoked"
 
 
+def check_each_instance_exports_its_workers_and_the_worker_of_its_host(topology: Topology) -> None:
+    """/metrics of an instance merges its two workers (PROMETHEUS_MULTIPROC_DIR), and on the
+    first instance the Celery worker's too (same host, same directory): the usage lag."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = []
+    for base in topology.instances:
+        response = httpx.get(
+            f"{base}/metrics",
+            headers={"Authorization": f"Bearer {METRICS_TOKEN}", "X-Forwarded-Proto": "https"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        samples = [s for f in text_string_to_metric_families(response.text) for s in f.samples]
+        totals.append(
+            {
+                name: sum(s.value for s in samples if s.name == name)
+                for name in ("aibaas_v1_requests_total", "aibaas_usage_event_lag_seconds_count")
+            }
+        )
+    assert all(total["aibaas_v1_requests_total"] > 0 for total in totals), totals
+    assert totals[0]["aibaas_usage_event_lag_seconds_count"] > 0, totals
+    assert totals[1]["aibaas_usage_event_lag_seconds_count"] == 0, totals
+
+
 def test_the_production_topology_through_nginx(topology, chat_models):
     check_the_openai_sdk_works_and_usage_is_recorded(topology)
     check_the_client_address_is_the_real_one_for_limits_and_audit(topology)
     check_rate_limits_are_exact_across_the_two_instances(topology)
     check_a_revocation_on_one_instance_is_honoured_by_the_other_within_1s(topology)
+    check_each_instance_exports_its_workers_and_the_worker_of_its_host(topology)
 
 
-def test_check_deploy_is_clean_with_the_deployment_settings(db):
-    _, env = deployment_envs(443)
+def test_check_deploy_is_clean_with_the_deployment_settings(db, tmp_path):
+    _, env = deployment_envs(443, tmp_path)
     done = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,

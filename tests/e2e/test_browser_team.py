@@ -123,7 +123,7 @@ def _get_pages(user) -> list[str]:
     pages = []
     for pattern in resolver.url_patterns:
         route = str(pattern.pattern)
-        if not isinstance(pattern, URLPattern) or "<" in route or route.endswith(".csv"):
+        if not isinstance(pattern, URLPattern) or "<" in route or route.endswith((".csv", ".json")):
             continue
         status = client.get("/dashboard/" + route).status_code
         assert status in (200, 405), (route, status)
@@ -173,14 +173,24 @@ def test_every_dashboard_page_fits_a_phone_and_is_screenshotted(web, screenshots
         pages
     )
     assert {"/dashboard/settings/", "/dashboard/organizations/new/"} <= set(pages)
+    key = owner.organization.api_keys.order_by("name").first()
+    pages += [
+        f"/dashboard/keys/{key.key_id}/",
+        f"/dashboard/keys/{key.key_id}/edit/",
+        "/dashboard/audit/?action=key.created&since=2020-01-01",  # filtered
+        "/dashboard/audit/?since=01/02/2026&until=yesterday",  # the filters' errors shown
+    ]
     problems = []
     for page in pages:
-        name = page.strip("/").replace("/", "-") or "dashboard"
+        path, _, query = page.partition("?")
+        name = path.strip("/").replace("/", "-") or "dashboard"
+        name = name.replace(key.key_id, "key") + ("-filtered" if query else "")
+        name += "-errors" if "yesterday" in query else ""
         for label, (width, height) in (("desktop", DESKTOP), ("phone", PHONE)):
             set_viewport(web.driver, width, height, mobile=label == "phone")
             web.open(page)
             web.wait(lambda d: d.execute_script("return document.readyState") == "complete")
-            if web.path != page:
+            if web.path != path:
                 problems.append(f"{page}: redirected to {web.path}")
                 continue
             inner = web.js("return window.innerWidth;")
@@ -189,6 +199,8 @@ def test_every_dashboard_page_fits_a_phone_and_is_screenshotted(web, screenshots
             shot = screenshots / f"{name}-{width}.png"
             assert web.driver.save_screenshot(str(shot))
             assert shot.stat().st_size > 5_000
+            if "yesterday" in query and not web.find_all('[data-testid="audit-filter-errors"]'):
+                problems.append(f"{page}: the filters' errors are not shown")
             # The same navigation on every page.
             tabs = [a.get_attribute("href") for a in web.find_all('nav[aria-label="Dashboard"] a')]
             if not any(t.endswith("/dashboard/team/") for t in tabs):

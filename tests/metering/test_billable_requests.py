@@ -108,9 +108,9 @@ def test_100_admitted_and_250_refused_are_100_requests_everywhere(owner, client)
     client.force_login(owner.user)
     page = client.get("/dashboard/").content.decode()
     card = page[page.index('data-testid="quota"') :]
-    assert re.search(r"100\s*<span class=\"muted\">/ 100</span>", card)
+    assert re.search(r">100</span>\s*<span class=\"muted nowrap\">/ 100</span>", card)
     refused = card[card.index('data-testid="refused"') :]
-    assert re.search(r'class="value">251<', refused)
+    assert re.search(r'class="value" data-live="refused">251<', refused)
 
     # The quota counter and the events agree, tokens included (settled by usage_record).
     out = io.StringIO()

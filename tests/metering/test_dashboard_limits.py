@@ -77,7 +77,7 @@ def test_the_overview_shows_the_months_quota_and_each_keys_windows(owner, client
     page = client.get("/dashboard/").content.decode()
     card = page[page.index('data-testid="quota"') :]
     assert "Requests this month" in card
-    assert re.search(r"3\s*<span class=\"muted\">/ 3,000</span>", card)
+    assert re.search(r">3</span>\s*<span class=\"muted nowrap\">/ 3,000</span>", card)
     assert "unlimited" in card
     table = card[card.index('data-testid="key-limits"') :]
     assert "busy" in table and "idle" in table

@@ -1,5 +1,6 @@
 import json
 
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.selectors import organization_get
@@ -18,8 +19,20 @@ class Command(BaseCommand):
         parser.add_argument("--org", help="Organization slug (default: every organization).")
         parser.add_argument("--month", help="YYYY-MM (UTC); default: the current month.")
         parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
+        parser.add_argument(
+            "--stripe",
+            action="store_true",
+            help="Instead: compare what we metered with what Stripe's meter received, per "
+            "organization and hour (billing's stripe_reconcile_usage; --org applies, --month and "
+            "--json do not).",
+        )
 
     def handle(self, *args, **opts):
+        if opts["stripe"]:
+            # By name: billing sits above metering, which imports none of it.
+            args = ["--org", opts["org"]] if opts["org"] else []
+            call_command("stripe_reconcile_usage", *args, stdout=self.stdout, stderr=self.stderr)
+            return
         try:
             organization = organization_get(slug=opts["org"]) if opts["org"] else None
             result = usage_reconcile(organization=organization, month=opts["month"])

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from aibaas.gateway.providers.base import UPSTREAM_ERROR, ModelSpec, ProviderError, UpstreamSpec
 from aibaas.gateway.providers.openai_compatible.errors import (
@@ -29,6 +30,7 @@ from aibaas.gateway.providers.openai_compatible.errors import (
     _where,
 )
 from aibaas.gateway.providers.openai_compatible.sessions import _session
+from infra import metrics, tracing
 
 # The package's name, as before it was split: log configuration and filters keep working.
 logger = logging.getLogger(__package__)
@@ -64,12 +66,20 @@ def _timeout(upstream: UpstreamSpec) -> aiohttp.ClientTimeout:
     )
 
 
-# upstream -> (base URL, headers, timeout): built once per upstream of a registry snapshot,
-# not per request (the environment and the spec do not change while the process runs).
-_options: dict[UpstreamSpec, tuple[str, dict[str, str], aiohttp.ClientTimeout]] = {}
+def _label(upstream: UpstreamSpec) -> str:
+    """The upstream in the metrics: host:port of its base URL (never its credentials)."""
+    url = URL(upstream.base_url)
+    return f"{url.host}:{url.port}"
 
 
-def _request_options(upstream: UpstreamSpec) -> tuple[str, dict[str, str], aiohttp.ClientTimeout]:
+# upstream -> (base URL, headers, timeout, metrics label): built once per upstream of a registry
+# snapshot, not per request (the environment and the spec do not change while the process runs).
+_options: dict[UpstreamSpec, tuple[str, dict[str, str], aiohttp.ClientTimeout, str]] = {}
+
+
+def _request_options(
+    upstream: UpstreamSpec,
+) -> tuple[str, dict[str, str], aiohttp.ClientTimeout, str]:
     options = _options.get(upstream)
     if options is None:
         if len(_options) >= 1000:  # old snapshots' upstreams
@@ -78,6 +88,7 @@ def _request_options(upstream: UpstreamSpec) -> tuple[str, dict[str, str], aioht
             upstream.base_url.rstrip("/"),
             _headers(upstream),
             _timeout(upstream),
+            _label(upstream),
         )
     return options
 
@@ -107,6 +118,23 @@ def _mark(upstream: UpstreamSpec, healthy: bool) -> None:
         _unhealthy_until[upstream.base_url] = time.monotonic() + UNHEALTHY_SECONDS
 
 
+def _attempt_span(model: ModelSpec, upstream: UpstreamSpec, attempt: int):
+    """The span of one attempt (a retry or fallback is another), a child of the provider
+    call's; the aiohttp client's own span is its child."""
+    if not tracing.on():
+        return tracing.span("gateway.upstream.attempt")  # off: a shared null context
+    return tracing.span(
+        "gateway.upstream.attempt",
+        {
+            "aibaas.model": model.name,
+            "aibaas.provider": "openai_compatible",
+            "aibaas.upstream": str(URL(upstream.base_url).with_user(None)),
+            "aibaas.upstream_model": upstream.upstream_model,
+            "aibaas.attempt": attempt,
+        },
+    )
+
+
 async def _open(
     model: ModelSpec, path: str, body: dict[str, Any], *, stream: bool = False
 ) -> tuple[aiohttp.ClientResponse, float]:
@@ -115,45 +143,57 @@ async def _open(
     the time to its headers in ms. Raises ApplicationError for a customer-side refusal."""
     last_error: ProviderError | None = None
     done_with: set[UpstreamSpec] = set()  # asking these again would get the same answer
-    for upstream in attempt_order(model.upstreams):
+    for attempt, upstream in enumerate(attempt_order(model.upstreams), start=1):
         if upstream in done_with:
             continue
-        payload = json.dumps(dict(body, model=upstream.upstream_model)).encode()
-        base, headers, timeout = _request_options(upstream)
-        started = time.perf_counter()
-        try:
-            response = await _session().post(
-                base + path, data=payload, headers=headers, timeout=timeout
-            )
-        except _CONNECT_ERRORS:
-            _mark(upstream, healthy=False)
-            last_error = _unreachable()
-            continue
-        except TimeoutError:
-            raise _timed_out() from None
-        status = response.status
-        if status in CUSTOMER_SIDE:
-            _mark(upstream, healthy=True)
-            raise _refused(status, await _read_text(response), upstream, model.name)
-        if status >= 400:
-            _mark(upstream, healthy=False)
-            last_error = await _operator_side(upstream, response)
-            if status < 500:
+        with _attempt_span(model, upstream, attempt) as span:
+            payload = json.dumps(dict(body, model=upstream.upstream_model)).encode()
+            base, headers, timeout, label = _request_options(upstream)
+            started = time.perf_counter()
+            try:
+                response = await _session().post(
+                    base + path, data=payload, headers=headers, timeout=timeout
+                )
+            except _CONNECT_ERRORS:
+                _mark(upstream, healthy=False)
+                metrics.child(metrics.UPSTREAM_ERRORS, label, "unreachable").inc()
+                last_error = _unreachable()
+                tracing.annotate(span, {"aibaas.outcome": "unreachable"}, error="unreachable")
+                continue
+            except TimeoutError:
+                metrics.child(metrics.UPSTREAM_ERRORS, label, "timeout").inc()
+                raise _timed_out() from None
+            seconds = time.perf_counter() - started
+            metrics.child(metrics.UPSTREAM_DURATION, label).observe(seconds)
+            status = response.status
+            tracing.annotate(span, {"http.response.status_code": status})
+            if status in CUSTOMER_SIDE:
+                _mark(upstream, healthy=True)
+                raise _refused(status, await _read_text(response), upstream, model.name)
+            if status >= 400:
+                _mark(upstream, healthy=False)
+                metrics.child(metrics.UPSTREAM_ERRORS, label, f"http_{status}").inc()
+                last_error = await _operator_side(upstream, response)
+                tracing.annotate(span, {"aibaas.outcome": "failed"}, error=f"HTTP {status}")
+                if status < 500:
+                    done_with.add(upstream)
+                continue
+            if stream and response.content_type != "text/event-stream":
+                response.close()
+                _mark(upstream, healthy=False)
+                logger.warning(
+                    "upstream %s answered a stream request with %s, not an event stream",
+                    _where(upstream),
+                    response.content_type,
+                )
+                metrics.child(metrics.UPSTREAM_ERRORS, label, "not_event_stream").inc()
+                last_error = ProviderError(UPSTREAM_ERROR, NOT_AN_EVENT_STREAM, 502)
+                tracing.annotate(span, {"aibaas.outcome": "failed"}, error=NOT_AN_EVENT_STREAM)
                 done_with.add(upstream)
-            continue
-        if stream and response.content_type != "text/event-stream":
-            response.close()
-            _mark(upstream, healthy=False)
-            logger.warning(
-                "upstream %s answered a stream request with %s, not an event stream",
-                _where(upstream),
-                response.content_type,
-            )
-            last_error = ProviderError(UPSTREAM_ERROR, NOT_AN_EVENT_STREAM, 502)
-            done_with.add(upstream)
-            continue
-        _mark(upstream, healthy=True)
-        return response, (time.perf_counter() - started) * 1000
+                continue
+            _mark(upstream, healthy=True)
+            tracing.annotate(span, {"aibaas.outcome": "answered"})
+            return response, seconds * 1000
     raise last_error or ProviderError(UPSTREAM_ERROR, "No model server is configured.", 502)
 
 
