@@ -185,6 +185,12 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     chosen = ranges.resolve(
         request.GET.get("range"), request.GET.get("start"), request.GET.get("end"), timezone.now()
     )
+    if request.GET.get("range") == ranges.CUSTOM and chosen.preset != ranges.CUSTOM:
+        messages.warning(
+            request,
+            "That custom range cannot be shown: give From and To as dates, From on or before "
+            f"To, at most {ranges.MAX_CUSTOM_DAYS} days apart. Showing the last 7 days instead.",
+        )
     group_by = GROUPS.get(request.GET.get("group", ""), "model")
     keys = list(api_key_list(organization=organization).order_by("name", "key_id"))
     models = rollup_models(organization=organization)
