@@ -8,6 +8,7 @@ from accounts.services import (
     organization_delete,
     organization_delete_refusal,
     organization_set_plan,
+    organization_set_quota,
 )
 from infra.admin import ReadOnlyAdminMixin
 
@@ -92,9 +93,21 @@ class OrganizationAdmin(admin.ModelAdmin):
             # keys re-read their limits on the next request and the audit log records from → to
             # (saved here first, the row would already hold the new plan: nothing to record).
             obj.plan_id = form.initial["plan"]
+        # Custom quotas likewise, through theirs (audited quota.changed).
+        quotas = {
+            field: getattr(obj, field)
+            for field in Organization.QUOTA_FIELDS
+            if change and field in form.changed_data
+        }
+        for field in quotas:
+            setattr(obj, field, form.initial[field])
         super().save_model(request, obj, form, change)
         if plan_changed:
             organization_set_plan(organization=obj, plan=plan, actor=Actor.for_operator(request))
+        if quotas:
+            organization_set_quota(
+                organization=obj, actor=Actor.for_operator(request), quotas=quotas
+            )
 
     # Deleting goes through organization_delete: the confirmation page lists why an organization
     # cannot go (as Django lists protected objects) and offers no "Yes" button then.

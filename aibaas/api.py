@@ -2,7 +2,9 @@
 
 import math
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django_ratelimit.exceptions import Ratelimited
@@ -58,6 +60,14 @@ def exception_handler(exc, context):
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+    if isinstance(exc, RequestDataTooBig):  # Django's cap on a body read whole (JSON, forms)
+        exc = ApplicationError(
+            _CODES[413],
+            "The request body is larger than the limit of "
+            f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+            status=413,
+            error_type=INVALID_REQUEST,
         )
     if isinstance(exc, Ratelimited):
         exc = exceptions.Throttled(wait=60, detail=TOO_MANY_ATTEMPTS)

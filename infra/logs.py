@@ -7,6 +7,7 @@ A key reaches a log line by accident (a client puts it in a URL, a name, an erro
 the filter works on the finished text of each record, traceback included, not on known fields.
 """
 
+import contextlib
 import logging
 import logging.config
 import re
@@ -38,6 +39,22 @@ def redact_stored(text: str) -> str:
     return KEY_IN_TEXT.sub(REDACTED, text)
 
 
+def _redacted_parts(record: logging.LogRecord, clean: str) -> tuple[object, object]:
+    """The record's msg and args with keys redacted in each: formatters that read the args
+    themselves (uvicorn's access formatter unpacks them) keep working. The clean message alone
+    when redacting the parts does not give it (a key inside an object's str())."""
+    redact_any = lambda value: redact(value) if isinstance(value, str) else value  # noqa: E731
+    msg, args = redact_any(record.msg), record.args
+    if isinstance(args, tuple):
+        args = tuple(redact_any(arg) for arg in args)
+    elif isinstance(args, dict):
+        args = {name: redact_any(arg) for name, arg in args.items()}
+    with contextlib.suppress(Exception):  # a format that only str() of the args satisfies
+        if args and isinstance(msg, str) and msg % args == clean:
+            return msg, args
+    return clean, None
+
+
 class RedactKeys(logging.Filter):
     """Replaces key-shaped text in a record's message, traceback and stack. Never drops one."""
 
@@ -47,8 +64,8 @@ class RedactKeys(logging.Filter):
         except Exception:  # a broken format: logging reports it when it formats the record
             return True
         clean = redact(message)
-        if clean != message or record.args:
-            record.msg, record.args = clean, None
+        if clean != message:
+            record.msg, record.args = _redacted_parts(record, clean)
         if record.exc_info and not record.exc_text:
             record.exc_text = _formatter.formatException(record.exc_info)
         if record.exc_text:

@@ -62,11 +62,16 @@ def _summary(title: str, unit: str, rows: list[dict], names: list[str], label) -
     for index, name in enumerate(names):
         value = sum((row["values"][index] for row in rows), Decimal(0) if unit == "USD" else 0)
         if value:
-            shares.append(f"{name} {value}")
+            shares.append(f"{name} {_plain(value)}")
     return (
-        f"{title}: {total} {unit} in total; highest {label(peak['bucket'])} with "
-        f"{peak['total']}. By group: {', '.join(shares)}."
+        f"{title}: {_plain(total)} {unit} in total; highest {label(peak['bucket'])} with "
+        f"{_plain(peak['total'])}. By group: {', '.join(shares)}."
     )
+
+
+def _plain(value: Decimal | int) -> str:
+    """A number as people write it: a cost of 2E-8 reads 0.00000002."""
+    return f"{value:f}" if isinstance(value, Decimal) else str(value)
 
 
 def _usage_context(
@@ -198,6 +203,12 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     chosen = ranges.resolve(
         request.GET.get("range"), request.GET.get("start"), request.GET.get("end"), timezone.now()
     )
+    if request.GET.get("range") == ranges.CUSTOM and chosen.preset != ranges.CUSTOM:
+        messages.warning(
+            request,
+            "That custom range cannot be shown: give From and To as dates, From on or before "
+            f"To, at most {ranges.MAX_CUSTOM_DAYS} days apart. Showing the last 7 days instead.",
+        )
     group_by = GROUPS.get(request.GET.get("group", ""), "model")
     keys = list(api_key_list(organization=organization).order_by("name", "key_id"))
     models = rollup_models(organization=organization)

@@ -45,7 +45,7 @@ def observe_request(entry, status: int, seconds: float) -> None:
     endpoint = ENDPOINTS.get(entry.path, "models")  # the rest is /v1/models/{model}
     model = entry.model
     model = NO_MODEL if model is None else model if entry.model_known else OTHER_MODEL
-    result = outcome(status, entry.limit, entry.closed)
+    result = outcome(entry.ended or status, entry.limit, entry.closed)
     metrics.child(metrics.V1_REQUESTS, endpoint, model, str(status), result).inc()
     metrics.child(metrics.V1_DURATION, endpoint, model).observe(seconds)
     if entry.first_token is not None:

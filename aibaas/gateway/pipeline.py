@@ -40,6 +40,11 @@ MODEL_NOT_FOUND = "model_not_found"
 INFERENCE_SCOPE = "inference"
 CHAT = "chat.completions"
 EMBEDDINGS = "embeddings"
+# A model kind: what it is, and where it is called.
+_KIND_ENDPOINTS = {
+    "chat": ("a chat", "/v1/chat/completions"),
+    "embeddings": ("an embeddings", "/v1/embeddings"),
+}
 
 
 @dataclass(slots=True)
@@ -128,14 +133,19 @@ async def _model(call: Call, name: str, kind: str) -> ModelSpec:
             param="model",
         )
     if spec.kind != kind:
-        wanted = "chat" if kind == "chat" else "embeddings"
         raise ApplicationError(
             INVALID_REQUEST,
-            f"The model '{name}' is a {spec.kind} model, not a {wanted} model.",
+            _wrong_endpoint_message(name, spec.kind),
             status=400,
             param="model",
         )
     return spec
+
+
+def _wrong_endpoint_message(name: str, kind: str) -> str:
+    what, path = _KIND_ENDPOINTS.get(str(kind), (f"a {kind}", ""))
+    where = f": call it with POST {path}" if path else ""
+    return f"The model '{name}' is {what} model{where}."
 
 
 async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable[Reply]]) -> Reply:

@@ -26,6 +26,7 @@ class RequestLog:
 
     __slots__ = (
         "closed",
+        "ended",
         "first_token",
         "key_id",
         "limit",
@@ -52,6 +53,7 @@ class RequestLog:
         self.limit: str | None = None  # the limit that refused it (429)
         self.first_token: float | None = None  # seconds to a stream's first chunk
         self.closed = False  # the client hung up mid-response
+        self.ended: int | None = None  # a stream's failure after its 200 (502, 504)
 
     def emit(self) -> None:
         seconds = time.perf_counter() - self.started
@@ -107,6 +109,13 @@ def note_error(error) -> None:
     entry = _current.get()
     if entry is not None:
         entry.limit = getattr(error, "limit", None)
+
+
+def note_stream_failed(status: int) -> None:
+    """The stream, already answered 200, ended with an upstream error (`status`)."""
+    entry = _current.get()
+    if entry is not None:
+        entry.ended = status
 
 
 def note_closed() -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from aibaas.gateway import request_log
 from aibaas.gateway.providers.base import (
     UPSTREAM_ERROR,
     ModelSpec,
@@ -99,6 +100,7 @@ async def _relay(
             status = 200
         except ProviderError as error:
             status = error.status
+            request_log.note_stream_failed(status)
             yield error_event(error)
     finally:
         # Closing the provider's stream (the upstream connection) and recording the usage run

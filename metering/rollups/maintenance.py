@@ -1,12 +1,12 @@
-"""Usage rollups, write side. `rollup_add` sums the events one transaction inserted into the
-hourly and daily rows (called by usage_record, in its transaction, with the request ids its
-INSERT ... ON CONFLICT DO NOTHING returned: a replayed event adds nothing). `rollup_rebuild`
-recomputes them from the events (manage.py rebuild_rollups) set-based, one INSERT ... SELECT
-... GROUP BY per granularity. One aggregation (`_aggregated`) and one ON CONFLICT clause serve
-both, so a rebuild writes the rows the drain wrote."""
+"""Usage rollups, write side. `rollup_add_rows` adds hourly sums (and their days) to the stored
+rows: the drain's, summed in memory from the events its transaction inserted
+(metering/rollups/live.py, which mirrors `_AGGREGATES`). `rollup_rebuild` recomputes them from
+the events (manage.py rebuild_rollups) set-based, one INSERT ... SELECT ... GROUP BY per
+granularity. Both add through one ON CONFLICT clause, so a rebuild writes the rows the drain
+wrote (tests/metering/test_rollups_live.py)."""
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from django.db import connection, transaction
@@ -30,8 +30,6 @@ from accounts.models import Organization
 from metering.models import LATENCY_BOUNDS_MS, UsageEvent, UsageRollup
 from metering.rollups.buckets import COUNT_COLUMNS, floor, latency_columns
 
-# Request ids per SELECT ... WHERE request_id IN (...): far below SQLite's variable limit.
-ID_BATCH = 500
 # Rows per upsert statement (about 60 columns each).
 UPSERT_BATCH = 200
 
@@ -107,10 +105,6 @@ def _aggregated(events: QuerySet[UsageEvent], granularity: str) -> QuerySet:
         .values("organization_id", "at", "key_id", "model", "code")
         .annotate(**{f"s_{name}": value for name, value in _AGGREGATES.items()})
     )
-
-
-def _hourly(events: QuerySet[UsageEvent]) -> Iterable[dict]:
-    return _aggregated(events, UsageRollup.HOUR).iterator(chunk_size=2000)
 
 
 class _Sums:
@@ -197,22 +191,11 @@ def _insert_select(events: QuerySet[UsageEvent], granularity: str) -> int:
 
 
 def rollup_add_rows(rows: Iterable[dict]) -> int:
-    """Add hourly sums shaped as `_hourly` yields them (and their days) to the stored rows."""
+    """Add hourly sums shaped as `_aggregated` yields them (and their days) to the stored rows.
+    Returns the rollup rows written."""
     sums = _Sums()
     for row in rows:
         sums.add(row)
-    return sums.upsert()
-
-
-def rollup_add(*, request_ids: Collection[str]) -> int:
-    """Add the stored events `request_ids` to the rollups. Call it in the transaction that
-    inserted them, with exactly the ids that transaction inserted (never one already stored):
-    that is what makes a re-drained batch count once. Returns the rollup rows written."""
-    sums = _Sums()
-    ids = sorted(request_ids)
-    for start in range(0, len(ids), ID_BATCH):
-        for row in _hourly(UsageEvent.objects.filter(request_id__in=ids[start : start + ID_BATCH])):
-            sums.add(row)
     return sums.upsert()
 
 

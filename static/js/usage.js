@@ -13,8 +13,22 @@
     return Math.max(260, Math.floor(figure.getBoundingClientRect().width));
   }
 
+  // Ticks on whole buckets only: by day, never three ticks labelled with the same date.
+  var DAY = 86400;
+  var timeIncrs = hourly ? [3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, DAY, 2 * DAY]
+    : [DAY, 2 * DAY, 7 * DAY, 14 * DAY, 28 * DAY];
+
+  // Value ticks with as many decimals as their step needs (a cost axis of $0.0002 steps
+  // read "0, 0, 0, 0.001" with uPlot's default of at most 3 decimals).
+  function valueTicks(u, splits) {
+    var step = splits.length > 1 ? Math.abs(splits[1] - splits[0]) : 1;
+    var decimals = step > 0 ? Math.min(10, Math.max(0, Math.ceil(-Math.log10(step) - 1e-9))) : 0;
+    return splits.map(function (v) { return v.toFixed(decimals); });
+  }
+
   function timeAxis() {
     return {
+      incrs: timeIncrs,
       values: function (u, splits) {
         return splits.map(function (s) {
           var d = new Date(s * 1000);
@@ -61,7 +75,7 @@
       width: width(figure), height: 220,
       series: series,
       scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } } },
-      axes: [timeAxis(), { size: 60 }],
+      axes: [timeAxis(), { size: 60, values: valueTicks }],
       cursor: { drag: { x: false, y: false } },
     }, columns, figure.querySelector(".chart-canvas"));
   }
@@ -77,7 +91,7 @@
         { label: "error rate %", stroke: "#ef4444", width: 1, dash: [4, 4], scale: "pct" },
       ],
       scales: { x: { time: true }, pct: { range: [0, 100] } },
-      axes: [timeAxis(), { scale: "ms", size: 60 }, { scale: "pct", side: 1, grid: { show: false } }],
+      axes: [timeAxis(), { scale: "ms", size: 60, values: valueTicks }, { scale: "pct", side: 1, grid: { show: false } }],
     }, [data.buckets, l.p50, l.p95, l.error_rate], figure.querySelector(".chart-canvas"));
   }
 

@@ -284,3 +284,33 @@ def test_changing_an_organizations_plan_in_admin_applies_to_its_keys_on_the_next
     [event] = AuditEvent.objects.filter(organization=organization, action=AuditAction.PLAN_CHANGED)
     assert event.metadata == {"from": "free", "to": "pro"}
     assert (event.actor_label, event.target_label) == ("root@ops.example", organization.name)
+
+
+def test_a_custom_quota_set_in_admin_is_audited_and_applies_to_its_keys(
+    operator_client, tenants, django_capture_on_commit_callbacks
+):
+    alpha, _ = tenants
+    organization = alpha.organization
+    raw_key = api_key_create(
+        organization=organization, name="prod", actor=Actor.for_system("tests")
+    ).raw_key
+    assert _v1_limits(raw_key)["monthly_token_quota"] == 300_000  # free's; now cached
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = operator_client.post(
+            reverse("admin:accounts_organization_change", args=[organization.pk]),
+            {
+                "name": organization.name,
+                "slug": organization.slug,
+                "plan": organization.plan.pk,
+                "monthly_token_quota": "5000",
+                "monthly_request_quota": "",
+                **EMPTY_MEMBERSHIP_INLINE,
+            },
+        )
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert _v1_limits(raw_key)["monthly_token_quota"] == 5000
+    [event] = AuditEvent.objects.filter(organization=organization, action=AuditAction.QUOTA_CHANGED)
+    assert event.metadata == {"monthly_token_quota": {"from": None, "to": 5000}}
+    assert event.actor_label == "root@ops.example"

@@ -111,6 +111,7 @@ def live(demo_models, upstream) -> Iterator[str]:
     # Before the server starts: its registry snapshot is read once.
     _upstream_model("broken", upstream.base_url, "fake-500")
     _upstream_model("unreachable", DOWN, "fake")
+    _upstream_model("cut", upstream.base_url, "fake-error-mid-stream")
     with server_process(extra_env={"METRICS_TOKEN": TOKEN}) as base:
         yield base
 
@@ -180,6 +181,19 @@ def check_upstream_errors_are_counted_per_upstream(base: str, upstream) -> None:
     assert value(samples, "aibaas_upstream_response_seconds_count", upstream=where) >= 2
     failed = {"model": "broken", "status": "502", "outcome": "upstream_error"}
     assert value(samples, "aibaas_v1_requests_total", **failed) == 1
+
+    # A stream that fails after its 200: an upstream error all the same.
+    with httpx.stream(
+        "POST",
+        f"{base}/v1/chat/completions",
+        json={"model": "cut", "messages": HELLO, "stream": True},
+        headers={"Authorization": f"Bearer {_issue().raw_key}"},
+        timeout=10,
+    ) as response:
+        assert response.status_code == 200
+        assert b"error" in response.read()
+    cut = {"model": "cut", "status": "200", "outcome": "upstream_error"}
+    assert value(scrape(base), "aibaas_v1_requests_total", **cut) == 1
 
 
 def check_no_label_carries_a_key_an_organization_or_a_user(base: str) -> None:

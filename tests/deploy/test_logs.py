@@ -117,3 +117,23 @@ def test_celery_workers_logging_redacts_keys_too():
     output = result.stdout + result.stderr
     assert output.count("[redacted key]") == 2, output
     assert KEY_SHAPED.findall(output) == []
+
+
+def test_uvicorns_access_lines_survive_the_filter_under_make_run():
+    """`make run` is plain uvicorn: its access formatter unpacks the record's args (client,
+    method, path, version, status). The filter keeps them, each redacted, instead of leaving
+    None behind ("TypeError: cannot unpack non-iterable NoneType" printed for every request)."""
+    from uvicorn.logging import AccessFormatter
+
+    formatter = AccessFormatter(fmt="%(client_addr)s %(request_line)s %(status_code)s")
+    key = "sk_live_abcdefghijkl_0123456789"
+    for path, logged in (
+        (f"/v1/models?api_key={key}", "/v1/models?api_key=[redacted key]"),
+        ("/healthz", "/healthz"),
+    ):
+        args = ("127.0.0.1:5000", "GET", path, "1.1", 200)
+        record = logging.LogRecord(
+            "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', args, None
+        )
+        RedactKeys().filter(record)
+        assert formatter.format(record) == f"127.0.0.1:5000 GET {logged} HTTP/1.1 200 OK"

@@ -127,6 +127,15 @@ def _painted(web, chart: str) -> int:
     )
 
 
+def _ticks(web, chart: str) -> list[list[str]]:
+    """The tick labels uPlot drew on each axis of a chart (x first)."""
+    return web.js(
+        """return document.querySelector('figure[data-chart="' + arguments[0] + '"]').uplot
+             .axes.map(axis => (axis._values || []).map(String));""",
+        chart,
+    )
+
+
 def _open(web, query: str = "") -> None:
     web.open(f"/dashboard/usage/{query}")
     web.wait_for_path("/dashboard/usage/")
@@ -167,6 +176,16 @@ def test_charts_tables_and_v1_usage_agree_and_filters_change_them(web, used_orga
     latency = _drawn(web, "latency")
     assert any(value is not None for value in latency[1])  # p50 where there were requests
     assert "Requests: 6 requests in total" in web.find('[data-testid="summary-requests"]').text
+    # Numbers as people write them: the embedding's cost is 0.0000002, not 2E-7.
+    assert "E-" not in web.find('[data-testid="summary-cost"]').text
+
+    # By day, every tick names another day, and the cost axis's ticks are distinct (with
+    # uPlot's 3 decimals its steps of $0.0002 read "0, 0, 0, 0.001").
+    _open(web, "?range=7d")
+    for chart in CHARTS:
+        for axis in _ticks(web, chart):
+            assert len(axis) == len(set(axis)) > 1, (chart, axis)
+    web.open("/dashboard/usage/?range=24h")
 
     # Stack by key, filtered to one model: beta's embedding alone.
     Select(web.find('[data-testid="group"]')).select_by_value("key")

@@ -207,3 +207,25 @@ def test_a_body_not_in_utf8_is_a_400(key, client, content, encoding):
     response = post(client, CHAT, raw, key.raw_key)
     assert response.status_code == 400
     assert error(response)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (
+            CHAT,
+            {"model": "demo-embed", "messages": [{"role": "user", "content": "hi"}]},
+            "The model 'demo-embed' is an embeddings model: call it with POST /v1/embeddings.",
+        ),
+        (
+            EMBED,
+            {"model": "demo-chat", "input": "hi"},
+            "The model 'demo-chat' is a chat model: call it with POST /v1/chat/completions.",
+        ),
+    ],
+)
+def test_a_model_called_at_the_other_endpoint_is_told_where_to_go(key, client, path, body, message):
+    response = post(client, path, json.dumps(body), key.raw_key)
+    assert response.status_code == 400
+    assert error(response)["message"] == message
+    assert error(response)["param"] == "model"

@@ -736,3 +736,17 @@ def test_docs_page_answers_with_local_assets_only(db):
         assert not re.match(r"(https?:)?//", source), source
         assert client.get(source).status_code == 200, source
     assert not re.search(r"""src=["'](https?:)?//""", html)
+
+
+@pytest.mark.parametrize("kind", ["jwt", "key"])
+def test_a_body_over_djangos_size_cap_is_a_json_413(kind, caller_for, owner, settings):
+    """Django refuses to read a body above DATA_UPLOAD_MAX_MEMORY_SIZE; /api says so as /v1
+    does, in the error shape, not with Django's HTML "Bad Request" page."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    caller = caller_for(kind, owner)
+    before = ApiKey.objects.count()
+    response = caller.post("/api/keys", {"name": "x" * 2000})
+    error = error_of(response, 413)
+    assert error["code"] == "request_too_large"
+    assert error["message"] == "The request body is larger than the limit of 1000 bytes."
+    assert ApiKey.objects.count() == before

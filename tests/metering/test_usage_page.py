@@ -77,6 +77,22 @@ def test_a_custom_range_and_the_csv_link_ask_the_same_query(usage_dataset):
     assert "/api/usage/csv?start=2025-05-31T00%3A00%3A00Z&amp;end=2025-06-02T00%3A00%3A00Z" in html
 
 
+@pytest.mark.parametrize(
+    ("start", "end"), [("2025-06-05", "2025-06-01"), ("garbage", "2025-06-01"), ("", "")]
+)
+def test_a_custom_range_that_cannot_be_shown_says_so(usage_dataset, start, end):
+    client = _client(usage_dataset.org)
+    html = client.get(
+        "/dashboard/usage/", {"range": "custom", "start": start, "end": end}
+    ).content.decode()
+    assert "That custom range cannot be shown" in html
+    assert "Showing the last 7 days instead." in html
+    shown = client.get(
+        "/dashboard/usage/", {"range": "custom", "start": "2025-06-01", "end": "2025-06-05"}
+    )
+    assert "cannot be shown" not in shown.content.decode()
+
+
 def test_another_organizations_key_is_not_a_filter(usage_dataset):
     other = usage_dataset.other.api_key.key_id
     html = (
