@@ -1,4 +1,4 @@
-"""Dashboard pages of the team and the organization's settings, and the invitation link.
+"""The dashboard's team page: members, roles, invitations and the transfer of ownership.
 
 Every write is a POST (CSRF) that calls one service; the services hold the rules (who may do
 what: accounts/services/rules.py) and these views turn their refusals into messages.
@@ -7,37 +7,28 @@ what: accounts/services/rules.py) and these views turn their refusals into messa
 from collections.abc import Callable
 
 from django.contrib import messages
-from django.contrib.auth import login
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_ratelimit.decorators import ratelimit
 
 from accounts.actors import Actor
-from accounts.forms import DeleteOrganizationForm, InvitationSignupForm, InviteForm, RenameForm
-from accounts.models import ROLE_RANK, Role, User
+from accounts.forms import InviteForm
+from accounts.models import ROLE_RANK, Role
 from accounts.selectors import invitation_list_open, organization_members
 from accounts.services import (
     Link,
-    invitation_accept,
     invitation_create,
     invitation_resend,
     invitation_revoke,
-    invitation_signup,
-    membership_leave,
     membership_remove,
     membership_role_change,
-    organization_delete_by_owner,
-    organization_rename,
     ownership_transfer,
 )
-from accounts.services.invitations import invitation_check_address, invitation_from_token
-from accounts.tenancy import SESSION_KEY, organization_required, set_current_organization
-from accounts.views import INVITE_RATELIMIT_GROUP, _invite_rate, form_add_service_errors
+from accounts.tenancy import organization_required
+from accounts.views import INVITE_RATELIMIT_GROUP, _invite_rate
 from infra.errors import ApplicationError
-from infra.http import client_ip, user_agent
 
 # Each invitation is an email: a person may send (or resend) RATELIMIT_INVITE of them.
 _invite_limit = ratelimit(
@@ -143,204 +134,50 @@ def team_invite(request: HttpRequest) -> HttpResponse:
     return redirect("dashboard:team")
 
 
-@require_POST
-@_invite_limit
-@organization_required
-def invitation_resend_view(request: HttpRequest) -> HttpResponse:
-    _attempt(
-        request,
-        lambda: invitation_resend(
-            organization=request.organization,
-            actor=_actor(request),
-            invitation_id=_id(request, "invitation"),
-            link=_link(request),
-        ),
-        "Invitation sent again; the previous link no longer works.",
-    )
-    return redirect("dashboard:team")
+def _team_action(service, success: str, ids: dict[str, str], extra=None, limited=False):
+    """A POST view that calls one team service on this organization, by this person, with the
+    ids posted (`ids`: keyword -> form field) and `extra(request)`'s keywords; its refusal
+    becomes a message. Back to the team page either way. `limited`: counts as an invitation
+    email (RATELIMIT_INVITE)."""
 
-
-@require_POST
-@organization_required
-def invitation_revoke_view(request: HttpRequest) -> HttpResponse:
-    _attempt(
-        request,
-        lambda: invitation_revoke(
-            organization=request.organization,
-            actor=_actor(request),
-            invitation_id=_id(request, "invitation"),
-        ),
-        "Invitation withdrawn; its link no longer works.",
-    )
-    return redirect("dashboard:team")
-
-
-@require_POST
-@organization_required
-def member_role(request: HttpRequest) -> HttpResponse:
-    role = request.POST.get("role", "")
-    _attempt(
-        request,
-        lambda: membership_role_change(
-            organization=request.organization,
-            actor=_actor(request),
-            membership_id=_id(request, "membership"),
-            role=role,
-        ),
-        "Role changed.",
-    )
-    return redirect("dashboard:team")
-
-
-@require_POST
-@organization_required
-def member_remove(request: HttpRequest) -> HttpResponse:
-    _attempt(
-        request,
-        lambda: membership_remove(
-            organization=request.organization,
-            actor=_actor(request),
-            membership_id=_id(request, "membership"),
-        ),
-        "Member removed; their keys stopped working.",
-    )
-    return redirect("dashboard:team")
-
-
-@require_POST
-@organization_required
-def owner_transfer(request: HttpRequest) -> HttpResponse:
-    _attempt(
-        request,
-        lambda: ownership_transfer(
-            organization=request.organization,
-            actor=_actor(request),
-            membership_id=_id(request, "membership"),
-        ),
-        "Ownership transferred; you are now an admin.",
-    )
-    return redirect("dashboard:team")
-
-
-# --- Organization settings -----------------------------------------------------------------
-
-
-@organization_required
-def organization_settings(request: HttpRequest) -> HttpResponse:
-    rename = RenameForm(
-        request.POST if request.method == "POST" else None,
-        initial={"name": request.organization.name},
-    )
-    if request.method == "POST" and rename.is_valid():
-        name = rename.cleaned_data["name"]
-        if _attempt(
-            request,
-            lambda: organization_rename(
-                organization=request.organization, actor=_actor(request), name=name
-            ),
-            f"Renamed to {name}.",
-        ):
-            return redirect("dashboard:settings")
-    return render(
-        request,
-        "dashboard/settings.html",
-        {"rename_form": rename, "delete_form": DeleteOrganizationForm()},
-    )
-
-
-@require_POST
-@organization_required
-def organization_leave(request: HttpRequest) -> HttpResponse:
-    name = request.organization.name
-    if _attempt(
-        request,
-        lambda: membership_leave(organization=request.organization, actor=_actor(request)),
-        f"You left {name}.",
-    ):
-        request.session.pop(SESSION_KEY, None)
-        return redirect("dashboard:overview")
-    return redirect("dashboard:settings")
-
-
-@require_POST
-@organization_required
-def organization_delete(request: HttpRequest) -> HttpResponse:
-    form = DeleteOrganizationForm(request.POST)
-    confirmation = request.POST.get("confirmation", "")
-    name = request.organization.name
-    if form.is_valid() and _attempt(
-        request,
-        lambda: organization_delete_by_owner(
-            organization=request.organization, actor=_actor(request), confirmation=confirmation
-        ),
-        f"{name} is deleted: its keys are revoked; its audit log is kept.",
-    ):
-        request.session.pop(SESSION_KEY, None)
-        return redirect("dashboard:overview")
-    if not form.is_valid():
-        messages.error(request, "Type the organization's name to confirm.")
-    return redirect("dashboard:settings")
-
-
-# --- The invitation link (public) ----------------------------------------------------------
-
-
-def invitation(request: HttpRequest, token: str) -> HttpResponse:
-    """The link in the email. GET only shows (mail scanners open links); joining is a POST:
-    accept as the logged-in invitee, or sign up as the invited address."""
-    try:
-        invite = invitation_from_token(token=token)
-    except ApplicationError as error:
-        return render(
-            request, "accounts/invitation.html", {"error": error.message}, status=error.status
+    def view(request: HttpRequest) -> HttpResponse:
+        fields = {name: _id(request, posted) for name, posted in ids.items()}
+        fields |= extra(request) if extra is not None else {}
+        organization, actor = request.organization, _actor(request)
+        _attempt(
+            request, lambda: service(organization=organization, actor=actor, **fields), success
         )
-    user = request.user if request.user.is_authenticated else None
-    context = {
-        "invitation": invite,
-        "organization": invite.organization,
-        "token": token,
-        "has_account": User.objects.filter(email__iexact=invite.email).exists(),
-        "login_url": f"{reverse('accounts:login')}?next={request.path}",
-        "signup_form": InvitationSignupForm(),
-    }
-    if user is not None:
-        try:
-            invitation_check_address(invitation=invite, user=user)
-        except ApplicationError as error:
-            context["other_address"] = error.message
-    if request.method != "POST":
-        return render(request, "accounts/invitation.html", context)
+        return redirect("dashboard:team")
 
-    if user is not None:
-        actor = Actor.for_user(request, user, None)
-        try:
-            membership = invitation_accept(token=token, actor=actor)
-        except (ApplicationError, ValidationError) as error:
-            text = error.message if isinstance(error, ApplicationError) else error.messages[0]
-            messages.error(request, text)
-            return render(request, "accounts/invitation.html", context, status=400)
-    else:
-        form = InvitationSignupForm(request.POST)
-        context["signup_form"] = form
-        if not form.is_valid():
-            return render(request, "accounts/invitation.html", context, status=400)
-        try:
-            membership = invitation_signup(
-                token=token,
-                actor=Actor(ip=client_ip(request), user_agent=user_agent(request)),
-                **form.cleaned_data,
-            )
-        except ValidationError as error:
-            form_add_service_errors(form, error)
-            return render(request, "accounts/invitation.html", context, status=400)
-        except ApplicationError as error:
-            messages.error(request, error.message)
-            return render(request, "accounts/invitation.html", context, status=400)
-        login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
-    set_current_organization(request, membership)
-    messages.success(
-        request,
-        f"Welcome to {membership.organization.name}: you joined as "
-        f"{membership.get_role_display().lower()}.",
-    )
-    return redirect("dashboard:overview")
+    view = organization_required(view)
+    return require_POST(_invite_limit(view) if limited else view)
+
+
+invitation_resend_view = _team_action(
+    invitation_resend,
+    "Invitation sent again; the previous link no longer works.",
+    {"invitation_id": "invitation"},
+    extra=lambda request: {"link": _link(request)},
+    limited=True,
+)
+invitation_revoke_view = _team_action(
+    invitation_revoke,
+    "Invitation withdrawn; its link no longer works.",
+    {"invitation_id": "invitation"},
+)
+member_role = _team_action(
+    membership_role_change,
+    "Role changed.",
+    {"membership_id": "membership"},
+    extra=lambda request: {"role": request.POST.get("role", "")},
+)
+member_remove = _team_action(
+    membership_remove,
+    "Member removed; their keys stopped working.",
+    {"membership_id": "membership"},
+)
+owner_transfer = _team_action(
+    ownership_transfer,
+    "Ownership transferred; you are now an admin.",
+    {"membership_id": "membership"},
+)

@@ -1,3 +1,5 @@
+from functools import wraps
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
@@ -193,13 +195,23 @@ def _audit_events(request: HttpRequest):
     return audit_list(organization=request.organization, **form.filters()), form
 
 
-@organization_required
+def _admins_only(view):
+    """The audit log's pages are for owners and admins only (they show IPs and emails)."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest) -> HttpResponse:
+        if not request.membership.is_admin:
+            messages.error(request, READERS_ONLY)
+            return redirect("dashboard:overview")
+        return view(request)
+
+    return organization_required(guarded)
+
+
+@_admins_only
 def audit(request: HttpRequest) -> HttpResponse:
-    """The organization's audit log: owners and admins only (it shows IPs and emails). Invalid
-    filters show as form errors, with no rows (never the unfiltered log instead)."""
-    if not request.membership.is_admin:
-        messages.error(request, READERS_ONLY)
-        return redirect("dashboard:overview")
+    """The organization's audit log. Invalid filters show as form errors, with no rows (never
+    the unfiltered log instead)."""
     events, form = _audit_events(request)
     page = Paginator(events if events is not None else [], 50).get_page(request.GET.get("page"))
     query = request.GET.copy()
@@ -218,13 +230,10 @@ def audit(request: HttpRequest) -> HttpResponse:
     )
 
 
-@organization_required
+@_admins_only
 def audit_csv(request: HttpRequest) -> HttpResponse:
     """The filtered audit log as CSV, streamed (any length, constant memory); invalid filters
     are a 400 that says which and why."""
-    if not request.membership.is_admin:
-        messages.error(request, READERS_ONLY)
-        return redirect("dashboard:overview")
     events, form = _audit_events(request)
     if events is None:
         _, message = form.first_error()

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from accounts import team_views, views
+from accounts import organization_views, team_views, views
 from billing.subscriptions import views as billing_views
 from keys import views as key_views
 from metering import overview_views
@@ -20,9 +20,9 @@ urlpatterns = [
     path("team/role/", team_views.member_role, name="member_role"),
     path("team/remove/", team_views.member_remove, name="member_remove"),
     path("team/transfer/", team_views.owner_transfer, name="owner_transfer"),
-    path("settings/", team_views.organization_settings, name="settings"),
-    path("settings/leave/", team_views.organization_leave, name="organization_leave"),
-    path("settings/delete/", team_views.organization_delete, name="organization_delete"),
+    path("settings/", organization_views.organization_settings, name="settings"),
+    path("settings/leave/", organization_views.organization_leave, name="organization_leave"),
+    path("settings/delete/", organization_views.organization_delete, name="organization_delete"),
     path("audit/", views.audit, name="audit"),
     path("audit/export.csv", views.audit_csv, name="audit_csv"),
     path("keys/", key_views.key_list, name="keys"),

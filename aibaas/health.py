@@ -129,7 +129,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 class _LimiterCollector:
-    """The rate limiter's state in this process, read at each scrape (metering/limiter.py)."""
+    """The rate limiter's state in this process, read at each scrape (metering/limiter/)."""
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -56,7 +56,7 @@ class Plan(models.Model):
         "burst seconds",
         default=10,
         db_default=10,
-        # Shorter than the minute window, or it adds nothing (metering/limiter.py: limits_for).
+        # Shorter than the minute window, or it adds nothing (metering/limiter: limits_for).
         validators=[MinValueValidator(1), MaxValueValidator(59)],
         help_text="The burst window, used only when burst percent is above 0: at most "
         "per-minute limit x (1 + burst percent / 100) x seconds / 60 in any this many seconds. "

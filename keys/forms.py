@@ -20,6 +20,11 @@ GRACE_CHOICES = [
 ]
 
 
+def _limit_field(label: str) -> forms.IntegerField:
+    """A per-key limit override: empty keeps the plan's."""
+    return forms.IntegerField(required=False, min_value=1, label=label, help_text=LIMIT_HELP)
+
+
 class KeyCreateForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the key is for, e.g. 'prod backend'.")
     scopes = forms.MultipleChoiceField(
@@ -38,18 +43,10 @@ class KeyCreateForm(forms.Form):
         required=False, label="Test key (sk_test_…): demo models only, never billed"
     )
     # Limit overrides only tighten the plan (keys/services.py checks it against the plan).
-    requests_per_minute = forms.IntegerField(
-        required=False, min_value=1, label="Requests / minute", help_text=LIMIT_HELP
-    )
-    requests_per_day = forms.IntegerField(
-        required=False, min_value=1, label="Requests / day", help_text=LIMIT_HELP
-    )
-    tokens_per_minute = forms.IntegerField(
-        required=False, min_value=1, label="Tokens / minute", help_text=LIMIT_HELP
-    )
-    tokens_per_day = forms.IntegerField(
-        required=False, min_value=1, label="Tokens / day", help_text=LIMIT_HELP
-    )
+    requests_per_minute = _limit_field("Requests / minute")
+    requests_per_day = _limit_field("Requests / day")
+    tokens_per_minute = _limit_field("Tokens / minute")
+    tokens_per_day = _limit_field("Tokens / day")
 
     def clean_models(self) -> list[str] | None:
         value = self.cleaned_data["models"]
@@ -89,18 +86,10 @@ class KeyEditForm(forms.Form):
         help_text="None ticked: every model.",
     )
     expires = forms.ChoiceField(choices=EDIT_EXPIRY_CHOICES, required=False, initial=KEEP)
-    requests_per_minute = forms.IntegerField(
-        required=False, min_value=1, label="Requests / minute", help_text=LIMIT_HELP
-    )
-    requests_per_day = forms.IntegerField(
-        required=False, min_value=1, label="Requests / day", help_text=LIMIT_HELP
-    )
-    tokens_per_minute = forms.IntegerField(
-        required=False, min_value=1, label="Tokens / minute", help_text=LIMIT_HELP
-    )
-    tokens_per_day = forms.IntegerField(
-        required=False, min_value=1, label="Tokens / day", help_text=LIMIT_HELP
-    )
+    requests_per_minute = _limit_field("Requests / minute")
+    requests_per_day = _limit_field("Requests / day")
+    tokens_per_minute = _limit_field("Tokens / minute")
+    tokens_per_day = _limit_field("Tokens / day")
 
     def __init__(self, *args, models: list[str], **kwargs):
         super().__init__(*args, **kwargs)

@@ -126,7 +126,7 @@ class ApiKey(models.Model):
         else:
             limits["monthly_request_quota"] = plan.monthly_request_quota
             limits["monthly_token_quota"] = plan.monthly_token_quota
-        # Bursts are a plan setting (metering/limiter.py: limits_for); 0 % is off.
+        # Bursts are a plan setting (metering/limiter: limits_for); 0 % is off.
         limits["burst_percent"] = plan.burst_percent
         limits["burst_seconds"] = plan.burst_seconds
         return limits

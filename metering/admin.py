@@ -48,7 +48,7 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(QuotaCounter)
 class QuotaCounterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    """Monthly quota counters, written by metering/quota.py on every admitted request. Operators
+    """Monthly quota counters, written by metering/quota/ on every admitted request. Operators
     read them here; the only change is the reset action, which goes through the service (audited).
     Rows of past months are history and are never changed."""
 

@@ -111,11 +111,29 @@ def _usage_context(
                 "summary": _summary(title, unit, rows, names, label),
             }
         )
-    latency_rows = []
+    latency_rows = _latency_rows(overall, label)
+    api_query = _api_query(grouped, chosen, group_by, key_ids, models)
+    return {
+        "range": chosen,
+        "group_by": group_by,
+        "names": names,
+        "charts": charts,
+        "latency_rows": latency_rows,
+        "latency_summary": _latency_summary(overall["totals"]),
+        "totals": overall["totals"],
+        "csv_url": f"{reverse('api-usage-csv')}?{urlencode(api_query)}",
+        "api_url": f"{reverse('api-usage')}?{urlencode(api_query)}",
+        "chart_data": _chart_data(grouped, chosen, names, groups, charts, latency_rows),
+    }
+
+
+def _latency_rows(overall: dict, label) -> list[dict]:
+    """One row per bucket of the whole range: requests, errors, p50 and p95."""
+    rows = []
     points = {point["bucket"]: point for point in overall["data"]}
     for bucket in overall["buckets"]:
         point = points.get(bucket, {})
-        latency_rows.append(
+        rows.append(
             {
                 "bucket": bucket,
                 "label": label(bucket),
@@ -126,15 +144,22 @@ def _usage_context(
                 "p95": point.get("latency_p95_ms"),
             }
         )
-    totals = overall["totals"]
-    latency_summary = (
-        "Latency: no requests in this range."
-        if not totals["requests"]
-        else f"Latency over the range: p50 {totals['latency_p50_ms']} ms, p95 "
+    return rows
+
+
+def _latency_summary(totals: dict) -> str:
+    if not totals["requests"]:
+        return "Latency: no requests in this range."
+    return (
+        f"Latency over the range: p50 {totals['latency_p50_ms']} ms, p95 "
         f"{totals['latency_p95_ms']} ms, p99 {totals['latency_p99_ms']} ms; "
         f"{totals['errors']} errors in {totals['requests']} requests "
         f"({totals['error_rate'] * 100:.2f}%)."
     )
+
+
+def _api_query(grouped: dict, chosen: ranges.Range, group_by: str, key_ids, models) -> dict:
+    """The /api/usage query of the same range (the CSV and JSON links)."""
     api_query = {
         "start": grouped["start"],
         "end": grouped["end"],
@@ -145,7 +170,12 @@ def _usage_context(
         api_query["key"] = key_ids[0]
     if models:
         api_query["model"] = models[0]
-    chart_data = {
+    return api_query
+
+
+def _chart_data(grouped, chosen, names, groups, charts, latency_rows) -> dict:
+    """What usage.js draws: bucket times, the stacked series per group, the latency lines."""
+    return {
         "buckets": [
             int(datetime.fromisoformat(b.replace("Z", "+00:00")).timestamp())
             for b in grouped["buckets"]
@@ -164,18 +194,6 @@ def _usage_context(
             "p95": [row["p95"] for row in latency_rows],
             "error_rate": [row["error_rate"] * 100 for row in latency_rows],
         },
-    }
-    return {
-        "range": chosen,
-        "group_by": group_by,
-        "names": names,
-        "charts": charts,
-        "latency_rows": latency_rows,
-        "latency_summary": latency_summary,
-        "totals": totals,
-        "csv_url": f"{reverse('api-usage-csv')}?{urlencode(api_query)}",
-        "api_url": f"{reverse('api-usage')}?{urlencode(api_query)}",
-        "chart_data": chart_data,
     }
 
 

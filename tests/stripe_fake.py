@@ -22,6 +22,10 @@ import httpx
 MONTH = 30 * 24 * 3600
 
 
+# How long Stripe remembers an Idempotency-Key, and a meter event's identifier as unique.
+STRIPE_MEMORY_SECONDS = 24 * 3600
+
+
 def unflatten(pairs: list[tuple[str, str]]) -> dict:
     """Stripe's form encoding (`a[b][0][c]=v`) back into nested dicts and lists."""
     root: dict = {}
@@ -101,12 +105,14 @@ class FakeStripe:
             match = re.fullmatch(pattern, path)
             if match and method == route_method:
                 with self.lock:
-                    # Stripe answers a repeated Idempotency-Key with its first answer.
-                    if key and (path, key) in self.idempotent:
-                        return self.idempotent[(path, key)]
+                    # Stripe answers a repeated Idempotency-Key with its first answer, for
+                    # 24 hours (then the key is forgotten and the request runs again).
+                    first = self.idempotent.get((path, key)) if key else None
+                    if first is not None and time.time() - first[1] < STRIPE_MEMORY_SECONDS:
+                        return first[0]
                     answer = handler(params, **match.groupdict())
                     if key and answer[0] < 500:
-                        self.idempotent[(path, key)] = answer
+                        self.idempotent[(path, key)] = (answer, time.time())
                     return answer
         return None  # localstripe's
 
@@ -188,10 +194,14 @@ class FakeStripe:
 
     def meter_event_create(self, params):
         identifier = params.get("identifier") or _id("ident")
+        slot = identifier
         if identifier in self.meter_events:
-            return _error(
-                400, "An event already exists with identifier " + identifier, code="duplicate"
-            )
+            if time.time() - self.meter_events[identifier]["created"] < STRIPE_MEMORY_SECONDS:
+                return _error(
+                    400, "An event already exists with identifier " + identifier, code="duplicate"
+                )
+            # Uniqueness holds for 24 hours: past that, the same identifier is a new event.
+            slot = f"{identifier}#{len(self.meter_events)}"
         names = {m["event_name"] for m in self.meters.values()}
         if params.get("event_name") not in names:
             return _error(400, "No active meter for event_name " + str(params.get("event_name")))
@@ -203,7 +213,7 @@ class FakeStripe:
             "timestamp": int(params.get("timestamp") or time.time()),
             "created": int(time.time()),
         }
-        self.meter_events[identifier] = event
+        self.meter_events[slot] = event
         return 200, event
 
     def meter_summaries(self, params, id):

@@ -10,7 +10,6 @@ from accounts.services.invitations import (
 )
 from accounts.services.organizations import (
     DELETE_CONFIRMATION_MISMATCH,
-    EMAIL_TAKEN,
     ORGANIZATION_HAS_KEYS,
     ORGANIZATION_HAS_KEYS_MESSAGE,
     ORGANIZATION_HAS_USAGE,
@@ -22,9 +21,7 @@ from accounts.services.organizations import (
     organization_delete_refusal,
     organization_rename,
     organization_set_plan,
-    user_create,
     user_signup,
-    user_tokens_revoke,
 )
 from accounts.services.quotas import QUOTA_NEGATIVE, organization_set_quota
 from accounts.services.team import (
@@ -34,6 +31,7 @@ from accounts.services.team import (
     membership_role_change,
     ownership_transfer,
 )
+from accounts.services.users import EMAIL_TAKEN, user_create, user_tokens_revoke
 
 __all__ = [
     "DELETE_CONFIRMATION_MISMATCH",

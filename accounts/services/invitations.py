@@ -25,8 +25,8 @@ from accounts.actors import Actor
 from accounts.audit import audit_record
 from accounts.models import AuditAction, Invitation, Membership, Organization, User
 from accounts.services import rules
-from accounts.services.organizations import user_create
 from accounts.services.team import acting_membership
+from accounts.services.users import user_create
 from infra.errors import ApplicationError
 
 _SALT = "aibaas.accounts.invitation"

@@ -1,10 +1,7 @@
 import secrets
 
-from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -13,13 +10,13 @@ from accounts.audit import audit_record
 from accounts.models import AuditAction, Invitation, Membership, Organization, Role, User
 from accounts.services import rules
 from accounts.services.team import acting_membership
+from accounts.services.users import user_create
 from accounts.signals import organization_closing
 from billing.defaults import DEFAULT_PLAN_SLUG
 from billing.models import BillingAccount, Plan
 from billing.selectors import plan_get
 from infra.errors import ApplicationError
 
-EMAIL_TAKEN = "An account with this email address already exists."
 SLUG_TAKEN = "An organization with this slug already exists."
 ORGANIZATION_HAS_USAGE = "organization_has_usage"
 ORGANIZATION_HAS_USAGE_MESSAGE = (
@@ -37,6 +34,21 @@ ORGANIZATION_HAS_KEYS_MESSAGE = (
     "deleted, so the organization cannot be deleted. Revoke its keys and remove its members "
     "instead."
 )
+
+
+def _audit_organization(
+    organization: Organization, action: str, *, actor: Actor, metadata: dict, label: str = ""
+) -> None:
+    """An audit event about the organization itself (its slug, its name unless `label`)."""
+    audit_record(
+        action=action,
+        actor=actor,
+        organization=organization,
+        target_type="organization",
+        target_id=organization.slug,
+        target_label=label or organization.name,
+        metadata=metadata,
+    )
 
 
 def _unique_slug(name: str) -> str:
@@ -89,51 +101,13 @@ def organization_create(
     else:  # pragma: no cover - five collisions in a row
         raise ValidationError({"name": "Could not allocate a unique slug; try another name."})
     Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
-    audit_record(
-        action=AuditAction.ORGANIZATION_CREATED,
+    _audit_organization(
+        organization,
+        AuditAction.ORGANIZATION_CREATED,
         actor=actor or Actor(user=owner),
-        organization=organization,
-        target_type="organization",
-        target_id=organization.slug,
-        target_label=organization.name,
         metadata={"plan": plan.slug, "owner": owner.email},
     )
     return organization
-
-
-@transaction.atomic
-def user_create(*, email: str, password: str | None, full_name: str = "") -> User:
-    """Create a user. `password=None` makes an account that must set one by password reset."""
-    email = (email or "").strip().lower()
-    try:
-        validate_email(email)
-    except ValidationError:
-        raise ValidationError({"email": "Enter a valid email address."}) from None
-    if User.objects.filter(email__iexact=email).exists():
-        raise ValidationError({"email": EMAIL_TAKEN})
-    user = User(email=email, full_name=full_name.strip())
-    if password is not None:
-        validate_password(password, user)
-        user.set_password(password)
-    else:
-        user.set_unusable_password()
-    try:
-        with transaction.atomic():
-            user.save()
-    except IntegrityError:
-        raise ValidationError({"email": EMAIL_TAKEN}) from None
-    return user
-
-
-@transaction.atomic
-def user_tokens_revoke(*, user: User) -> None:
-    """End every management API token (JWT, access and refresh) the user holds: a logout.
-
-    A password change needs no call: the tokens' `ver` claim covers the password hash
-    (accounts/tokens.py), whichever path changed it.
-    """
-    User.objects.filter(pk=user.pk).update(jwt_generation=F("jwt_generation") + 1)
-    user.refresh_from_db(fields=["jwt_generation"])
 
 
 @transaction.atomic
@@ -185,13 +159,10 @@ def organization_set_plan(
     organization.plan = plan
     organization.save(update_fields=["plan"])
     if actor is not None and before != plan.slug:
-        audit_record(
-            action=AuditAction.PLAN_CHANGED,
+        _audit_organization(
+            organization,
+            AuditAction.PLAN_CHANGED,
             actor=actor,
-            organization=organization,
-            target_type="organization",
-            target_id=organization.slug,
-            target_label=organization.name,
             metadata={"from": before, "to": plan.slug},
         )
     return organization
@@ -210,13 +181,11 @@ def organization_rename(*, organization: Organization, actor: Actor, name: str) 
         return organization
     organization.name = name
     organization.save(update_fields=["name"])
-    audit_record(
-        action=AuditAction.ORGANIZATION_RENAMED,
+    _audit_organization(
+        organization,
+        AuditAction.ORGANIZATION_RENAMED,
         actor=actor,
-        organization=organization,
-        target_type="organization",
-        target_id=organization.slug,
-        target_label=name,
+        label=name,
         metadata={"from": before, "to": name},
     )
     return organization
@@ -246,13 +215,10 @@ def organization_delete_by_owner(
     organization.memberships.all().delete()
     organization.deleted_at = timezone.now()
     organization.save(update_fields=["deleted_at"])
-    audit_record(
-        action=AuditAction.ORGANIZATION_DELETED,
+    _audit_organization(
+        organization,
+        AuditAction.ORGANIZATION_DELETED,
         actor=actor,
-        organization=organization,
-        target_type="organization",
-        target_id=organization.slug,
-        target_label=organization.name,
         metadata={
             "name": organization.name,
             "plan": organization.plan.slug,
@@ -296,13 +262,10 @@ def organization_delete(*, organization: Organization, actor: Actor) -> None:
     refusal = organization_delete_refusal(organization=organization)
     if refusal is not None:
         raise refusal
-    audit_record(
-        action=AuditAction.ORGANIZATION_DELETED,
+    _audit_organization(
+        organization,
+        AuditAction.ORGANIZATION_DELETED,
         actor=actor,
-        organization=organization,
-        target_type="organization",
-        target_id=organization.slug,
-        target_label=organization.name,
         metadata={"name": organization.name, "plan": organization.plan.slug},
     )
     organization.delete()

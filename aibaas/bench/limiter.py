@@ -130,7 +130,7 @@ def _shared(organization_id: int) -> tuple[list, bool]:
     before = _commands(client)
     with (
         _Counter(redis_connection.Connection, "send_packed_command") as sent,
-        _Counter(batched._Connections, "fetchone") as statements,
+        _Counter(batched.Connections, "fetchone") as statements,
     ):
         times = asyncio.run(_admissions(context, REQUESTS))
     commands = (_commands(client) - before) / REQUESTS

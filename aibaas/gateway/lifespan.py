@@ -41,9 +41,8 @@ async def shutdown() -> None:
     registry, then close the upstream pools and the quota's database connections."""
     await streaming.drain_background()
     from aibaas.gateway.providers.openai_compatible import close_sessions
-    from metering import limiter, quota, usage
+    from metering import admission, usage
 
     await usage.stop()
-    await limiter.aflush_settlements()
-    await quota.aclose()
+    await admission.ashutdown()
     await close_sessions()

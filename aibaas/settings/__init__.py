@@ -5,6 +5,8 @@ in `.env.example`. Integrations switch on when their variable is set: no `REDIS_
 in-process cache, no `CELERY_BROKER_URL` means tasks run eagerly.
 """
 
+from .api import *  # noqa: F403
 from .base import *  # noqa: F403
+from .gateway import *  # noqa: F403
 from .security import *  # noqa: F403
 from .services import *  # noqa: F403

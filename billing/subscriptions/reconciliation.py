@@ -41,11 +41,6 @@ class Reconciliation:
     asked_stripe: bool
 
 
-def _meter_id() -> str | None:
-    meters = stripe_client.meters_active()
-    return next((m.id for m in meters if m.event_name == METER_EVENT_NAME), None)
-
-
 def _received(meter_id: str | None, customer: str, rows: list[MeterReport]) -> dict:
     if meter_id is None:
         return {}
@@ -64,7 +59,7 @@ def usage_reconcile_with_stripe(*, organization_slug: str | None = None) -> Reco
     if organization_slug:
         reports = reports.filter(organization=organization_get(slug=organization_slug))
     asked = stripe_client.enabled()
-    meter_id = _meter_id() if asked else None
+    meter_id = stripe_client.meter_id_for(METER_EVENT_NAME) if asked else None
     groups: dict[tuple[int, str], list[MeterReport]] = defaultdict(list)
     for row in reports:
         groups[(row.organization_id, row.stripe_customer_id)].append(row)

@@ -83,6 +83,11 @@ def meters_active() -> list[stripe.billing.Meter]:
     return list(client().v1.billing.meters.list({"status": "active", "limit": 100}).data)
 
 
+def meter_id_for(event_name: str) -> str | None:
+    """The id of the active meter that counts `event_name`, if any."""
+    return next((m.id for m in meters_active() if m.event_name == event_name), None)
+
+
 def meter_create(*, display_name: str, event_name: str) -> stripe.billing.Meter:
     return client().v1.billing.meters.create(
         {

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 WINDOW = timedelta(hours=1)
 MAX_WINDOWS_PER_RUN = 24 * 31
 MAX_BACKOFF_SECONDS = 3600
+# Stripe keeps an Idempotency-Key, and a meter event's identifier unique, for 24 hours: a row
+# first tried longer ago than this is checked against the meter before it is sent again.
+IDEMPOTENCY_HORIZON = timedelta(hours=23)
 
 
 def _hour(moment: datetime) -> datetime:
@@ -118,6 +121,9 @@ def meter_report_send(*, report_id: int) -> str:
         if report is None or report.status in (MeterReport.Status.SENT, MeterReport.Status.EMPTY):
             return "nothing to send"
         try:
+            if _may_be_at_stripe_already(report):
+                _mark_sent(report, note="found at Stripe: not sent again")
+                return "already at Stripe"
             stripe_client.meter_event_create(
                 event_name=report.event_name,
                 identifier=report.identifier,
@@ -137,11 +143,34 @@ def meter_report_send(*, report_id: int) -> str:
             )
             return "failed"
         report.attempts += 1
-        report.status = MeterReport.Status.SENT
-        report.sent_at = timezone.now()
-        report.last_error = ""
-        report.save()
+        _mark_sent(report)
         return "sent"
+
+
+def _may_be_at_stripe_already(report: MeterReport) -> bool:
+    """Stripe takes a retry as the same event (Idempotency-Key, identifier) for 24 hours only. A
+    row first tried longer ago than IDEMPOTENCY_HORIZON may have reached Stripe with its answer
+    lost: ask Stripe's meter what it received in the window before sending it again."""
+    if report.attempts == 0 or timezone.now() - report.created_at < IDEMPOTENCY_HORIZON:
+        return False
+    meter_id = stripe_client.meter_id_for(report.event_name)
+    if meter_id is None:
+        return False
+    start = int(report.window_start.timestamp())
+    received = stripe_client.meter_received_by_hour(
+        meter_id=meter_id,
+        customer=report.stripe_customer_id,
+        start=start,
+        end=int(report.window_end.timestamp()),
+    )
+    return received.get(start, 0) > 0
+
+
+def _mark_sent(report: MeterReport, *, note: str = "") -> None:
+    report.status = MeterReport.Status.SENT
+    report.sent_at = timezone.now()
+    report.last_error = note
+    report.save()
 
 
 def meter_reports_retry(*, report_ids: list[int]) -> int:

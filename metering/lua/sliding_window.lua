@@ -1,6 +1,7 @@
 -- The rate limiter's one round trip: prune, (settle), check and count the sliding windows of one
--- API key atomically. metering/limiter.py explains the algorithm; its in-process backend is the
--- same arithmetic in Python, so a change here is a change there too (the tests compare them).
+-- API key atomically. metering/limiter/ explains the algorithm; its in-process backend
+-- (metering/limiter/local.py, windows.py) is the same arithmetic in Python, so a change here is a
+-- change there too (the tests compare them).
 --
 -- KEYS[i]  the hash of window i. All windows of one API key share a hash tag: one Cluster slot.
 -- ARGV[1]  one string of comma-separated integers (one argument packs much faster than dozens,

@@ -1,56 +1,46 @@
 """The monthly quota of an organization: requests and tokens per calendar month (UTC), counted
-in the database, the one source of truth (DESIGN.md, "Quotas").
+in the database, the one source of truth (DESIGN.md, "Quotas"). A request asks with one
+`QuotaAsk`; the answer is a `QuotaDecision`. Invariant: never over the quota, whatever the
+number of processes; errors only ever lose quota, never give it away.
 
-- counter.py: the rule, in sync code on Django's connection: one conditional UPDATE per
-  admission on the organization's row for the month, lazy rollover, settlement, the reads and
-  the operators' reset. Also the async path of databases other than PostgreSQL (SQLite, the
-  embedded default), in a worker thread.
-- batched.py: the same rule for async code on PostgreSQL (the gateway): on the event loop, the
-  admissions and settlements of one organization-month made meanwhile in one statement.
-- lease.py: on top of batched.py, far from the quota, a process reserves a small slice of it
-  at once and admits requests from that slice without a statement each.
-
-`aquota_admit` / `aquota_settle` pick the path by the database; everything else is counter.py's.
+Paths: on PostgreSQL, lease.py (a process's slice of the month) over batched.py (one statement
+per organization-month for what arrives meanwhile); elsewhere counter.py in a worker thread.
+decision.py holds the values and arithmetic, reset.py the reads and the operators' reset.
+Reasoning and figures: docs/quota-leases.md.
 """
 
 import asyncio
 from collections.abc import Awaitable
-from datetime import date, datetime
+from datetime import date
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from metering.quota import batched, lease
-from metering.quota.counter import (
+from metering.quota import batched, counter, lease
+from metering.quota.decision import (
     REQUESTS,
     TOKENS,
+    QuotaAsk,
     QuotaDecision,
     QuotaUnavailable,
-    aquota_admit_in_thread,
-    aquota_settle_in_thread,
     period_for,
-    quota_admit,
-    quota_reset,
-    quota_settle,
-    quota_usage,
     uncounted,
 )
+from metering.quota.reset import quota_reset, quota_usage
 
 __all__ = [
     "REQUESTS",
     "TOKENS",
+    "QuotaAsk",
     "QuotaDecision",
     "QuotaUnavailable",
     "aclose",
     "aflush",
-    "aquota_admit",
     "aquota_admit_start",
     "aquota_settle",
     "close_connections",
     "far_from_quota",
     "period_for",
-    "quota_admit",
     "quota_reset",
-    "quota_settle",
     "quota_usage",
 ]
 
@@ -65,46 +55,18 @@ def _batched() -> bool:
     return _vendor == "postgresql"
 
 
-def aquota_admit_start(
-    organization_id: int,
-    *,
-    request_limit: int | None,
-    token_limit: int | None,
-    tokens: int = 0,
-    now: datetime | None = None,
-) -> Awaitable[QuotaDecision]:
-    """aquota_admit in two halves: the admission is queued (PostgreSQL) or started (elsewhere,
-    in a thread) now, and the returned awaitable gives its decision."""
-    if tokens < 0:
-        raise ValueError("the token estimate cannot be negative")
-    if request_limit is None and token_limit is None:
+def aquota_admit_start(ask: QuotaAsk) -> Awaitable[QuotaDecision]:
+    """Count the ask against its organization's monthly quota, or refuse it, in two halves: the
+    admission is queued (PostgreSQL) or started (elsewhere, in a thread) now, and the returned
+    awaitable gives its decision (QuotaUnavailable when the database fails, unless
+    QUOTA_FAIL_OPEN). No I/O when the ask is unlimited."""
+    if ask.unlimited:
         done = asyncio.get_running_loop().create_future()
-        done.set_result(uncounted(now))
+        done.set_result(uncounted(ask))
         return done
-    limits = {"request_limit": request_limit, "token_limit": token_limit}
     if _batched():
-        return asyncio.shield(lease.admit_start(organization_id, **limits, tokens=tokens, now=now))
-    return asyncio.ensure_future(
-        aquota_admit_in_thread(organization_id, **limits, tokens=tokens, now=now)
-    )
-
-
-async def aquota_admit(
-    organization_id: int,
-    *,
-    request_limit: int | None,
-    token_limit: int | None,
-    tokens: int = 0,
-    now: datetime | None = None,
-) -> QuotaDecision:
-    """quota_admit for async code. No I/O when both limits are None (unlimited)."""
-    return await aquota_admit_start(
-        organization_id,
-        request_limit=request_limit,
-        token_limit=token_limit,
-        tokens=tokens,
-        now=now,
-    )
+        return asyncio.shield(lease.admit_start(ask))
+    return asyncio.ensure_future(counter.aadmit_in_thread(ask))
 
 
 async def aquota_settle(
@@ -117,17 +79,16 @@ async def aquota_settle(
     wait: bool = True,
     generation: int | None = None,
 ) -> None:
-    """quota_settle for async code. On PostgreSQL: into this process's lease when the admission
-    came from it (`leased`), else with the organization's next statement; `wait` returns once
-    applied (raises QuotaUnavailable if not), without it the caller goes on (`aflush` waits).
-    Elsewhere (SQLite) it is written in a worker thread either way. `generation`: the
-    admission's (QuotaDecision.generation); the settlement then does nothing once the counter
-    was reset since (see lease.py)."""
+    """Move the counter of `period` by the deltas (counter.settle). On PostgreSQL: into this
+    process's lease when the admission came from it (`leased`), else with the organization's
+    next statement; `wait` returns once applied (raises QuotaUnavailable if not), without it
+    the caller goes on (`aflush` waits). Elsewhere (SQLite) in a worker thread either way.
+    `generation`: the admission's; nothing moves once the counter was reset since."""
     if not token_delta and not request_delta:
         return
     deltas = {"token_delta": token_delta, "request_delta": request_delta, "generation": generation}
     if not _batched():
-        await aquota_settle_in_thread(organization_id, period=period, **deltas)
+        await counter.asettle_in_thread(organization_id, period=period, **deltas)
         return
     if leased and lease.settle(organization_id, period, **deltas):
         return
@@ -136,12 +97,10 @@ async def aquota_settle(
         await asyncio.shield(waiter)
 
 
-def far_from_quota(
-    organization_id: int, *, request_limit: int | None, token_limit: int | None, tokens: int
-) -> bool:
+def far_from_quota(ask: QuotaAsk) -> bool:
     """Whether this process last saw the organization far from its quota (PostgreSQL; False
     elsewhere): the gateway then asks the quota alongside the key's rate limits."""
-    return _batched() and lease.far_from_quota(organization_id, request_limit, token_limit, tokens)
+    return _batched() and lease.far_from_quota(ask)
 
 
 async def aflush(*, leases: bool = False) -> None:

@@ -8,7 +8,7 @@ from metering.selectors.usage import month_period, usage_totals
 
 WINDOW_LIMITS = ("requests_per_minute", "requests_per_day", "tokens_per_minute", "tokens_per_day")
 QUOTA_LIMITS = ("monthly_request_quota", "monthly_token_quota")
-BURST_LIMITS = ("burst_requests", "burst_tokens")  # metering/limiter.py: only with a burst
+BURST_LIMITS = ("burst_requests", "burst_tokens")  # metering/limiter/windows.py: only with a burst
 
 
 def key_windows(context) -> list:

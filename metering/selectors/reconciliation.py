@@ -1,18 +1,11 @@
 """`usage_reconcile`: do the monthly quota counters and the usage rollups agree with the usage
-events? (manage.py reconcile_usage). Reads only. The rollups must equal the month's events
-exactly, hourly and daily (requests, refused, tokens, cost): `rollup_<granularity>_<figure>`.
+events? (manage.py reconcile_usage). Reads only.
 
-Per organization and month: the counter's requests and tokens against the month's billable
-usage events in the database (since the counter's last reset, when it was reset). They agree
-once every event is stored and settled (while the usage stream has a backlog they differ by
-those requests for a few seconds). A lease out, or lost with a killed process
-(metering/quota/lease.py), is in the counter's leased_requests / leased_tokens, of which only
-the part it admitted has events: then the events must lie between the counter without the
-leased part and the counter. An organization without a counter row agrees with no billable
-events, unless its plan has no quota (then nothing counts its requests).
-
-The dead-letter stream (with Redis): every entry there is an event that is not stored, so it
-is a difference too, listed.
+The rollups must equal the month's events exactly, hourly and daily. A counter must equal the
+month's billable events since its last reset, give or take the part of leases out (or lost with
+a killed process) that admitted nothing; an organization without a counter row agrees with no
+billable events unless its plan has no quota. Every dead-letter entry is a difference too.
+The rules in full: docs/usage-events.md ("Reconciliation").
 """
 
 import json
@@ -156,70 +149,27 @@ def usage_reconcile(
     (module docstring), for one organization or all."""
     start, end = month_period(month)
     period = start.date()
+    scope = Q(organization=organization) if organization is not None else Q()
     counters = {
         counter.organization_id: counter
-        for counter in QuotaCounter.objects.filter(period=period).filter(
-            Q(organization=organization) if organization is not None else Q()
-        )
+        for counter in QuotaCounter.objects.filter(period=period).filter(scope)
     }
     organizations = Organization.objects.select_related("plan").order_by("slug")
     if organization is not None:
         organizations = organizations.filter(pk=organization.pk)
     with_events = set(
         UsageEvent.objects.filter(billable=True, created_at__gte=start, created_at__lt=end)
-        .filter(Q(organization=organization) if organization is not None else Q())
+        .filter(scope)
         .order_by()
         .values_list("organization_id", flat=True)
         .distinct()
     )
     organizations = [org for org in organizations if org.pk in counters or org.pk in with_events]
     resets = _resets(period, set(counters))
-    results = []
-    for org in organizations:
-        counter = counters.get(org.pk)
-        since = resets.get(org.pk) if counter is not None and counter.generation else None
-        requests, tokens = _billable(org.pk, since or start, end)
-        plan = org.plan
-        has_quota = plan is not None and any(
-            limit is not None for limit in org.quota_limits(plan).values()
-        )
-        month_result = OrganizationMonth(
-            organization=org.slug,
-            period=f"{period:%Y-%m}",
-            counter=None,
-            events={
-                "requests": requests,
-                "tokens": tokens,
-                "since": (since or start).isoformat(),
-            },
-        )
-        # The rollups that every usage figure reads hold exactly the month's events.
-        month_result.differences += [
-            Difference(name, rollup, events_figure)
-            for name, rollup, events_figure in rollup_differences(
-                organization_id=org.pk, start=start, end=end
-            )
-        ]
-        if counter is None:
-            if has_quota and requests:
-                month_result.differences.append(Difference("requests", 0, requests))
-            results.append(month_result)
-            continue
-        month_result.counter = {
-            "requests": counter.requests,
-            "tokens": counter.tokens,
-            "leased_requests": counter.leased_requests,
-            "leased_tokens": counter.leased_tokens,
-            "generation": counter.generation,
-        }
-        for name, events_figure in (("requests", requests), ("tokens", tokens)):
-            total = getattr(counter, name)
-            leased = getattr(counter, f"leased_{name}")
-            # Of a lease out (or lost with its process), the requests it admitted have events
-            # and the rest does not: the events lie between the counter without it and with it.
-            if not total - leased <= events_figure <= total:
-                month_result.differences.append(Difference(name, total - leased, events_figure))
-        results.append(month_result)
+    results = [
+        _organization_month(org, counters.get(org.pk), resets, period, start, end)
+        for org in organizations
+    ]
     dead, backlog = (None, None)
     if settings.REDIS_URL:
         dead, backlog = _dead_letters(organization)
@@ -229,3 +179,45 @@ def usage_reconcile(
         dead_letters=dead,
         stream_backlog=backlog,
     )
+
+
+def _organization_month(org, counter, resets, period: date, start, end) -> "OrganizationMonth":
+    """One organization's month: its counter against its billable events, and its rollups."""
+    since = resets.get(org.pk) if counter is not None and counter.generation else None
+    requests, tokens = _billable(org.pk, since or start, end)
+    plan = org.plan
+    has_quota = plan is not None and any(
+        limit is not None for limit in org.quota_limits(plan).values()
+    )
+    month_result = OrganizationMonth(
+        organization=org.slug,
+        period=f"{period:%Y-%m}",
+        counter=None,
+        events={"requests": requests, "tokens": tokens, "since": (since or start).isoformat()},
+    )
+    # The rollups that every usage figure reads hold exactly the month's events.
+    month_result.differences += [
+        Difference(name, rollup, events_figure)
+        for name, rollup, events_figure in rollup_differences(
+            organization_id=org.pk, start=start, end=end
+        )
+    ]
+    if counter is None:
+        if has_quota and requests:
+            month_result.differences.append(Difference("requests", 0, requests))
+        return month_result
+    month_result.counter = {
+        "requests": counter.requests,
+        "tokens": counter.tokens,
+        "leased_requests": counter.leased_requests,
+        "leased_tokens": counter.leased_tokens,
+        "generation": counter.generation,
+    }
+    for name, events_figure in (("requests", requests), ("tokens", tokens)):
+        total = getattr(counter, name)
+        leased = getattr(counter, f"leased_{name}")
+        # Of a lease out (or lost with its process), the requests it admitted have events
+        # and the rest does not: the events lie between the counter without it and with it.
+        if not total - leased <= events_figure <= total:
+            month_result.differences.append(Difference(name, total - leased, events_figure))
+    return month_result

@@ -13,7 +13,8 @@ from aibaas.operators.services import ORGANIZATION_CLOSED, PLAN_MANAGED_BY_STRIP
 from billing.models import BillingAccount, Plan
 from keys.models import ApiKey
 from keys.services import api_key_create
-from metering.quota import quota_admit
+from metering.quota import QuotaAsk
+from metering.quota import counter as quota_counter
 from tests.factories import MembershipFactory, UserFactory
 from tests.keys.test_apis import csrf_session_client, error_of, jwt_pair
 
@@ -118,7 +119,7 @@ def test_an_operator_creates_updates_lists_and_resets_a_tenant(kind, staff, capl
     assert (limits["monthly_request_quota"], limits["monthly_token_quota"]) == (1234, 0)
 
     organization = Organization.objects.get(slug=slug)
-    quota_admit(organization.pk, request_limit=1234, token_limit=None, tokens=70)
+    quota_counter.admit(QuotaAsk(organization.pk, request_limit=1234, token_limit=None, tokens=70))
     listed = caller.get(BASE, limit=500).json()
     row = next(r for r in listed["results"] if r["slug"] == slug)
     assert (row["usage"]["requests"], row["usage"]["tokens"]) == (1, 70)

@@ -125,6 +125,47 @@ def test_a_retry_of_a_request_stripe_already_took_bills_nothing_twice(metered, s
     assert MeterReport.objects.get().status == "sent"
 
 
+def test_a_report_retried_after_stripe_forgot_its_idempotency_key_bills_nothing_twice(
+    metered, stripe_online
+):
+    # Stripe took the event, but the answer was lost (a timeout): the row is failed. The retries
+    # go on failing for more than a day, past the 24 hours in which Stripe would have answered a
+    # resend with its first answer: a plain resend would be a second event, billed twice.
+    start = _hour(timezone.now())
+    _use(metered, start + timedelta(minutes=1), 700)
+    sent_at = start + timedelta(hours=1, minutes=10)
+    with time_machine.travel(sent_at):
+        report_usage_to_stripe.delay().get()
+    MeterReport.objects.update(status="failed", next_attempt_at=sent_at, last_error="timeout")
+
+    with time_machine.travel(sent_at + timedelta(hours=30)):
+        report_usage_to_stripe.delay().get()
+
+    assert [e["payload"]["value"] for e in stripe_online.fake.meter_events.values()] == ["700"]
+    report = MeterReport.objects.get(tokens=700)  # the later hours are empty
+    assert (report.status, report.last_error) == ("sent", "found at Stripe: not sent again")
+    assert _reconcile()[0] == 0
+
+
+def test_a_report_first_failing_for_more_than_a_day_is_sent_once_stripe_is_back(
+    metered, stripe_online
+):
+    start = _hour(timezone.now())
+    _use(metered, start + timedelta(minutes=1), 900)
+    sent_at = start + timedelta(hours=1, minutes=10)
+    with time_machine.travel(sent_at):
+        stripe_online.fake.failures_left = 3  # the first send and the library's 2 retries
+        report_usage_to_stripe.delay().get()
+    assert MeterReport.objects.get().status == "failed"
+
+    with time_machine.travel(sent_at + timedelta(hours=30)):  # Stripe never had it: send it
+        report_usage_to_stripe.delay().get()
+
+    assert [e["payload"]["value"] for e in stripe_online.fake.meter_events.values()] == ["900"]
+    assert MeterReport.objects.get(tokens=900).status == "sent"
+    assert _reconcile()[0] == 0
+
+
 def test_an_hour_is_reported_only_once_it_has_settled(metered, settings):
     settings.BILLING_METER_SETTLE_SECONDS = 300
     start = _hour(timezone.now())

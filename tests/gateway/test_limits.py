@@ -17,7 +17,7 @@ from accounts.models import AuditEvent
 from billing.models import Plan
 from keys import verification
 from keys.services import api_key_create
-from metering import admission, ip_limit, limiter
+from metering import ip_limit, limiter, refusals
 from metering.models import QuotaCounter, UsageEvent
 from tests.factories import AIModelFactory, MembershipFactory
 from tests.gateway.asgi_client import AsgiTestClient
@@ -39,9 +39,9 @@ OPENAI_HEADERS = tuple(
 def _fresh_limits():
     limiter.reset_state()
     ip_limit.reset_state()
-    admission.reset_audit_dedup()
+    refusals.reset_audit_dedup()
     yield
-    admission.flush_audit()
+    refusals.flush_audit()
     limiter.reset_state()
     ip_limit.reset_state()
 
@@ -186,7 +186,7 @@ def test_refusals_are_audited_once_per_key_and_minute(client):
     raw, org = key_for(requests_per_minute=1)
     chat(client, raw)
     assert [chat(client, raw).status_code for _ in range(3)] == [429, 429, 429]
-    admission.flush_audit()
+    refusals.flush_audit()
     events = list(AuditEvent.objects.filter(organization=org, action="rate_limit.refused"))
     assert len(events) == 1
     assert events[0].metadata["code"] == "rate_limit_exceeded"
@@ -275,7 +275,7 @@ def test_key_info_with_a_burst_shows_the_enforced_minute_limits_and_the_burst_wi
     used = sum(chat(client, raw).json()["usage"]["total_tokens"] for _ in range(2))
     info = client.get("/v1/key", HTTP_AUTHORIZATION=f"Bearer {raw}").json()
     limits, remaining, reset = info["limits"], info["remaining"], info["reset_seconds"]
-    # The limits the limiter enforces (metering/limiter.py: limits_for): the per-minute limits
+    # The limits the limiter enforces (metering/limiter: limits_for): the per-minute limits
     # raised by 50 %, and the 10 s burst windows at that rate pro rata, ceil(90 x 10 / 60).
     assert (limits["requests_per_minute"], limits["tokens_per_minute"]) == (90, 9_000)
     assert (limits["burst_requests"], limits["burst_tokens"]) == (15, 1_500)

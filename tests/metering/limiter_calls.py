@@ -40,7 +40,7 @@ async def asettle_now(
     with, or its timer's (tests move the clock; the timer would send it at the real time)."""
     args = limiter._settle_args(key_id, limits, admitted_at_ms, token_delta, request_delta, now_ms)
     if args is not None:
-        await limiter._arun(key_id, *args)
+        await limiter.backend.arun(key_id, *args)
 
 
 def settle(key_id, limits, **kwargs) -> None:

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from accounts.actors import Actor
 from billing.models import Plan
 from keys.services import api_key_create
-from metering import admission, limiter
+from metering import limiter, refusals
 from metering.models import QuotaCounter, UsageEvent
 from metering.quota import quota_usage
 from tests.factories import AIModelFactory, MembershipFactory, ModelPriceFactory
@@ -27,9 +27,9 @@ HELLO = {"model": "demo-chat", "messages": [{"role": "user", "content": "Hi"}]}
 @pytest.fixture(autouse=True)
 def _fresh_limits():
     limiter.reset_state()
-    admission.reset_audit_dedup()
+    refusals.reset_audit_dedup()
     yield
-    admission.flush_audit()
+    refusals.flush_audit()
     limiter.reset_state()
 
 

@@ -1,4 +1,4 @@
-"""The sliding-window rate limiter (metering/limiter.py), on both backends: in the process (no
+"""The sliding-window rate limiter (metering/limiter/), on both backends: in the process (no
 REDIS_URL) and on Redis (the server of REDIS_URL, or a private redis-server for round trips and
 outages). Time is shifted through `now_ms`; every test has its own key id.
 """
@@ -283,7 +283,9 @@ def test_an_async_settlement_rides_with_the_next_call_or_goes_by_itself_soon(key
         second = await calls.acheck(key_id, limits, tokens=50, now_ms=now + 1)
         # The settlement went with the second check, before it was counted.
         await limiter.asettle(key_id, limits, admitted_at_ms=second.at_ms, token_delta=-20)
-        await asyncio.sleep(limiter.SETTLE_DELAY_SECONDS + 0.2)  # no call comes: sent alone
+        await asyncio.sleep(
+            limiter.settlements.SETTLE_DELAY_SECONDS + 0.2
+        )  # no call comes: sent alone
         return pending, second.windows[0].used, int(redis_client().hget(tokens_key, "t"))
 
     pending, after_second, after_timer = asyncio.run(run())
@@ -303,15 +305,15 @@ def test_a_pending_settlement_waits_out_a_redis_outage(settings, key_id, caplog)
         decision = await calls.acheck(key_id, limits, tokens=300)
         await limiter.asettle(key_id, limits, admitted_at_ms=decision.at_ms, token_delta=-250)
         settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-        await asyncio.sleep(limiter.SETTLE_DELAY_SECONDS + 0.2)  # its own call fails
-        still_pending = key_id in limiter._pending.keys
+        await asyncio.sleep(limiter.settlements.SETTLE_DELAY_SECONDS + 0.2)  # its own call fails
+        still_pending = key_id in limiter.pending.keys
         settings.REDIS_URL = good_url
         await asyncio.sleep(0.2)  # the breaker's retry interval
         return still_pending, await calls.apeek(key_id, limits)
 
     still_pending, windows = asyncio.run(run())
     assert still_pending
-    assert key_id not in limiter._pending.keys
+    assert key_id not in limiter.pending.keys
     assert [w.used for w in windows] == [50]
 
 
@@ -476,11 +478,11 @@ def test_the_local_backend_drops_idle_keys_and_stays_bounded(settings, monkeypat
     settings.REDIS_URL = ""
     calls.check("idle", [rpm(5)], now_ms=T0)
     calls.check("busy", [rpm(5)], now_ms=T0 + MINUTE + 1_000)
-    assert set(limiter._local.keys) == {"busy"}
-    monkeypatch.setattr(limiter, "LOCAL_MAX_KEYS", 10)
+    assert set(limiter.store.keys) == {"busy"}
+    monkeypatch.setattr(limiter.local, "LOCAL_MAX_KEYS", 10)
     for i in range(50):
         calls.check(f"k{i}", [rpm(5)], now_ms=T0 + 2 * MINUTE)
-    assert len(limiter._local.keys) == 10
+    assert len(limiter.store.keys) == 10
     assert limiter.backend_status() == {
         "backend": "local",
         "redis_down_since": None,
@@ -721,7 +723,7 @@ def test_a_redis_outage_falls_back_to_limiting_per_process_and_recovers(settings
             "fallbacks": 9,
         }
         assert any("Redis reachable again" in r.getMessage() for r in caplog.records)
-        assert limiter._local.keys == {}
+        assert limiter.store.keys == {}
         limiter.reset("out")
 
 
@@ -734,10 +736,10 @@ def test_the_servers_shutdown_sends_the_settlements_still_pending(key_id):
     async def run():
         decision = await calls.acheck(key_id, limits, tokens=300)
         await limiter.asettle(key_id, limits, admitted_at_ms=decision.at_ms, token_delta=-200)
-        pending = key_id in limiter._pending.keys
+        pending = key_id in limiter.pending.keys
         await shutdown()  # before the settlement's own timer
         return pending
 
     assert asyncio.run(run())
-    assert key_id not in limiter._pending.keys
+    assert key_id not in limiter.pending.keys
     assert [w.used for w in limiter.peek(key_id, limits)] == [100]

@@ -1,4 +1,4 @@
-"""The monthly quota (metering/quota.py): one conditional UPDATE per admission, lazy rollover,
+"""The monthly quota (metering/quota/): one conditional UPDATE per admission, lazy rollover,
 settlement, failure modes, the reset service, `manage.py reset_usage` and the admin actions.
 
 The concurrency tests need PostgreSQL (row locks, many connections); they skip without it.
@@ -23,15 +23,15 @@ from accounts.actors import Actor
 from accounts.models import AuditEvent
 from metering.models import QuotaCounter
 from metering.quota import (
+    QuotaAsk,
     QuotaUnavailable,
-    aquota_admit,
+    aquota_admit_start,
     aquota_settle,
     period_for,
-    quota_admit,
     quota_reset,
-    quota_settle,
     quota_usage,
 )
+from metering.quota import counter as quota_counter
 from tests.factories import OrganizationFactory
 
 NOV = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
@@ -41,8 +41,8 @@ DEC_1 = date(2026, 12, 1)
 
 
 def admit(org, now=NOV, requests=None, tokens_limit=None, tokens=0):
-    return quota_admit(
-        org.pk, request_limit=requests, token_limit=tokens_limit, tokens=tokens, now=now
+    return quota_counter.admit(
+        QuotaAsk(org.pk, request_limit=requests, token_limit=tokens_limit, tokens=tokens, now=now)
     )
 
 
@@ -249,35 +249,35 @@ def test_a_refusal_says_retry_in_seconds_only_when_leases_hold_the_room(
 
 def test_settle_moves_tokens_up_and_down_never_below_zero(org):
     decision = admit(org, tokens_limit=1000, tokens=100)
-    quota_settle(org.pk, period=decision.period, token_delta=+25)
+    quota_counter.settle(org.pk, period=decision.period, token_delta=+25)
     assert counter(org) == (1, 125)
-    quota_settle(org.pk, period=decision.period, token_delta=-60)
+    quota_counter.settle(org.pk, period=decision.period, token_delta=-60)
     assert counter(org) == (1, 65)
-    quota_settle(org.pk, period=decision.period, token_delta=-1000)
+    quota_counter.settle(org.pk, period=decision.period, token_delta=-1000)
     assert counter(org) == (1, 0)
 
 
 def test_release_gives_back_a_request_refused_later(org):
     admit(org, requests=1, tokens=30)
     decision = admit(org, now=NOV, requests=2, tokens=30)
-    quota_settle(org.pk, period=decision.period, request_delta=-1, token_delta=-30)
+    quota_counter.settle(org.pk, period=decision.period, request_delta=-1, token_delta=-30)
     assert counter(org) == (1, 30)
     assert admit(org, requests=2).allowed  # the released slot is free again
-    quota_settle(org.pk, period=NOV_1, request_delta=-5)
+    quota_counter.settle(org.pk, period=NOV_1, request_delta=-5)
     assert counter(org) == (0, 30)
 
 
 def test_settle_goes_to_the_month_the_request_was_admitted_in(org):
     november = admit(org, now=datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC), requests=5, tokens=10)
     admit(org, now=DEC, requests=5, tokens=10)
-    quota_settle(org.pk, period=november.period, token_delta=90)
+    quota_counter.settle(org.pk, period=november.period, token_delta=90)
     assert counter(org, NOV_1) == (1, 100)
     assert counter(org, DEC_1) == (1, 10)
 
 
 def test_settle_of_nothing_runs_no_sql(org, django_assert_num_queries):
     with django_assert_num_queries(0):
-        quota_settle(org.pk, period=NOV_1)
+        quota_counter.settle(org.pk, period=NOV_1)
 
 
 # --- the database fails -------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def test_database_error_refuses_by_default(org, settings, caplog, fail_queries):
 
 
 def test_quota_unavailable_is_a_503_with_retry_after_in_the_openai_shape():
-    from metering.quota.counter import QUOTA_UNAVAILABLE, QUOTA_UNAVAILABLE_RETRY_SECONDS
+    from metering.quota.decision import QUOTA_UNAVAILABLE, QUOTA_UNAVAILABLE_RETRY_SECONDS
 
     error = QuotaUnavailable("connection refused")
     assert error.status == 503
@@ -319,7 +319,7 @@ def test_database_error_admits_unmetered_when_fail_open(org, settings, caplog, f
 
 def test_settle_error_is_quota_unavailable(org, fail_queries):
     with pytest.raises(QuotaUnavailable):
-        quota_settle(org.pk, period=NOV_1, token_delta=5)
+        quota_counter.settle(org.pk, period=NOV_1, token_delta=5)
 
 
 # --- async --------------------------------------------------------------------------------------
@@ -343,11 +343,19 @@ def run_async(coroutine_function, workers: int = 8):
 @pytest.mark.django_db(transaction=True)
 def test_aquota_admit_and_settle_from_the_event_loop(org):
     async def scenario():
-        first = await aquota_admit(org.pk, request_limit=2, token_limit=None, tokens=10, now=NOV)
+        first = await aquota_admit_start(
+            QuotaAsk(org.pk, request_limit=2, token_limit=None, tokens=10, now=NOV)
+        )
         await aquota_settle(org.pk, period=first.period, token_delta=5)
-        second = await aquota_admit(org.pk, request_limit=2, token_limit=None, now=NOV)
-        third = await aquota_admit(org.pk, request_limit=2, token_limit=None, now=NOV)
-        unlimited = await aquota_admit(org.pk, request_limit=None, token_limit=None, now=NOV)
+        second = await aquota_admit_start(
+            QuotaAsk(org.pk, request_limit=2, token_limit=None, now=NOV)
+        )
+        third = await aquota_admit_start(
+            QuotaAsk(org.pk, request_limit=2, token_limit=None, now=NOV)
+        )
+        unlimited = await aquota_admit_start(
+            QuotaAsk(org.pk, request_limit=None, token_limit=None, now=NOV)
+        )
         return first, second, third, unlimited
 
     first, second, third, unlimited = run_async(scenario, workers=2)
@@ -362,7 +370,10 @@ def test_aquota_admit_and_settle_from_the_event_loop(org):
 def test_50_concurrent_async_admissions_on_a_quota_of_20_admit_exactly_20(org):
     async def scenario():
         return await asyncio.gather(
-            *(aquota_admit(org.pk, request_limit=20, token_limit=None, tokens=1) for _ in range(50))
+            *(
+                aquota_admit_start(QuotaAsk(org.pk, request_limit=20, token_limit=None, tokens=1))
+                for _ in range(50)
+            )
         )
 
     decisions = run_async(scenario, workers=16)
@@ -388,7 +399,9 @@ def admit_concurrently(org, **limits) -> list:
     def work() -> None:
         try:
             barrier.wait(timeout=30)
-            mine = [quota_admit(org.pk, now=NOV, **limits) for _ in range(PER_THREAD)]
+            mine = [
+                quota_counter.admit(QuotaAsk(org.pk, now=NOV, **limits)) for _ in range(PER_THREAD)
+            ]
             with lock:
                 results.extend(mine)
         finally:

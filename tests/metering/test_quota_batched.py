@@ -14,9 +14,10 @@ from django.db import connection, connections
 
 from metering.models import QuotaCounter
 from metering.quota import (
+    QuotaAsk,
     QuotaUnavailable,
     aflush,
-    aquota_admit,
+    aquota_admit_start,
     aquota_settle,
     batched,
 )
@@ -37,19 +38,19 @@ def counter(org, period=NOV_1):
 def statements(monkeypatch):
     """The statements the quota's connections run, as they run (an observer, not a stand-in)."""
     seen: list[str] = []
-    real = batched._Connections.fetchone
+    real = batched.Connections.fetchone
 
     async def fetchone(self, statement, params):
-        seen.append("admit" if statement is batched._STATEMENT else "insert")
+        seen.append("admit" if statement is batched.STATEMENT else "insert")
         return await real(self, statement, params)
 
-    monkeypatch.setattr(batched._Connections, "fetchone", fetchone)
+    monkeypatch.setattr(batched.Connections, "fetchone", fetchone)
     return seen
 
 
 def admit(org, *, requests=None, tokens_limit=None, tokens=1, now=NOV):
-    return aquota_admit(
-        org.pk, request_limit=requests, token_limit=tokens_limit, tokens=tokens, now=now
+    return aquota_admit_start(
+        QuotaAsk(org.pk, request_limit=requests, token_limit=tokens_limit, tokens=tokens, now=now)
     )
 
 
@@ -277,14 +278,14 @@ def test_aclose_flushes_and_closes_the_loops_connections(org):
 def ask(org, *, requests=None, tokens_limit=None, tokens=1):
     """An admission queued with the combiner itself (no lease), now: its future."""
     return batched.admit_start(
-        org.pk, request_limit=requests, token_limit=tokens_limit, tokens=tokens, now=NOV
+        QuotaAsk(org.pk, request_limit=requests, token_limit=tokens_limit, tokens=tokens, now=NOV)
     )
 
 
 def test_a_settlement_is_applied_once_when_a_later_statement_of_its_flush_fails(org, monkeypatch):
     """A plan change splits a flush in two statements; the settlements ride with the first.
     When the second fails, they are not sent again with the organization's next statement."""
-    real = batched._Connections.fetchone
+    real = batched.Connections.fetchone
     calls = {"made": 0, "fail": None}
 
     async def fetchone(self, statement, params):
@@ -293,7 +294,7 @@ def test_a_settlement_is_applied_once_when_a_later_statement_of_its_flush_fails(
             raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
         return await real(self, statement, params)
 
-    monkeypatch.setattr(batched._Connections, "fetchone", fetchone)
+    monkeypatch.setattr(batched.Connections, "fetchone", fetchone)
 
     async def scenario():
         first = await ask(org, requests=10, tokens=1000)

@@ -14,7 +14,15 @@ from django.db import connections
 from django.db.models import F
 
 from metering.models import QuotaCounter
-from metering.quota import QuotaUnavailable, aflush, aquota_admit, aquota_settle, batched, lease
+from metering.quota import (
+    QuotaAsk,
+    QuotaUnavailable,
+    aflush,
+    aquota_admit_start,
+    aquota_settle,
+    batched,
+    lease,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -32,15 +40,15 @@ def statements(monkeypatch):
     """The asks the quota's statements carried, (requests, tokens) each, as they ran (a
     month's first statement, which finds no row yet and runs again, is seen once)."""
     seen: list[list[tuple[int, int]]] = []
-    real = batched._Connections.fetchone
+    real = batched.Connections.fetchone
 
     async def fetchone(self, statement, params):
         row = await real(self, statement, params)
-        if statement is batched._STATEMENT and params["counts"] and row is not None:
+        if statement is batched.STATEMENT and params["counts"] and row is not None:
             seen.append(list(zip(params["counts"], params["estimates"], strict=True)))
         return row
 
-    monkeypatch.setattr(batched._Connections, "fetchone", fetchone)
+    monkeypatch.setattr(batched.Connections, "fetchone", fetchone)
     return seen
 
 
@@ -64,8 +72,8 @@ async def until(condition, timeout: float = 10.0) -> None:
 
 
 def admit(org, *, requests=None, tokens_limit=None, tokens=10):
-    return aquota_admit(
-        org.pk, request_limit=requests, token_limit=tokens_limit, tokens=tokens, now=NOV
+    return aquota_admit_start(
+        QuotaAsk(org.pk, request_limit=requests, token_limit=tokens_limit, tokens=tokens, now=NOV)
     )
 
 
@@ -341,17 +349,17 @@ def slow_reservations(monkeypatch):
     organization's row); the asks statements carried are recorded as they ran, as by
     `statements`."""
     seen: list[list[tuple[int, int]]] = []
-    real = batched._Connections.fetchone
+    real = batched.Connections.fetchone
 
     async def fetchone(self, statement, params):
         if any(params.get("lcounts", ())):
             await asyncio.sleep(0.6)
         row = await real(self, statement, params)
-        if statement is batched._STATEMENT and params["counts"] and row is not None:
+        if statement is batched.STATEMENT and params["counts"] and row is not None:
             seen.append(list(zip(params["counts"], params["estimates"], strict=True)))
         return row
 
-    monkeypatch.setattr(batched._Connections, "fetchone", fetchone)
+    monkeypatch.setattr(batched.Connections, "fetchone", fetchone)
     return seen
 
 
@@ -406,13 +414,13 @@ def test_requests_waiting_for_a_reservation_that_failed_fail_with_it_at_once(
     settings.QUOTA_FAIL_OPEN = fail_open
     settings.QUOTA_DB_TIMEOUT_SECONDS = 1
     tried: list[str] = []
-    real = batched._Connections.fetchone
+    real = batched.Connections.fetchone
 
     async def fetchone(self, statement, params):
         tried.append("statement")
         return await real(self, statement, params)
 
-    monkeypatch.setattr(batched._Connections, "fetchone", fetchone)
+    monkeypatch.setattr(batched.Connections, "fetchone", fetchone)
     database = connections["default"].settings_dict
     saved = database["PORT"]
 

@@ -15,14 +15,14 @@ from django.db import connections
 from accounts.actors import Actor
 from metering.models import QuotaCounter
 from metering.quota import (
+    QuotaAsk,
     aflush,
-    aquota_admit,
+    aquota_admit_start,
     aquota_settle,
     lease,
-    quota_admit,
     quota_reset,
-    quota_settle,
 )
+from metering.quota import counter as quota_counter
 
 NOV = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 NOV_1 = date(2026, 11, 1)
@@ -67,7 +67,9 @@ def in_thread(function):
 
 
 def admit(org, *, requests=100_000, tokens=10):
-    return aquota_admit(org.pk, request_limit=requests, token_limit=None, tokens=tokens, now=NOV)
+    return aquota_admit_start(
+        QuotaAsk(org.pk, request_limit=requests, token_limit=None, tokens=tokens, now=NOV)
+    )
 
 
 # --- settlements ------------------------------------------------------------------------------
@@ -75,17 +77,19 @@ def admit(org, *, requests=100_000, tokens=10):
 
 @pytest.mark.django_db
 def test_a_settlement_of_a_request_counted_before_a_reset_leaves_the_new_counter_alone(org):
-    before = quota_admit(org.pk, request_limit=10, token_limit=None, tokens=100)
+    before = quota_counter.admit(QuotaAsk(org.pk, request_limit=10, token_limit=None, tokens=100))
     reset(org)
-    after = quota_admit(org.pk, request_limit=10, token_limit=None, tokens=100)
+    after = quota_counter.admit(QuotaAsk(org.pk, request_limit=10, token_limit=None, tokens=100))
     assert (before.generation, after.generation) == (0, 1)
 
     # The first request used 10 tokens, not 100: its 90 were forgiven with the reset already.
-    quota_settle(org.pk, period=NOV_1, token_delta=-90, generation=before.generation)
+    quota_counter.settle(org.pk, period=NOV_1, token_delta=-90, generation=before.generation)
     assert counter(org) == (1, 100, 1)
-    quota_settle(org.pk, period=NOV_1, token_delta=-60, generation=after.generation)
+    quota_counter.settle(org.pk, period=NOV_1, token_delta=-60, generation=after.generation)
     assert counter(org) == (1, 40, 1)
-    quota_settle(org.pk, period=NOV_1, token_delta=5)  # no generation: whatever the row holds
+    quota_counter.settle(
+        org.pk, period=NOV_1, token_delta=5
+    )  # no generation: whatever the row holds
     assert counter(org) == (1, 45, 1)
 
 
@@ -118,7 +122,9 @@ def test_a_lease_given_back_after_a_reset_leaves_the_new_counter_alone(org):
     def reset_then_admit_ten():
         reset(org)
         for _ in range(10):
-            quota_admit(org.pk, request_limit=100_000, token_limit=None, tokens=10)
+            quota_counter.admit(
+                QuotaAsk(org.pk, request_limit=100_000, token_limit=None, tokens=10)
+            )
 
     async def scenario():
         await admit(org)

@@ -164,7 +164,7 @@ def test_shutdown_settles_an_admission_whose_client_hung_up(make_key, org, setti
     settling = asyncio.run(run())
     assert settling  # the settlement runs in the registry's task...
     assert all(task.done() for task in settling)  # ...which the shutdown waited for
-    assert context.key_id not in limiter._pending.keys  # sent by the shutdown, not left behind
+    assert context.key_id not in limiter.pending.keys  # sent by the shutdown, not left behind
     windows = {w.limit.name: w.used for w in limiter.peek(context.key_id, limits)}
     assert windows["tokens_per_minute"] == 0
     limiter.reset(context.key_id)

@@ -21,7 +21,7 @@ from django.test import Client
 from accounts.actors import Actor
 from billing.models import Plan
 from keys.services import api_key_create
-from metering import admission, ip_limit, limiter
+from metering import ip_limit, limiter, refusals
 from metering.limiter import DAY_MS, MINUTE_MS, Limit
 from tests.factories import AIModelFactory, MembershipFactory, UserFactory
 from tests.gateway.asgi_client import AsgiTestClient
@@ -38,9 +38,9 @@ HELLO = {"model": "demo-chat", "messages": [{"role": "user", "content": "Hi"}]}
 def _fresh_limits():
     limiter.reset_state()
     ip_limit.reset_state()
-    admission.reset_audit_dedup()
+    refusals.reset_audit_dedup()
     yield
-    admission.flush_audit()
+    refusals.flush_audit()
     limiter.reset_state()
     ip_limit.reset_state()
 

@@ -5,7 +5,8 @@ that reaches the table has settled (issue 10, item 3)."""
 import pytest
 
 from metering.models import QuotaCounter, UsageEvent
-from metering.quota import quota_admit, quota_reset
+from metering.quota import QuotaAsk, quota_reset
+from metering.quota import counter as quota_counter
 from metering.services import GROUP, usage_drain, usage_record
 from metering.usage.events import ENTRY_FIELD
 from tests.metering.conftest import emit, make_event
@@ -21,8 +22,8 @@ def admitted(issued, count: int, **fields):
     organization_id = issued.api_key.organization_id
     events = []
     for i in range(count):
-        decision = quota_admit(
-            organization_id, request_limit=1_000, token_limit=1_000_000, tokens=ESTIMATE
+        decision = quota_counter.admit(
+            QuotaAsk(organization_id, request_limit=1_000, token_limit=1_000_000, tokens=ESTIMATE)
         )
         assert decision.allowed
         events.append(
