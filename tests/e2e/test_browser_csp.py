@@ -191,3 +191,14 @@ def test_swagger_ui_shows_the_operations_under_the_policy(csp_web):
     csp_web.find(".opblock-summary").click()
     csp_web.wait(lambda d: csp_web.find_all(".opblock-body"), "the operation did not open")
     assert violations(csp_web) == []
+
+
+def test_pages_name_their_icon_so_the_browser_asks_for_no_missing_favicon_ico(csp_web):
+    """Without a <link rel="icon">, Chromium asks for /favicon.ico and logs its 404 as an error
+    on every page."""
+    visit(csp_web, "/accounts/login/")
+    href = csp_web.js("return document.querySelector('link[rel=icon]').href;")
+    response = httpx.get(href)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("image/svg+xml")
+    assert "<svg" in response.text
