@@ -89,6 +89,8 @@ def test_create_shows_the_raw_key_once_and_never_again(dashboard, org):
     raw = shown_key(response)
     assert "no-store" in response["Cache-Control"]
     assert "You will not see it again" in response.content.decode()
+    # The snippets read the key from the environment: the page says how to put it there.
+    assert "export AIBAAS_API_KEY=sk_live_…" in response.content.decode()
     key = ApiKey.objects.get()
     assert key_format.parse(raw).key_id == key.key_id
     assert key.organization == org
