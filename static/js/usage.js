@@ -26,6 +26,15 @@
     return splits.map(function (v) { return v.toFixed(decimals); });
   }
 
+  // Half a bucket of room at each end, so the first and last bars are drawn whole.
+  var xScale = {
+    time: true,
+    range: function (u, min, max) {
+      var half = (hourly ? 3600 : DAY) / 2;
+      return [min - half, max + half];
+    },
+  };
+
   function timeAxis() {
     return {
       incrs: timeIncrs,
@@ -74,7 +83,7 @@
     return new uPlot({
       width: width(figure), height: 220,
       series: series,
-      scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } } },
+      scales: { x: xScale, y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } } },
       axes: [timeAxis(), { size: 60, values: valueTicks }],
       cursor: { drag: { x: false, y: false } },
     }, columns, figure.querySelector(".chart-canvas"));
@@ -90,7 +99,7 @@
         { label: "p95 ms", stroke: "#f59e0b", width: 2, scale: "ms", spanGaps: false },
         { label: "error rate %", stroke: "#ef4444", width: 1, dash: [4, 4], scale: "pct" },
       ],
-      scales: { x: { time: true }, pct: { range: [0, 100] } },
+      scales: { x: xScale, pct: { range: [0, 100] } },
       axes: [timeAxis(), { scale: "ms", size: 60, values: valueTicks }, { scale: "pct", side: 1, grid: { show: false } }],
     }, [data.buckets, l.p50, l.p95, l.error_rate], figure.querySelector(".chart-canvas"));
   }

@@ -185,6 +185,14 @@ def test_charts_tables_and_v1_usage_agree_and_filters_change_them(web, used_orga
     for chart in CHARTS:
         for axis in _ticks(web, chart):
             assert len(axis) == len(set(axis)) > 1, (chart, axis)
+        # Half a day of room at each end: the first and last bars are drawn whole.
+        low, high, first, last = web.js(
+            """const u = document.querySelector('figure[data-chart="' + arguments[0] + '"]')
+                 .uplot;
+               return [u.scales.x.min, u.scales.x.max, u.data[0][0], u.data[0].at(-1)];""",
+            chart,
+        )
+        assert (first - low, high - last) == (43200, 43200), chart
     web.open("/dashboard/usage/?range=24h")
 
     # Stack by key, filtered to one model: beta's embedding alone.
