@@ -235,3 +235,27 @@ def test_the_page_works_when_stripe_cannot_be_reached(synced, owner, settings):
 
     assert page.status_code == 200
     assert "Stripe could not be reached" in page.content.decode()
+
+
+def test_the_cost_of_usage_reads_as_on_the_overview(owner_client, owner, settings):
+    # A few cheap requests cost fractions of a cent: "$0.00" here beside "$0.00056202" on the
+    # overview read as two different figures.
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from accounts.actors import Actor
+    from keys.services import api_key_create
+    from metering.services import usage_record
+    from tests.metering.conftest import make_event
+
+    settings.STRIPE_SECRET_KEY = ""
+    issued = api_key_create(organization=owner.organization, name="k", actor=Actor.for_system())
+    now = timezone.now()
+    usage_record(
+        events=[make_event(issued, cost=Decimal("0.00028101"), created_at=now) for _ in range(2)]
+    )
+    billing = owner_client.get(PAGE).content.decode()
+    overview = owner_client.get("/dashboard/").content.decode()
+    assert 'data-testid="billing-usage-cost">$0.00056202<' in billing
+    assert '<span data-live="cost">0.00056202</span>' in overview
