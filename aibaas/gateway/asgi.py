@@ -136,6 +136,7 @@ class GatewayApplication:
             request_id=usage_id,
             client_ip=client_address(client[0] if client else None, headers),
             content_type=headers.get("content-type", ""),
+            content_encoding=headers.get("content-encoding", ""),
             content_length=length,
             read_body=read_body,
             max_body_bytes=cfg.max_body,

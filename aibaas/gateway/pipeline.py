@@ -55,6 +55,7 @@ class Inbound:
     request_id: str  # the id of the usage event (unique per request)
     client_ip: str | None
     content_type: str = ""
+    content_encoding: str = ""
     content_length: int | None = None
     read_body: Callable[[], bytes] | None = None
     max_body_bytes: int = 1 << 20
@@ -97,7 +98,7 @@ def _body(inbound: Inbound) -> dict[str, Any]:
     if inbound.content_length is not None and inbound.content_length > limit:
         raise validation.too_large(limit)
     raw = inbound.read_body() if inbound.read_body else b""
-    return validation.parse_json_body(inbound.content_type, raw, limit)
+    return validation.parse_json_body(inbound.content_type, raw, limit, inbound.content_encoding)
 
 
 def _model_not_found(name: str) -> ApplicationError:

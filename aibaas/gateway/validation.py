@@ -29,8 +29,18 @@ def invalid(param: str | None, message: str, code: str = INVALID_REQUEST) -> App
     return ApplicationError(code, message, status=400, param=param)
 
 
-def parse_json_body(content_type: str, raw: bytes, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object: 415 unless JSON, 413 over max_bytes, 400 if broken."""
+def parse_json_body(
+    content_type: str, raw: bytes, max_bytes: int, content_encoding: str = ""
+) -> dict[str, Any]:
+    """The request body as a JSON object: 415 unless plain JSON (no content coding, such as
+    gzip: it would otherwise be read as broken JSON), 413 over max_bytes, 400 if broken."""
+    if content_encoding and content_encoding.strip().lower() != "identity":
+        raise ApplicationError(
+            UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Encoding {content_encoding.strip()[:40]!r} is not supported: send the "
+            "JSON body uncompressed.",
+            status=415,
+        )
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise ApplicationError(

@@ -334,6 +334,32 @@ def test_non_json_body_gets_415(client, key):
     assert response.status_code == 415
 
 
+def test_a_compressed_body_gets_415_naming_its_content_encoding(client, key):
+    # Read as plain JSON it would be "not valid UTF-8 JSON", which points the client elsewhere.
+    import gzip
+    import json
+
+    body = gzip.compress(json.dumps({"model": "demo-chat", "messages": HELLO}).encode())
+    response = client.post(
+        CHAT,
+        data=body,
+        content_type="application/json",
+        HTTP_CONTENT_ENCODING="gzip",
+        **auth(key.raw_key),
+    )
+    assert response.status_code == 415
+    assert error(response)["code"] == "unsupported_media_type"
+    assert "Content-Encoding 'gzip' is not supported" in error(response)["message"]
+    plain = client.post(
+        CHAT,
+        data=json.dumps({"model": "demo-chat", "messages": HELLO}),
+        content_type="application/json",
+        HTTP_CONTENT_ENCODING="identity",
+        **auth(key.raw_key),
+    )
+    assert plain.status_code == 200
+
+
 @pytest.mark.parametrize(
     "body, param",
     [
