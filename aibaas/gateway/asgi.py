@@ -18,7 +18,7 @@ from functools import partial
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from aibaas.gateway import pipeline, request_log, streaming, validation, wire
+from aibaas.gateway import models_endpoints, pipeline, request_log, streaming, validation, wire
 from aibaas.gateway.lifespan import lifespan
 from aibaas.gateway.middleware import request_ids
 from aibaas.gateway.security import Security, SecurityRequest
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[pipeline.Inbound], Awaitable[pipeline.Reply]]
 
 ROUTES: dict[str, tuple[str, Handler]] = {
-    "/v1/models": ("GET", pipeline.models_list),
+    "/v1/models": ("GET", models_endpoints.models_list),
     "/v1/chat/completions": ("POST", pipeline.chat),
     "/v1/embeddings": ("POST", pipeline.embeddings),
 }
@@ -72,7 +72,7 @@ def _route(path: str) -> tuple[str, Handler] | None:
     route = ROUTES.get(path)
     if route is None and path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
         # GET /v1/models/{model} (model names may hold a slash: "org/model").
-        return "GET", partial(pipeline.models_retrieve, name=path[len(MODELS_PREFIX) :])
+        return "GET", partial(models_endpoints.models_retrieve, name=path[len(MODELS_PREFIX) :])
     return route
 
 

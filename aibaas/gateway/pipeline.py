@@ -20,7 +20,7 @@ from aibaas.gateway import request_log, response_cache, streaming, validation
 from aibaas.gateway.call import UNKNOWN_MODEL, Call
 from aibaas.gateway.providers import provider_for
 from aibaas.gateway.providers.base import ModelSpec, ProviderResult
-from aibaas.gateway.registry import amodel_spec, amodels_for_key, key_may_use
+from aibaas.gateway.registry import amodel_spec, key_may_use
 from aibaas.gateway.tokenizer import (
     count_chat_tokens,
     estimate_chat_tokens,
@@ -101,7 +101,7 @@ def _body(inbound: Inbound) -> dict[str, Any]:
     return validation.parse_json_body(inbound.content_type, raw, limit, inbound.content_encoding)
 
 
-def _model_not_found(name: str) -> ApplicationError:
+def model_not_found(name: str) -> ApplicationError:
     return ApplicationError(
         MODEL_NOT_FOUND,
         f"The model '{name}' does not exist or is not available. GET /v1/models lists the "
@@ -123,7 +123,7 @@ async def _model(call: Call, name: str, kind: str) -> ModelSpec:
     spec = await amodel_spec(name)
     request_log.note_model(name, known=spec is not None)
     if spec is None:
-        raise _model_not_found(name)
+        raise model_not_found(name)
     require_model(call.key, name)
     if not key_may_use(call.key, spec):
         raise ApplicationError(
@@ -167,7 +167,7 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
         if call.admission is None:
             # Refused before admission (bad body, unknown model): the key's windows are read
             # without counting, for the headers every /v1 answer to a key carries.
-            refusal, headers = await _peek(key, gate)
+            refusal, headers = await peek_limits(key, gate)
         else:
             refusal, headers = await gate.refusal(), call.headers
         if refusal is not None:
@@ -182,7 +182,7 @@ async def _run(inbound: Inbound, endpoint: str, work: Callable[[Call], Awaitable
         raise
 
 
-async def _peek(key, gate: IpGate) -> tuple[ApplicationError | None, dict[str, str]]:
+async def peek_limits(key, gate: IpGate) -> tuple[ApplicationError | None, dict[str, str]]:
     """The per-IP refusal of this request, if any, and the rate-limit headers of the key's
     windows read without counting. The windows' read is issued before the per-IP check is
     awaited: both go in one round trip. A failing read costs the headers, not the answer."""
@@ -203,51 +203,6 @@ async def _peek(key, gate: IpGate) -> tuple[ApplicationError | None, dict[str, s
         except Exception:
             logger.warning("rate-limit windows unreadable for the headers", exc_info=True)
     return refusal, {} if refusal is not None else headers
-
-
-def _model_object(spec: ModelSpec) -> dict[str, Any]:
-    return {"id": spec.name, "object": "model", "created": 0, "owned_by": "aibaas"}
-
-
-async def _informational(inbound: Inbound, answer: Callable[[Any], Awaitable[Reply]]) -> Reply:
-    """A GET of the inference scope that counts against nothing: auth, per-IP check, headers."""
-    gate = IpGate(inbound.client_ip)
-    try:
-        key = await authenticate(inbound)
-        require_scope(key, INFERENCE_SCOPE)
-    except ApplicationError as error:
-        return error_reply(await gate.refusal() or error)
-    refusal, headers = await _peek(key, gate)
-    if refusal is not None:
-        return error_reply(refusal)
-    try:
-        reply = await answer(key)
-    except ApplicationError as error:
-        return error_reply(error, headers)
-    reply.headers.update(headers)
-    return reply
-
-
-async def models_list(inbound: Inbound) -> Reply:
-    """GET /v1/models: the models this key may use, in OpenAI's list shape."""
-
-    async def answer(key) -> Reply:
-        specs = sorted(await amodels_for_key(key), key=lambda spec: spec.name)
-        return Reply(body={"object": "list", "data": [_model_object(spec) for spec in specs]})
-
-    return await _informational(inbound, answer)
-
-
-async def models_retrieve(inbound: Inbound, name: str) -> Reply:
-    """GET /v1/models/{model}: one model this key may use (the SDK's models.retrieve)."""
-
-    async def answer(key) -> Reply:
-        for spec in await amodels_for_key(key):
-            if spec.name == name:
-                return Reply(body=_model_object(spec))
-        raise _model_not_found(name)
-
-    return await _informational(inbound, answer)
 
 
 async def _checked(call: Call, inbound: Inbound, validate, kind: str):
