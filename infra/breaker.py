@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from django.conf import settings
 
 from infra import metrics
+from infra.memo import per_settings
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def breaker_for(url: str) -> Breaker:
     return breaker
 
 
+@per_settings
 def redis_breaker() -> Breaker:
     """The breaker of REDIS_URL: the limiters' and the usage stream's server."""
     return breaker_for(settings.REDIS_URL)

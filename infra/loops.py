@@ -21,9 +21,13 @@ class PerLoop(Generic[T]):
         self.factory = factory
         self.close = close
         self.entries: dict[int, tuple[asyncio.AbstractEventLoop, T]] = {}
+        self.last: tuple[asyncio.AbstractEventLoop, T] | None = None  # the entry last got
 
     def get(self) -> T:
         loop = asyncio.get_running_loop()
+        last = self.last
+        if last is not None and last[0] is loop:  # a server has one loop: always, but once
+            return last[1]
         entry = self.entries.get(id(loop))
         if entry is None or entry[0] is not loop:
             for key, (other, value) in list(self.entries.items()):
@@ -32,6 +36,7 @@ class PerLoop(Generic[T]):
                     if self.close is not None:
                         self.close(value)
             entry = self.entries[id(loop)] = (loop, self.factory(loop))
+        self.last = entry
         return entry[1]
 
     def current(self) -> T | None:
@@ -45,11 +50,12 @@ class PerLoop(Generic[T]):
         value = self.current()
         if value is not None:
             del self.entries[id(asyncio.get_running_loop())]
+            self.last = None
         return value
 
     def clear(self) -> None:
         """Forget every loop's value, closing each (from any thread or loop, or none)."""
-        entries, self.entries = self.entries, {}
+        entries, self.entries, self.last = self.entries, {}, None
         if self.close is not None:
             for _, value in entries.values():
                 self.close(value)

@@ -54,6 +54,8 @@ from prometheus_client import (  # noqa: E402
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
 
+from infra import metric_batch  # noqa: E402
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Seconds. Inference takes from milliseconds (refusals, the demo model) to minutes (streams).
@@ -148,11 +150,13 @@ _children: dict[tuple, object] = {}
 
 def child(metric, *values: str):
     """`metric.labels(*values)`, cached: a dict lookup instead of the client's validation and
-    lock on every request (the labels are bounded, and so is this cache)."""
+    lock on every request (the labels are bounded, and so is this cache). Counters and
+    histograms are deferred: counted in memory, applied within a second and before every
+    exposition (infra/metric_batch.py)."""
     key = (metric, values)
     found = _children.get(key)
     if found is None:
-        found = _children[key] = metric.labels(*values)
+        found = _children[key] = metric_batch.deferred(metric.labels(*values))
     return found
 
 
@@ -217,6 +221,7 @@ class _InProcess:
 def exposition(collectors: Iterable = ()) -> bytes:
     """The text of a scrape: every process's series (merged from PROMETHEUS_MULTIPROC_DIR when
     set, else this process's), then `collectors` (read at the scrape, e.g. a stream's length)."""
+    metric_batch.flush()  # this process's own counts, up to now
     registry = CollectorRegistry(auto_describe=False)
     if MULTIPROC_DIR:
         MultiProcessCollector(registry, path=MULTIPROC_DIR)

@@ -3,10 +3,9 @@ event (status, tokens, cost), recorded exactly once however the request ends."""
 
 import logging
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-
-from django.utils import timezone
 
 from aibaas.gateway import metrics, streaming
 from aibaas.gateway.providers.base import UPSTREAM_ERROR, UPSTREAM_TIMEOUT, Usage
@@ -89,7 +88,7 @@ class Call:
             "estimated": True,
             "cost": "0",
             "client_ip": canonical_ip(self.client_ip),
-            "created_at": timezone.now().isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             **self._admitted(),
         }
         if "quota_period" in fields:

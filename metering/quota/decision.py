@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from django.conf import settings
-from django.utils import timezone
 
 from infra.errors import ApplicationError
 
@@ -55,7 +54,7 @@ class QuotaUnavailable(ApplicationError):
 
 def utc(now: datetime | None) -> datetime:
     if now is None:
-        return timezone.now().astimezone(UTC)
+        return datetime.now(UTC)  # timezone.now() without reading USE_TZ (always on here)
     if now.tzinfo is None:  # naive datetimes are UTC in this project (TIME_ZONE = "UTC")
         return now.replace(tzinfo=UTC)
     return now.astimezone(UTC)

@@ -3,7 +3,6 @@ storable whatever the client sent, and the names of the Redis stream events trav
 The pipeline, emit to drain: metering/usage/__init__.py; why each choice: docs/usage-events.md.
 """
 
-import ipaddress
 import json
 import logging
 from dataclasses import dataclass, field, fields
@@ -13,6 +12,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.utils import timezone
 
+from infra.http import canonical_ip
+from infra.memo import per_settings
 from metering.usage.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,10 @@ _TEXT = (
     ("error_code", 50, ""),
 )
 _COUNTS = ("input_tokens", "output_tokens", "latency_ms", "quota_tokens")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)  # timezone.now() with USE_TZ, without reading the setting
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,7 +65,7 @@ class UsageEventData:
     latency_ms: int = 0
     upstream_latency_ms: int | None = None
     client_ip: str | None = None
-    created_at: datetime = field(default_factory=timezone.now)
+    created_at: datetime = field(default_factory=_now)
     error_code: str = ""
     billable: bool = True
     quota_period: date | None = None
@@ -110,13 +115,7 @@ class UsageEventData:
 
 
 def _is_address(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
+    return isinstance(value, str) and canonical_ip(value) is not None  # remembered: cheap
 
 
 def legacy_billable(status_code: int, input_tokens: int) -> bool:
@@ -129,6 +128,7 @@ def legacy_billable(status_code: int, input_tokens: int) -> bool:
 _FIELDS = tuple(f.name for f in fields(UsageEventData))
 
 
+@per_settings
 def stream_key() -> str:
     return settings.USAGE_STREAM_KEY
 
@@ -138,6 +138,7 @@ def dead_letter_key(key: str) -> str:
     return key.rsplit(":", 1)[0] + ":dead"
 
 
+@per_settings
 def stream_enabled() -> bool:
     """Events go through the stream only when a Celery worker exists to drain it."""
     return bool(settings.REDIS_URL and settings.CELERY_BROKER_URL)

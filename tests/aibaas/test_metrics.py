@@ -22,6 +22,7 @@ from accounts.actors import Actor
 from aibaas.gateway.models import ModelKind, ProviderKind
 from billing.models import Plan
 from billing.subscriptions.tasks import send_meter_report
+from infra import metric_batch
 from keys import touch
 from keys.services import api_key_create
 from tests.factories import AIModelFactory, MembershipFactory, ModelPriceFactory, UpstreamFactory
@@ -251,6 +252,12 @@ def test_two_gunicorn_workers_are_merged_into_one_total(demo_models, tmp_path):
             assert response.status_code == 200, response.text
         served = {"endpoint": "embeddings", "outcome": "served"}
         name = "aibaas_v1_requests_total"
+        # The worker answering the scrape applies its own counts first; the other's arrive
+        # within metric_batch.FLUSH_SECONDS (infra/metric_batch.py).
+        deadline = time.monotonic() + metric_batch.FLUSH_SECONDS + 5
+        while value(scrape(server.url), name, **served) != sent:
+            assert time.monotonic() < deadline, value(scrape(server.url), name, **served)
+            time.sleep(0.1)
         for _ in range(4):  # whichever worker answers the scrape
             assert value(scrape(server.url), name, **served) == sent
         per_process = []
