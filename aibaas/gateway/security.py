@@ -17,6 +17,38 @@ from django.middleware.security import SecurityMiddleware
 MAX_HOSTS = 256
 
 
+class _Meta(dict):
+    """request.META whose HTTP_* entries are read from the request's headers when asked for
+    (`HTTP_X_FORWARDED_PROTO` is header `x-forwarded-proto`): Django reads two or three of
+    them, and converting every header's name for each request costs more than the rest."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: dict[str, str], **fixed: str) -> None:
+        super().__init__(fixed)
+        self.headers = headers  # lower-case names (ASGI)
+
+    def _header(self, key: object) -> str | None:
+        if isinstance(key, str) and key.startswith("HTTP_"):
+            return self.headers.get(key[5:].lower().replace("_", "-"))
+        return None
+
+    def __missing__(self, key):
+        value = self._header(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key) -> bool:
+        return dict.__contains__(self, key) or self._header(key) is not None
+
+    def get(self, key, default=None):
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        value = self._header(key)
+        return default if value is None else value
+
+
 class SecurityRequest(HttpRequest):
     """What Django's host check and SecurityMiddleware read of a request, and nothing else."""
 
@@ -26,12 +58,12 @@ class SecurityRequest(HttpRequest):
         self.method = scope["method"]
         self._scheme = scope.get("scheme") or "http"
         server = scope.get("server") or ("127.0.0.1", 80)
-        self.META = {
-            "QUERY_STRING": query,
-            **{"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()},
-            "SERVER_NAME": server[0],
-            "SERVER_PORT": str(server[1] or 80),
-        }
+        self.META = _Meta(
+            headers,
+            QUERY_STRING=query,
+            SERVER_NAME=server[0],
+            SERVER_PORT=str(server[1] or 80),
+        )
 
     def _get_scheme(self) -> str:
         return self._scheme

@@ -1,10 +1,10 @@
 """The ASGI messages of the /v1 handler: reading a request body within a limit, sending JSON, a
 redirect or an SSE stream. No decisions here: aibaas/gateway/asgi.py makes them."""
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from infra import jsonfast
 from infra.errors import ApplicationError
 
 Headers = list[tuple[bytes, bytes]]
@@ -24,12 +24,7 @@ class Disconnected(Exception):
 
 
 def json_bytes(body: Any) -> bytes:
-    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        # A lone surrogate (from an upstream's reply): JSON's escapes carry it as it came.
-        return json.dumps(body, separators=(",", ":")).encode()
+    return jsonfast.dumps(body)  # a lone surrogate (an upstream's reply): escaped, as it came
 
 
 def pairs(headers: dict[str, str]) -> Headers:

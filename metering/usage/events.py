@@ -12,6 +12,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.utils import timezone
 
+from infra import jsonfast
 from infra.http import canonical_ip
 from infra.memo import per_settings
 from metering.usage.sanitize import SMALLINT_MAX, clamp_cost, clamp_int, clean_text
@@ -100,7 +101,7 @@ class UsageEventData:
         data["created_at"] = self.created_at.isoformat()
         if self.quota_period is not None:
             data["quota_period"] = self.quota_period.isoformat()
-        return json.dumps(data, separators=(",", ":"))
+        return jsonfast.dumps(data).decode()
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> "UsageEventData":

@@ -18,6 +18,7 @@ from datetime import datetime
 from django.utils import timezone
 
 from billing.pricing import cost_for
+from infra import jsonfast
 from infra.redis_clients import BACKGROUND_SOCKET_TIMEOUT, redis_client
 from metering.usage.events import UsageEventData
 from metering.usage.inflight import PREFIX, PROCESSES_KEY, ttl_seconds
@@ -65,7 +66,7 @@ def marker(fields: dict, *, test_mode: bool) -> str:
     """A request's marker: its event as recorded if it died now, as the fields of
     UsageEventData.to_json (the reaper adds the output tokens of the last checkpoint, the cost
     and the latency)."""
-    return json.dumps({"t": int(test_mode), "e": fields}, separators=(",", ":"))
+    return jsonfast.dumps({"t": int(test_mode), "e": fields}).decode()
 
 
 def interrupted_event(raw: bytes | str, output_tokens: int, now: datetime) -> UsageEventData:

@@ -54,3 +54,38 @@ def test_a_host_accepted_before_a_settings_change_is_refused_after_it(settings):
     second = gateway.request("GET", "/v1/models", headers={"Host": "api.example.com"})
     assert second.status_code == 400
     assert second.json()["error"]["code"] == "invalid_host"
+
+
+def test_meta_answers_as_djangos_asgi_request_for_every_header():
+    """SecurityRequest.META reads HTTP_* from the headers when asked: the same answers as the
+    META Django's own ASGIRequest builds, for the ways Django reads it ([], in, get)."""
+    from django.core.handlers.asgi import ASGIRequest
+
+    headers = {
+        "host": "api.example.com:8443",
+        "x-forwarded-proto": "https",
+        "x-forwarded-host": "fwd.example.com",
+        "x-forwarded-port": "443",
+        "user-agent": "sdk/1.0",
+    }
+    scope = {
+        "type": "http",
+        "path": "/v1/models",
+        "method": "GET",
+        "scheme": "http",
+        "server": ("10.0.0.1", 8000),
+        "query_string": b"a=1",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    django_meta = ASGIRequest(scope, None).META
+    meta = SecurityRequest(scope, headers, "a=1").META
+    asked = [name for name in django_meta if name.startswith("HTTP_")]
+    asked += ["QUERY_STRING", "SERVER_NAME", "SERVER_PORT", "HTTP_X_ABSENT", "CONTENT_TYPE"]
+    for name in asked:
+        assert (name in meta) is (name in django_meta), name
+        assert meta.get(name, "-") == django_meta.get(name, "-"), name
+        if name in django_meta:
+            assert meta[name] == django_meta[name], name
+        else:
+            with pytest.raises(KeyError):
+                meta[name]
