@@ -32,6 +32,7 @@ from aibaas.gateway.providers.openai_compatible.usage import (
     _usage_chunk,
     _usage_from,
 )
+from infra import jsonfast
 
 # The package's name, as before it was split: log configuration and filters keep working.
 logger = logging.getLogger(__package__)
@@ -167,7 +168,7 @@ class _Relay:
         elif not self.client_wants_usage:
             chunk.pop("usage", None)
         chunk["model"] = self.model.name
-        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        return b"data: " + jsonfast.dumps(chunk) + b"\n\n"
 
     def done(self) -> bytes:
         """The end of a complete stream: [DONE], after our usage chunk when the client asked
@@ -182,9 +183,7 @@ class _Relay:
         chunk = _usage_chunk(
             self.model.name, identity.get("id"), identity.get("created"), self.usage.usage
         )
-        return (
-            b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\ndata: [DONE]\n\n"
-        )
+        return b"data: " + jsonfast.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
 
     def lines(self, lines: list[bytes]) -> bytes:
         """The events of complete lines, joined for one write: up to [DONE] or a failure."""
