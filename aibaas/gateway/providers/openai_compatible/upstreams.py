@@ -96,6 +96,8 @@ def _request_options(
 def attempt_order(upstreams: tuple[UpstreamSpec, ...], rng=random) -> list[UpstreamSpec]:
     """Healthy upstreams in weighted random order, then the unhealthy ones; a lone upstream
     is tried twice (one retry)."""
+    if len(upstreams) == 1:  # healthy or not, the lone one (most models): nothing to draw
+        return [upstreams[0], upstreams[0]]
     now = time.monotonic()
     healthy = [u for u in upstreams if _unhealthy_until.get(u.base_url, 0.0) <= now]
     sick = [u for u in upstreams if u not in healthy]
