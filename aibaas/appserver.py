@@ -14,6 +14,7 @@ from gunicorn.glogging import Logger
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
+from aibaas.appserver_writes import HeadWithBody
 from infra.logs import AccessLogWithoutQuery, log_format, protect_handlers, use_format
 from infra.proxies import proxies_from_env
 
@@ -275,6 +276,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
         self._awaiting_body = not self.parser.should_upgrade()
+        if self.cycle is not None and self.cycle.transport is self.transport:  # a new cycle
+            self.cycle.transport = HeadWithBody(self.transport, self.loop)  # one send, not two
 
     def on_message_complete(self) -> None:
         self._awaiting_body = False
