@@ -12,6 +12,7 @@ The values written are the same as prometheus_client's own (tests/aibaas/test_me
 """
 
 import atexit
+import os
 import threading
 import time
 from bisect import bisect_left
@@ -59,6 +60,20 @@ def flush() -> None:
 
 
 atexit.register(flush)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a Celery pool process) starts with a fresh lock and no flusher: the
+    parent's lock may have been held at the fork, and what the parent had not applied yet is
+    the parent's to apply (applied here too, it would count twice)."""
+    global _lock, _wake, _flusher
+    _lock, _wake, _flusher = threading.Lock(), threading.Event(), None
+    for entry in _dirty:
+        entry.take()
+    _dirty.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class DeferredCounter:

@@ -96,3 +96,26 @@ def test_gauges_are_not_deferred():
 
     gauge = Gauge("g", "g", ["l"], registry=CollectorRegistry()).labels("a")
     assert metric_batch.deferred(gauge) is gauge
+
+
+def test_a_forked_child_does_not_inherit_the_lock_or_count_the_parents_pending_twice():
+    import os
+    import signal
+
+    *_, deferred, _ = _pair(Counter)
+    deferred.inc(5)  # pending in the parent, not applied yet
+    with metric_batch._lock:  # held at the fork, as by the parent's flusher mid-flush
+        pid = os.fork()
+        if pid == 0:  # the child: it must be able to count, and apply only its own
+            signal.alarm(10)  # a child stuck on the inherited lock dies instead of hanging
+            try:
+                deferred.inc(2)
+                metric_batch.flush()
+                child = deferred.child._value.get()
+                os._exit(0 if child == 2 else 1)
+            except BaseException:
+                os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    metric_batch.flush()
+    assert deferred.child._value.get() == 5  # the parent's own, once
