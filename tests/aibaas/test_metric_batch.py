@@ -76,19 +76,15 @@ def test_a_nan_goes_to_the_sum_only_as_in_prometheus_client():
 
 def test_the_flusher_applies_within_flush_seconds_without_being_asked():
     direct, direct_registry, deferred, deferred_registry = _pair(Counter)
-    deferred.inc(7)
-    direct.inc(7)
-    deadline = time.monotonic() + metric_batch.FLUSH_SECONDS + 5
-    while _samples(deferred_registry) != _samples(direct_registry):
-        assert time.monotonic() < deadline, "the flusher thread did not apply the count"
-        time.sleep(0.05)
-    # It goes on working for the next change (it sleeps between changes, it does not stop).
-    deferred.inc(3)
-    direct.inc(3)
-    deadline = time.monotonic() + metric_batch.FLUSH_SECONDS + 5
-    while _samples(deferred_registry) != _samples(direct_registry):
-        assert time.monotonic() < deadline, "the flusher thread did not apply the second count"
-        time.sleep(0.05)
+    # The second change after the first was applied: the flusher sleeps between changes, it
+    # does not stop.
+    for amount in (7, 3):
+        deferred.inc(amount)
+        direct.inc(amount)
+        deadline = time.monotonic() + metric_batch.FLUSH_SECONDS + 5
+        while _samples(deferred_registry) != _samples(direct_registry):
+            assert time.monotonic() < deadline, f"the flusher thread did not apply {amount}"
+            time.sleep(0.05)
 
 
 def test_gauges_are_not_deferred():
