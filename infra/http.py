@@ -6,10 +6,10 @@ import ipaddress
 from collections.abc import Mapping
 
 from django.conf import settings
-from django.core.signals import setting_changed
 from django_ratelimit.core import _split_rate, get_usage
 
 from infra.errors import ApplicationError, method_not_allowed
+from infra.memo import per_settings
 from infra.proxies import TrustedProxies
 
 USER_AGENT_MAX = 300
@@ -26,23 +26,9 @@ def pick_client_ip(peer: str | None, forwarded_for: str | None) -> str | None:
     return address
 
 
-_proxies: TrustedProxies | None = None
-
-
+@per_settings
 def _trusted_proxies() -> TrustedProxies:
-    global _proxies
-    if _proxies is None:
-        _proxies = TrustedProxies(settings.CLIENT_IP_PROXIES)
-    return _proxies
-
-
-def _forget_proxies(*, setting, **kwargs) -> None:
-    global _proxies
-    if setting == "CLIENT_IP_PROXIES":
-        _proxies = None
-
-
-setting_changed.connect(_forget_proxies, dispatch_uid="aibaas-http-proxies")
+    return TrustedProxies(settings.CLIENT_IP_PROXIES)
 
 
 _canonical_addresses: dict[str, str | None] = {}

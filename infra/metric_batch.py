@@ -36,7 +36,7 @@ def _mark(entry) -> None:
 
 def _start_flusher() -> None:
     global _flusher
-    if _flusher is None or not _flusher.is_alive():  # not started, or lost to a fork
+    if _flusher is None:  # not started yet (a forked child starts without one)
         _flusher = threading.Thread(target=_flush_forever, name="metrics-flush", daemon=True)
         _flusher.start()
 

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from django.conf import settings
-from django.core.signals import setting_changed
 
 from aibaas.gateway import models_endpoints, pipeline, request_log, streaming, validation, wire
 from aibaas.gateway.lifespan import lifespan
@@ -25,6 +24,7 @@ from aibaas.gateway.security import Security, SecurityRequest
 from infra import tracing
 from infra.errors import ApplicationError, internal_error
 from infra.http import client_address, method_refusal
+from infra.memo import per_settings
 from keys.authentication import key_from_headers
 from keys.middleware import key_in_query_refusal
 
@@ -49,23 +49,10 @@ class _Config:
         self.security = Security()
 
 
-_config: _Config | None = None
-
-
+@per_settings
 def config() -> _Config:
-    global _config
-    if _config is None:
-        _config = _Config()
-    return _config
-
-
-def reset_config(**kwargs) -> None:
-    """Forget the settings read (connected to setting_changed: tests that override settings)."""
-    global _config
-    _config = None
-
-
-setting_changed.connect(reset_config, dispatch_uid="gateway-asgi-config")
+    """The settings read, once per process (again after a test overrides one)."""
+    return _Config()
 
 
 def _route(path: str) -> tuple[str, Handler] | None:
